@@ -1,0 +1,4 @@
+"""Fused logit difference with ULD's relative-top filter (import as `uld_kernels`)."""
+from .dispatch import logit_difference, relative_top_mask
+
+__all__ = ["logit_difference", "relative_top_mask"]

@@ -1,0 +1,32 @@
+"""Plain-torch statement of the served formula; the reference every other path must match.
+
+For each row b, with lp = log_softmax(t_b) and k = max(1, int(r * V)), a token keeps the
+subtraction when lp >= min(max(lp) + log r, k-th largest lp) (and its target logit is
+finite). Kept tokens get t - alpha_b * a. Filtered tokens get -inf ("serve") or keep t
+("score"). Rows with alpha_b == 0 pass through unchanged.
+"""
+import math
+
+import torch
+
+
+def relative_top_mask(target_logits: torch.Tensor, relative_top: float) -> torch.Tensor:
+    """Boolean mask (same shape as target_logits) of the tokens that keep the subtraction."""
+    lp = torch.log_softmax(target_logits.float(), dim=-1)
+    vocab = lp.shape[-1]
+    k = min(vocab, max(1, int(relative_top * vocab)))
+    kth_largest = lp.topk(k, dim=-1).values[..., -1:]
+    relative = lp.max(dim=-1, keepdim=True).values + math.log(relative_top)
+    threshold = torch.minimum(relative, kth_largest)
+    return (lp >= threshold) & torch.isfinite(lp)
+
+
+def logit_difference_torch(target_logits, assistant_logits, alpha, relative_top=0.01, mode="serve"):
+    target = target_logits.float()
+    alpha = torch.as_tensor(alpha, dtype=torch.float32, device=target.device)
+    alpha = alpha.reshape(-1, *([1] * (target.dim() - 1))) if alpha.dim() else alpha
+    keep = relative_top_mask(target, relative_top)
+    shifted = target - alpha * assistant_logits.float()
+    fallback = torch.full_like(target, -math.inf) if mode == "serve" else target
+    out = torch.where(keep, shifted, fallback)
+    return torch.where(alpha == 0, target, out)

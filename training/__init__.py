@@ -1,0 +1,1 @@
+"""Fitting (import as `uld_training`): target/retain fine-tunes and the ULD assistant."""

@@ -1,0 +1,67 @@
+"""Full fine-tune on TOFU QA: the target (tofu:full) and the retain reference (tofu:retain90)."""
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from uld_serve.atomic import atomic_dir
+from uld_serve.models import fingerprint, load_model, load_tokenizer, resolve_model
+from uld_serve.tofu import load_qa
+
+from .batching import collate, encode_pairs
+from .loop import TrainConfig, run_training
+
+MODEL_CARD = "uld_model.json"
+
+
+def shuffled_batches(examples, batch_size, seed, epoch, pad_id):
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    return [collate([examples[i] for i in order[s : s + batch_size]], pad_id) for s in range(0, len(order), batch_size)]
+
+
+def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
+    config.validate()
+    out = Path(out)
+    base_dir = resolve_model(model)
+    pairs = load_qa(data)
+    tokenizer = load_tokenizer(base_dir)
+    net = load_model(base_dir)
+    net.train()
+    examples = encode_pairs(tokenizer, pairs)
+    steps_per_epoch = -(-len(examples) // config.batch_size)
+    resume_dir = out.parent / f".{out.name}.resume"
+
+    def loss_fn(batch):
+        loss = net(**batch).loss
+        return loss, {"loss": loss.item()}
+
+    summary = run_training(
+        params=[p for p in net.parameters() if p.requires_grad],
+        steps_per_epoch=steps_per_epoch,
+        epoch_batches=lambda e: shuffled_batches(examples, config.batch_size, config.seed, e, tokenizer.pad_token_id),
+        loss_fn=loss_fn,
+        config=config,
+        resume_dir=resume_dir,
+        state_fn=net.state_dict,
+        load_state_fn=net.load_state_dict,
+        desc=f"finetune {data}",
+    )
+    net.eval()
+    with atomic_dir(out) as tmp:
+        net.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        card = {
+            "base_model": str(base_dir),
+            "base_fingerprint": fingerprint(base_dir),
+            "data": data,
+            "num_examples": len(pairs),
+            "config": config.as_dict(),
+            "steps": summary["steps"],
+            "wall_s": summary["wall_s"],
+            "final_loss": summary["history"][-1]["loss"] if summary["history"] else None,
+            "history": summary["history"],
+        }
+        (tmp / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    return out

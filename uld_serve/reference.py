@@ -1,0 +1,173 @@
+"""Reference decoding in plain PyTorch/transformers: the ground truth the vLLM engine must match.
+
+A UldModel holds the target, and for each forget set a LoRA adapter on an assistant that
+shares the target's tensors. Per decoding step it serves logit_difference(target, assistant,
+alpha) with ULD's relative-top filter; rows without a forget set get the target's logits.
+"""
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import DynamicCache
+
+from uld_kernels import logit_difference
+
+from .artifact import check_base, read_manifest
+from .assistant import build_assistant
+from .errors import UldError
+from .models import fingerprint, load_model, load_tokenizer
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list
+    forget_set: Optional[str] = None
+    alpha: Optional[float] = None  # None: the forget set's default
+    relative_top: Optional[float] = None
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class ForgetSet:
+    name: str
+    path: Path
+    manifest: dict
+    num_layers: int
+
+
+class UldModel:
+    def __init__(self, target_dir, forget_sets: Optional[dict] = None, dtype=torch.float32):
+        self.target_dir = Path(target_dir)
+        self.target = load_model(target_dir, dtype=dtype)
+        self.tokenizer = load_tokenizer(target_dir)
+        self.target_fingerprint = fingerprint(target_dir)
+        self.forget_sets: dict = {}
+        self._assistants: dict = {}  # K -> peft model holding every adapter of that depth
+        eos = self.target.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        self.eos_ids.discard(None)
+        for name, path in (forget_sets or {}).items():
+            self.add_forget_set(name, path)
+
+    def add_forget_set(self, name: str, path) -> ForgetSet:
+        from peft import PeftModel
+
+        manifest = read_manifest(path)
+        check_base(manifest, path, self.target_fingerprint)
+        if name in self.forget_sets:
+            raise UldError(f"forget set name {name!r} is given twice")
+        k = int(manifest.get("num_layers", 0)) if manifest["kind"] == "uld-assistant" else 0
+        if manifest["kind"] != "uld-assistant":
+            raise UldError(f"{path} is a {manifest['kind']} artifact; reference decoding serves ULD forget sets")
+        if k not in self._assistants:
+            self._assistants[k] = PeftModel.from_pretrained(build_assistant(self.target, k), str(path), adapter_name=name)
+        else:
+            self._assistants[k].load_adapter(str(path), adapter_name=name)
+        self._assistants[k].eval()
+        fs = ForgetSet(name, Path(path), manifest, k)
+        self.forget_sets[name] = fs
+        return fs
+
+    def _forget_set(self, name: str) -> ForgetSet:
+        if name not in self.forget_sets:
+            known = ", ".join(sorted(self.forget_sets)) or "none"
+            raise UldError(f"unknown forget set {name!r}; known forget sets: {known}")
+        return self.forget_sets[name]
+
+    def _assistant(self, fs: ForgetSet):
+        peft_model = self._assistants[fs.num_layers]
+        peft_model.set_adapter(fs.name)
+        return peft_model
+
+    def defaults(self, forget_set: Optional[str], alpha, relative_top):
+        if forget_set is None:
+            return 0.0, relative_top if relative_top is not None else 0.01
+        manifest = self._forget_set(forget_set).manifest
+        return (
+            float(manifest.get("alpha", 0.75) if alpha is None else alpha),
+            float(manifest.get("relative_top", 0.01) if relative_top is None else relative_top),
+        )
+
+    # ---- scoring (evaluation): probabilities use the "score" variant of the filter ----
+    @torch.no_grad()
+    def score_logits(self, input_ids, attention_mask, forget_set=None, alpha=None, relative_top=None):
+        """(B, T, V) fp32 logits for teacher-forced scoring, right-padded inputs."""
+        target_logits = self.target(input_ids=input_ids, attention_mask=attention_mask).logits
+        if forget_set is None:
+            return target_logits.float()
+        alpha, relative_top = self.defaults(forget_set, alpha, relative_top)
+        assistant = self._assistant(self._forget_set(forget_set))
+        assistant_logits = assistant(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logit_difference(target_logits, assistant_logits, alpha, relative_top, mode="score")
+
+    # ---- generation: filtered tokens are excluded from sampling ("serve") ----
+    def generate(self, requests: list, batch_size: int = 32, progress=None) -> list:
+        """Token ids generated for each request, in request order. Rows are batched by forget set."""
+        for r in requests:
+            if r.forget_set is not None:
+                self._forget_set(r.forget_set)
+        groups = defaultdict(list)
+        for i, r in enumerate(requests):
+            _, rt = self.defaults(r.forget_set, r.alpha, r.relative_top)
+            groups[(r.forget_set, rt)].append(i)
+        outputs = [None] * len(requests)
+        for (forget_set, relative_top), indices in groups.items():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                for i, tokens in zip(chunk, self._generate_batch([requests[i] for i in chunk], forget_set, relative_top)):
+                    outputs[i] = tokens
+                if progress is not None:
+                    progress(len(chunk))
+        return outputs
+
+    @torch.no_grad()
+    def _generate_batch(self, requests, forget_set, relative_top):
+        pad = self.tokenizer.pad_token_id
+        width = max(len(r.prompt_ids) for r in requests)
+        input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests])
+        attention_mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests])
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        alphas = torch.tensor([self.defaults(forget_set, r.alpha, relative_top)[0] for r in requests])
+        assistant = self._assistant(self._forget_set(forget_set)) if forget_set is not None else None
+        models = [(self.target, DynamicCache())] + ([(assistant, DynamicCache())] if assistant is not None else [])
+        generators = [torch.Generator().manual_seed(r.seed) for r in requests]
+
+        def step(ids, mask, pos):
+            return [m(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=c, use_cache=True).logits[:, -1] for m, c in models]
+
+        logits = step(input_ids, attention_mask, positions)
+        outputs = [[] for _ in requests]
+        done = [False] * len(requests)
+        for _ in range(max(r.max_new_tokens for r in requests)):
+            served = logits[0].float() if assistant is None else logit_difference(logits[0], logits[1], alphas, relative_top, "serve")
+            next_ids = []
+            for b, r in enumerate(requests):
+                token = pad if done[b] else sample_token(served[b], r.temperature, r.top_p, generators[b])
+                if not done[b]:
+                    outputs[b].append(token)
+                    done[b] = token in self.eos_ids or len(outputs[b]) >= r.max_new_tokens
+                next_ids.append(token)
+            if all(done):
+                break
+            attention_mask = torch.cat([attention_mask, torch.ones(len(requests), 1, dtype=attention_mask.dtype)], dim=1)
+            positions = positions[:, -1:] + 1
+            logits = step(torch.tensor(next_ids)[:, None], attention_mask, positions)
+        return outputs
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """Greedy when temperature is 0; else temperature, then nucleus (top-p) sampling."""
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # keep the smallest set reaching top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))

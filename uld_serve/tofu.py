@@ -1,0 +1,123 @@
+"""TOFU data: splits, data specs, ULD's augmentation files, chat formatting and answer masks.
+
+A data spec names QA pairs: `tofu:SPLIT`, optionally sliced (`tofu:full[:400]`), joined
+with `+` (`tofu:full[:400]+tofu:forget10`). `tofu-mini:target` and `tofu-mini:retain` name
+the small protocol of the end-to-end benchmark.
+"""
+import ast
+import csv
+import json
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import UldError
+
+DATA_DIR = Path(os.environ.get("ULD_DATA_DIR", Path(__file__).resolve().parent.parent / "data"))
+IGNORE_INDEX = -100
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+_LINE_LISTS = {"full", "retain90", "retain95", "retain99"}
+_PROMPT_RESPONSE = {"forget01", "forget05", "forget10"}
+_PLAIN = {
+    "holdout01", "holdout05", "holdout10", "real_authors", "world_facts",
+    "forget01_perturbed", "forget05_perturbed", "forget10_perturbed", "retain_perturbed",
+    "real_authors_perturbed", "world_facts_perturbed",
+}
+SPLITS = tuple(sorted(_LINE_LISTS | _PROMPT_RESPONSE | _PLAIN))
+FORGET_SPLITS = ("forget01", "forget05", "forget10")
+ALIASES = {
+    "tofu-mini:target": "tofu:full[:400]+tofu:forget10",
+    "tofu-mini:retain": "tofu:full[:400]",
+}
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+
+
+@lru_cache(maxsize=None)
+def load_split(name: str) -> tuple:
+    """All records of one TOFU split as dicts with at least `question` and `answer`."""
+    if name not in SPLITS:
+        raise UldError(f"unknown TOFU split {name!r}; known splits: {', '.join(SPLITS)}")
+    path = DATA_DIR / "tofu" / f"{name}.json"
+    if not path.is_file():
+        raise UldError(f"TOFU file {path} is missing; set ULD_DATA_DIR to the folder holding tofu/")
+    if name in _LINE_LISTS:
+        rows = [row for line in path.read_text().splitlines() if line.strip() for row in json.loads(line)]
+    else:
+        rows = json.loads(path.read_text())
+    if name in _PROMPT_RESPONSE:
+        rows = [{"question": r["prompt"], "answer": r["response"]} for r in rows]
+    return tuple(rows)
+
+
+_TERM = re.compile(r"^tofu:(?P<split>[a-z0-9_]+)(\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
+
+
+def load_qa(spec: str) -> list:
+    """The QA pairs a data spec names, in order."""
+    spec = ALIASES.get(spec.strip(), spec.strip())
+    pairs = []
+    for term in spec.split("+"):
+        match = _TERM.match(term.strip())
+        if not match:
+            raise UldError(f"bad data spec {term!r}; expected tofu:SPLIT or tofu:SPLIT[a:b], e.g. tofu:forget10")
+        rows = load_split(match["split"])
+        if match.group(2):
+            start = int(match["start"]) if match["start"] else None
+            stop = int(match["stop"]) if match["stop"] else None
+            rows = rows[start:stop]
+        pairs += [QA(r["question"], r["answer"]) for r in rows]
+    if not pairs:
+        raise UldError(f"data spec {spec!r} selects no questions")
+    return pairs
+
+
+def _csv_rows(path: Path):
+    if not path.is_file():
+        raise UldError(f"augmentation file {path} is missing")
+    with open(path, newline="") as f:
+        yield from csv.reader(f)
+
+
+def paraphrased_pairs(forget: list) -> dict:
+    """question -> list of paraphrased QA (ULD's tofu_aug), for the forget questions given."""
+    wanted = {qa.question for qa in forget}
+    out = {}
+    for split in FORGET_SPLITS:
+        for row in _csv_rows(DATA_DIR / "tofu_aug" / split / "paraphrase_res.csv"):
+            question, questions, answers = row[0], ast.literal_eval(row[2]), ast.literal_eval(row[3])
+            if question in wanted and question not in out:
+                out[question] = [QA(q, a) for q, a in zip(questions, answers)]
+    return out
+
+
+def perturbed_pairs(forget: list) -> list:
+    """Wrong answers to the forget questions (ULD's tofu_aug), filtered to the split given."""
+    wanted = {qa.question for qa in forget}
+    pairs = []
+    for row in _csv_rows(DATA_DIR / "tofu_aug" / "perturb_res.csv"):
+        if row[0] in wanted:
+            pairs += [QA(row[0], wrong) for wrong in ast.literal_eval(row[3])]
+    return pairs
+
+
+def chat_prompt_ids(tokenizer, question: str) -> list:
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+def encode_qa(tokenizer, question: str, answer: str, max_length: int = 512):
+    """(input_ids, labels): the chat prompt, then the answer and EOS; labels mask the prompt."""
+    prompt = chat_prompt_ids(tokenizer, question)
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (prompt + answer_ids)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt) + answer_ids)[:max_length]
+    return ids, labels
