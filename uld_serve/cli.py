@@ -1,0 +1,140 @@
+"""`uld`: the command line. Every user mistake ends in one sentence on stderr and exit code 2."""
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import UldError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Decode-time unlearning (ULD): train forget sets, evaluate and serve them.")
+eval_app = typer.Typer(add_completion=False, no_args_is_help=True, help="TOFU evaluation.")
+app.add_typer(eval_app, name="eval")
+
+
+def _train_config(lr, epochs, batch_size, seed, max_steps, precision, save_every):
+    from uld_training.loop import TrainConfig
+
+    return TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
+                       precision=precision, save_every=save_every)
+
+
+def _refuse_existing(out: Path, force: bool):
+    if out.exists() and not force:
+        raise UldError(f"{out} already exists; pass --force to replace it")
+
+
+@app.command()
+def setup(model: str = typer.Option("smollm2-135m-instruct", help="smollm2-135m-instruct or tiny-random")):
+    """Prepare the embedded default model (or a tiny random Llama for tests); print its path."""
+    from .models import setup_model
+
+    print(setup_model(model))
+
+
+@app.command()
+def finetune(
+    model: str = typer.Option(..., help="a known model name or a checkpoint directory"),
+    data: str = typer.Option(..., help="data spec, e.g. tofu:full, tofu:retain90, tofu-mini:target"),
+    out: Path = typer.Option(...),
+    lr: float = 1e-4, epochs: int = 5, batch_size: int = 8, seed: int = 0,
+    max_steps: Optional[int] = None,
+    precision: str = typer.Option("bf16", help="bf16 (autocast, fp32 master weights) or fp32"),
+    save_every: int = typer.Option(50, help="steps between resumable checkpoints"),
+    force: bool = False,
+):
+    """Fine-tune on TOFU: tofu:full gives the target, tofu:retain90 the retain reference."""
+    from uld_training.finetune import finetune as run
+
+    _refuse_existing(out, force)
+    print(run(model, data, out, _train_config(lr, epochs, batch_size, seed, max_steps, precision, save_every)))
+
+
+@app.command("train-assistant")
+def train_assistant(
+    target: str = typer.Option(..., help="the target checkpoint directory"),
+    forget: str = typer.Option(..., help="data spec of the forget set, e.g. tofu:forget10"),
+    retain: str = typer.Option(..., help="data spec of retained data, e.g. tofu:retain90"),
+    out: Path = typer.Option(..., help="the forget-set artifact directory to write"),
+    layers: Optional[int] = typer.Option(None, help="K, the assistant's depth (default: a quarter of the target's)"),
+    rank: int = 32, lora_alpha: int = 32, retain_weight: float = 6.5,
+    lr: float = 1e-3, epochs: int = 10, batch_size: int = 8, seed: int = 0,
+    max_steps: Optional[int] = None, precision: str = "bf16", save_every: int = 50,
+    alpha: float = typer.Option(0.75, help="default alpha written to the manifest"),
+    relative_top: float = typer.Option(0.01, help="default filter r written to the manifest"),
+    no_augment: bool = typer.Option(False, help="skip ULD's paraphrase/perturbation augmentation"),
+    force: bool = False,
+):
+    """Train a ULD assistant (a LoRA over the target's first K layers) for one forget set."""
+    from uld_training.assistant import AssistantConfig, train_assistant as run
+
+    _refuse_existing(out, force)
+    cfg = AssistantConfig(num_layers=layers, rank=rank, lora_alpha=lora_alpha, retain_weight=retain_weight,
+                          augment=not no_augment, alpha=alpha, relative_top=relative_top)
+    print(run(target, forget, retain, out, _train_config(lr, epochs, batch_size, seed, max_steps, precision, save_every), cfg))
+
+
+def _parse_forget_sets(items: List[str]) -> dict:
+    sets = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UldError(f"--forget-set takes NAME=ADAPTER_DIR, got {item!r}")
+        sets[name] = path
+    return sets
+
+
+@eval_app.command("tofu")
+def eval_tofu(
+    target: str = typer.Option(..., help="model checkpoint directory (or a known model name)"),
+    forget_set: Optional[str] = typer.Option(None, help="NAME=ADAPTER_DIR: evaluate target + this forget set"),
+    split: str = "forget10",
+    out: Path = typer.Option(...),
+    retain_logs: Optional[Path] = typer.Option(None, help="a retain model's TOFU_EVAL.json (ours or open-unlearning's)"),
+    alpha: Optional[float] = None, relative_top: Optional[float] = None,
+    max_new_tokens: int = 200, batch_size: int = 8,
+    dtype: str = typer.Option("fp32", help="fp32 or bf16"),
+    limit: Optional[int] = typer.Option(None, help="first N items of each split only (smoke tests)"),
+):
+    """open-unlearning's TOFU metrics for a model, or for target + a ULD forget set."""
+    import torch
+
+    from .eval.tofu_eval import evaluate_tofu
+    from .reference import UldModel
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise UldError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    sets = _parse_forget_sets([forget_set] if forget_set else [])
+    model = UldModel(target, sets, dtype=dtypes[dtype])
+    name = next(iter(sets), None)
+    summary = evaluate_tofu(model, out, split, name, alpha, relative_top, retain_logs, max_new_tokens, batch_size,
+                            label=f"{Path(target).name}+{name}" if name else Path(target).name, limit=limit)
+    print(json.dumps(summary, indent=2))
+
+
+@eval_app.command("summarize")
+def eval_summarize(
+    logs: Path = typer.Option(..., help="a TOFU_EVAL.json"),
+    retain_logs: Optional[Path] = typer.Option(None, help="the retain model's TOFU_EVAL.json"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a markdown table"),
+):
+    """Recompute every aggregate from per-sample values (forget quality, model utility, privleak, ...)."""
+    from .eval.summary import markdown_table, recompute
+    from .eval.tofu_eval import load_logs
+
+    summary = recompute(load_logs(logs), load_logs(retain_logs) if retain_logs else None)
+    print(json.dumps(summary, indent=2) if as_json else markdown_table({logs.parent.name or str(logs): summary}), end="\n" if as_json else "")
+
+
+def main(argv=None):
+    try:
+        app(args=argv)  # click reports usage errors itself, with exit code 2
+    except UldError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)

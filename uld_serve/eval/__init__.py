@@ -1,0 +1,1 @@
+"""TOFU evaluation with open-unlearning's metric definitions and log layout."""

@@ -1,0 +1,103 @@
+"""`uld eval tofu`: run a model (or target + forget set) over TOFU's evaluation splits and
+write TOFU_EVAL.json (per sample), TOFU_SUMMARY.json and summary.md."""
+import json
+import logging
+import math
+from pathlib import Path
+
+from rouge_score import rouge_scorer
+from tqdm import tqdm
+
+from ..atomic import write_json_atomic, write_text_atomic
+from ..errors import UldError
+from ..tofu import FORGET_SPLITS, load_split
+from . import metrics as m
+from .scoring import greedy_answers, score_pairs
+from .summary import markdown_table, recompute
+
+logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def _datasets(split):
+    """prefix -> (TOFU split, has paraphrased answers)"""
+    return {
+        "forget": (f"{split}_perturbed", True),
+        "retain": ("retain_perturbed", True),
+        "ra": ("real_authors_perturbed", False),
+        "wf": ("world_facts_perturbed", False),
+    }
+
+
+def load_logs(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UldError(f"evaluation log {path} does not exist")
+    try:
+        logs = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UldError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(logs, dict):
+        raise UldError(f"{path} is not a TOFU_EVAL.json (expected an object of metrics)")
+    return logs
+
+
+def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None, relative_top=None,
+                  retain_logs=None, max_new_tokens=200, batch_size=8, gen_batch_size=32, label="model", limit=None):
+    """`limit` keeps the first N items of each split: for smoke tests, not for reported numbers."""
+    if split not in FORGET_SPLITS:
+        raise UldError(f"--split must be one of {', '.join(FORGET_SPLITS)}, got {split!r}")
+    reference = load_logs(retain_logs) if retain_logs else None
+    if limit is not None and limit < 1:
+        raise UldError("--limit must be at least 1")
+    datasets = {prefix: (load_split(name)[:limit], para) for prefix, (name, para) in _datasets(split).items()}
+    holdout = load_split(split.replace("forget", "holdout"))[:limit]
+    total = sum(len(rows) * (2 + para + len(rows[0]["perturbed_answer"])) for rows, para in datasets.values()) + len(holdout)
+    kwargs = {"forget_set": forget_set, "alpha": alpha, "relative_top": relative_top}
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    logs = {}
+    with tqdm(total=total, desc=f"eval {label}", unit="seq", dynamic_ncols=True) as bar:
+        for prefix, (rows, has_para) in datasets.items():
+            questions = [r["question"] for r in rows]
+            answers = score_pairs(model, [(r["question"], r["answer"]) for r in rows], batch_size=batch_size, progress=bar.update, **kwargs)
+            logs[f"{prefix}_Q_A_Prob"] = _prob_log(answers)
+            if has_para:
+                para = score_pairs(model, [(r["question"], r["paraphrased_answer"]) for r in rows], batch_size=batch_size, progress=bar.update, **kwargs)
+                logs[f"{prefix}_Q_A_PARA_Prob"] = _prob_log(para)
+            n_wrong = len(rows[0]["perturbed_answer"])
+            flat = score_pairs(model, [(r["question"], w) for r in rows for w in r["perturbed_answer"]], batch_size=batch_size, progress=bar.update, **kwargs)
+            logs[f"{prefix}_Q_A_PERT_Prob"] = _prob_log([flat[i * n_wrong : (i + 1) * n_wrong] for i in range(len(rows))])
+            generations = greedy_answers(model, questions, max_new_tokens=max_new_tokens, batch_size=gen_batch_size, progress=bar.update, **kwargs)
+            logs[f"{prefix}_Q_A_ROUGE"] = {"value_by_index": {
+                str(i): {**m.rouge_scores(scorer, r["answer"], g), "input": r["question"], "ground_truth": r["answer"], "generation": g}
+                for i, (r, g) in enumerate(zip(rows, generations))
+            }}
+            if prefix == "forget":
+                forget_answers = answers
+                logs["extraction_strength"] = {"value_by_index": {str(i): {"score": m.extraction_strength(a["matches"])} for i, a in enumerate(answers)}}
+        held = score_pairs(model, [(r["question"], r["answer"]) for r in holdout], batch_size=batch_size, progress=bar.update, **kwargs)
+    forget_texts = [r["answer"] for r in datasets["forget"][0]]
+    holdout_texts = [r["answer"] for r in holdout]
+    logs["mia_min_k"] = _mia_log(forget_answers, held, lambda a, _: m.min_k_score(a["token_logprobs"], 0.4), forget_texts, holdout_texts)
+    logs["mia_loss"] = _mia_log(forget_answers, held, lambda a, _: a["avg_loss"], forget_texts, holdout_texts)
+    logs["mia_zlib"] = _mia_log(forget_answers, held, lambda a, text: m.zlib_score(a["avg_loss"], text), forget_texts, holdout_texts)
+    summary = recompute(logs, reference)
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / "TOFU_EVAL.json", dict(sorted(logs.items())))
+    write_json_atomic(out_dir / "TOFU_SUMMARY.json", summary)
+    write_text_atomic(out_dir / "summary.md", markdown_table({label: summary}))
+    return summary
+
+
+def _prob_log(results) -> dict:
+    def entry(r):
+        if isinstance(r, list):
+            return {"prob": [math.exp(-x["avg_loss"]) for x in r], "avg_loss": [x["avg_loss"] for x in r]}
+        return {"prob": math.exp(-r["avg_loss"]), "avg_loss": r["avg_loss"]}
+    return {"value_by_index": {str(i): entry(r) for i, r in enumerate(results)}}
+
+
+def _mia_log(forget, holdout, score, forget_texts, holdout_texts) -> dict:
+    return {
+        side: {"value_by_index": {str(i): {"score": float(score(a, t))} for i, (a, t) in enumerate(zip(results, texts))}}
+        for side, results, texts in (("forget", forget, forget_texts), ("holdout", holdout, holdout_texts))
+    }
