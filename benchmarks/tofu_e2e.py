@@ -1,0 +1,128 @@
+"""End-to-end ULD benchmark on SmolLM2: fine-tune the target and the retain reference,
+train the forget10 assistant, evaluate all three, and write the table and plot.
+
+    python benchmarks/tofu_e2e.py                 # tofu-mini protocol (this 2-core CPU)
+    python benchmarks/tofu_e2e.py --protocol full # TOFU as published (hours here)
+
+Every stage is cached in --workdir and skipped when its output exists, so an interrupted
+run resumes. Results (summary JSON, config, plot) go to benchmarks/results/<protocol>/.
+"""
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PROTOCOLS = {
+    # target learns the first 20 authors (the questions of retain_perturbed) and forget10;
+    # the retain reference learns the first 20 authors only.
+    "mini": {"target": "tofu-mini:target", "retain_model": "tofu-mini:retain", "assistant_retain": "tofu:full[:400]"},
+    "full": {"target": "tofu:full", "retain_model": "tofu:retain90", "assistant_retain": "tofu:retain90"},
+}
+FINETUNE = {"epochs": 5, "lr": 1e-4, "batch_size": 8, "precision": "bf16"}
+ASSISTANT = {"epochs": 10, "lr": 1e-3, "batch_size": 8, "precision": "bf16"}
+
+
+def uld(*args):
+    exe = Path(sys.executable).parent / "uld"
+    started = time.time()
+    subprocess.run([str(exe), *map(str, args)], check=True)
+    return round(time.time() - started, 1)
+
+
+def flags(options):
+    return [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", v)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="mini")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    from uld_serve.models import uld_home
+
+    protocol = PROTOCOLS[args.protocol]
+    work = args.workdir or uld_home() / "bench" / f"tofu-{args.protocol}"
+    work.mkdir(parents=True, exist_ok=True)
+    timings_path = work / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+
+    def stage(name, output, *command):
+        if not Path(output).exists():
+            timings[name] = uld(*command)
+            timings_path.write_text(json.dumps(timings, indent=2))
+        return Path(output)
+
+    seed = ["--seed", args.seed]
+    target = stage("finetune_target", work / "target", "finetune", "--model", "smollm2-135m-instruct",
+                   "--data", protocol["target"], "--out", work / "target", *flags(FINETUNE), *seed)
+    retain = stage("finetune_retain", work / "retain", "finetune", "--model", "smollm2-135m-instruct",
+                   "--data", protocol["retain_model"], "--out", work / "retain", *flags(FINETUNE), *seed)
+    forget_set = stage("train_assistant", work / "forget10", "train-assistant", "--target", target,
+                       "--forget", "tofu:forget10", "--retain", protocol["assistant_retain"],
+                       "--out", work / "forget10", *flags(ASSISTANT), *seed)
+    retain_eval = stage("eval_retain", work / "eval-retain" / "TOFU_EVAL.json", "eval", "tofu", "--target", retain,
+                        "--out", work / "eval-retain")
+    target_eval = stage("eval_target", work / "eval-target" / "TOFU_EVAL.json", "eval", "tofu", "--target", target,
+                        "--out", work / "eval-target", "--retain-logs", retain_eval)
+    uld_eval = stage("eval_uld", work / "eval-uld" / "TOFU_EVAL.json", "eval", "tofu", "--target", target,
+                     "--forget-set", f"forget10={forget_set}", "--out", work / "eval-uld", "--retain-logs", retain_eval)
+    write_results(args.protocol, work, timings, {"retain reference": retain_eval, "target": target_eval, "target + ULD": uld_eval}, retain_eval)
+
+
+def write_results(protocol, work, timings, evals, retain_eval):
+    from uld_serve.eval.summary import recompute
+    from uld_serve.eval.tofu_eval import load_logs
+
+    reference = load_logs(retain_eval)
+    summaries = {label: recompute(load_logs(path), reference) for label, path in evals.items()}
+    out = REPO / "benchmarks" / "results" / f"tofu-{protocol}"
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "protocol": protocol, "data": PROTOCOLS[protocol], "finetune": FINETUNE, "assistant": ASSISTANT,
+        "assistant_manifest": json.loads((work / "forget10" / "uld.json").read_text()),
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps({"summaries": summaries, "timings_s": timings}, indent=2) + "\n")
+    plot(summaries, out / "forget_quality_vs_utility.png")
+    print(table(summaries, timings))
+
+
+def table(summaries, timings):
+    walls = {"retain reference": timings.get("eval_retain"), "target": timings.get("eval_target"), "target + ULD": timings.get("eval_uld")}
+    lines = ["| model | forget quality | model utility | forget ROUGE-L | forget truth ratio | privleak | eval wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for label, s in summaries.items():
+        fq = s.get("forget_quality")
+        lines.append(f"| {label} | {'n/a' if fq is None else f'{fq:.3g}'} | {s['model_utility']:.4f} | "
+                     f"{s['forget_Q_A_ROUGE']:.4f} | {s['forget_truth_ratio']:.4f} | {s['privleak']:.2f} | {walls[label]} |")
+    return "\n".join(lines)
+
+
+def plot(summaries, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, s in summaries.items():
+        fq = s.get("forget_quality") or 1.0  # the retain reference is the comparison itself
+        ax.scatter(s["model_utility"], fq, s=60)
+        ax.annotate(label, (s["model_utility"], fq), textcoords="offset points", xytext=(5, 5))
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility")
+    ax.set_ylabel("forget quality (KS p-value)")
+    ax.set_title("TOFU forget10, SmolLM2-135M")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

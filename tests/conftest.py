@@ -1,0 +1,38 @@
+import os
+import tempfile
+
+os.environ.setdefault("ULD_HOME", tempfile.mkdtemp(prefix="uld-test-home-"))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_base():
+    from uld_serve.models import setup_model
+
+    return setup_model("tiny-random")
+
+
+@pytest.fixture(scope="session")
+def tiny_target(tiny_base, tmp_path_factory):
+    """tiny-random fine-tuned a few steps on forget01: a target with its own fingerprint."""
+    from uld_training.finetune import finetune
+    from uld_training.loop import TrainConfig
+
+    out = tmp_path_factory.mktemp("target") / "model"
+    return finetune(str(tiny_base), "tofu:forget01", out, TrainConfig(max_steps=2, batch_size=4, precision="fp32"))
+
+
+@pytest.fixture(scope="session")
+def forget_sets(tiny_target, tmp_path_factory):
+    """Two ULD forget sets for the tiny target (forget01 and a slice of forget05)."""
+    from uld_training.assistant import AssistantConfig, train_assistant
+    from uld_training.loop import TrainConfig
+
+    root = tmp_path_factory.mktemp("forget_sets")
+    config = TrainConfig(max_steps=3, batch_size=4, lr=5e-3, precision="fp32")
+    return {
+        "f1": train_assistant(str(tiny_target), "tofu:forget01", "tofu:retain90[:40]", root / "f1", config, AssistantConfig()),
+        "f2": train_assistant(str(tiny_target), "tofu:forget05[:40]", "tofu:retain90[40:80]", root / "f2", config,
+                              AssistantConfig(num_layers=2, alpha=1.5)),
+    }

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from uld_serve.assistant import build_assistant, default_num_layers
+from uld_serve.errors import UldError
+from uld_serve.models import load_model
+
+
+def test_default_depth_is_a_quarter():
+    assert default_num_layers(32) == 8
+    assert default_num_layers(30) == 8
+    assert default_num_layers(4) == 1
+
+
+def test_assistant_shares_the_targets_tensors(tiny_base):
+    target = load_model(tiny_base)
+    assistant = build_assistant(target, 2)
+    assert assistant.config.num_hidden_layers == 2
+    target_ptrs = {p.data_ptr() for p in target.parameters()}
+    assert all(p.data_ptr() in target_ptrs for p in assistant.parameters())
+    assert assistant.model.layers[1].mlp.up_proj.weight.data_ptr() == target.model.layers[1].mlp.up_proj.weight.data_ptr()
+    assert assistant.model.layers[0] is not target.model.layers[0]  # separate modules: LoRA wraps only these
+
+
+def test_assistant_is_the_targets_first_layers(tiny_base):
+    target = load_model(tiny_base)
+    assistant = build_assistant(target, 2)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    hidden = target(input_ids=ids, output_hidden_states=True).hidden_states[2]
+    expected = target.lm_head(target.model.norm(hidden))
+    assert torch.allclose(assistant(input_ids=ids).logits, expected, atol=1e-5)
+
+
+def test_depth_beyond_the_target_is_refused(tiny_base):
+    with pytest.raises(UldError, match="between 1 and the target's 4 layers"):
+        build_assistant(load_model(tiny_base), 5)
+
+
+def test_lora_touches_only_assistant_layers(forget_sets):
+    artifact = forget_sets["f2"]
+    manifest = json.loads((artifact / "uld.json").read_text())
+    weights = load_file(artifact / "adapter_model.safetensors")
+    layers = {int(name.split("layers.")[1].split(".")[0]) for name in weights}
+    assert layers == set(range(manifest["num_layers"])) == {0, 1}
+    assert all("lora_" in name for name in weights)
+    assert any(t.abs().sum() > 0 for name, t in weights.items() if "lora_B" in name)  # it trained
+
+
+def test_manifest_describes_the_forget_set(forget_sets, tiny_target):
+    from uld_serve.models import fingerprint
+
+    manifest = json.loads((forget_sets["f1"] / "uld.json").read_text())
+    assert manifest["kind"] == "uld-assistant"
+    assert manifest["base_fingerprint"] == fingerprint(tiny_target)
+    assert manifest["num_layers"] == 1 and manifest["alpha"] == 0.75 and manifest["relative_top"] == 0.01
+    assert manifest["forget"]["num_examples"] == 40 and manifest["retain"]["perturbed_augmentation"] == 120
+    assert manifest["seed"] == 0 and manifest["training"]["rank"] == 32

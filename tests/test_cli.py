@@ -1,0 +1,78 @@
+"""The command line end to end on tiny-random, and its answers to bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ULD = [sys.executable, "-c", "from uld_serve.cli import main; main()"]
+FAST = ["--max-steps", "2", "--batch-size", "4", "--precision", "fp32"]
+
+
+def uld(*args, check=True):
+    result = subprocess.run([*ULD, *map(str, args)], capture_output=True, text=True, env=os.environ.copy())
+    if check and result.returncode != 0:
+        raise AssertionError(f"uld {' '.join(map(str, args))} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def assert_user_error(result, fragment):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    work = tmp_path_factory.mktemp("cli")
+    base = Path(uld("setup", "--model", "tiny-random").stdout.strip())
+    uld("finetune", "--model", base, "--data", "tofu:forget01", "--out", work / "target", *FAST)
+    uld("finetune", "--model", base, "--data", "tofu:retain90[:40]", "--out", work / "retain", *FAST)
+    uld("train-assistant", "--target", work / "target", "--forget", "tofu:forget01", "--retain", "tofu:retain90[:40]",
+        "--out", work / "forget01", *FAST)
+    return work
+
+
+def test_end_to_end(pipeline):
+    work = pipeline
+    assert (work / "target" / "model.safetensors").exists() and (work / "forget01" / "uld.json").exists()
+    small = ["--limit", "4", "--max-new-tokens", "6"]
+    uld("eval", "tofu", "--target", work / "retain", "--split", "forget01", "--out", work / "eval-retain", *small)
+    out = uld("eval", "tofu", "--target", work / "target", "--forget-set", f"forget01={work / 'forget01'}",
+              "--split", "forget01", "--out", work / "eval-uld", "--retain-logs", work / "eval-retain" / "TOFU_EVAL.json", *small)
+    summary = json.loads(out.stdout)
+    assert 0.0 <= summary["forget_quality"] <= 1.0 and summary["model_utility"] >= 0.0
+    logs = json.loads((work / "eval-uld" / "TOFU_EVAL.json").read_text())
+    assert set(logs["forget_Q_A_PERT_Prob"]["value_by_index"]) == {"0", "1", "2", "3"}
+    assert len(logs["forget_Q_A_PERT_Prob"]["value_by_index"]["0"]["prob"]) == 5
+    assert "generation" in logs["forget_Q_A_ROUGE"]["value_by_index"]["0"]
+    again = uld("eval", "summarize", "--logs", work / "eval-uld" / "TOFU_EVAL.json",
+                "--retain-logs", work / "eval-retain" / "TOFU_EVAL.json", "--json")
+    assert json.loads(again.stdout) == pytest.approx(summary, rel=1e-12)
+    assert (work / "eval-uld" / "summary.md").read_text().startswith("| model |")
+
+
+def test_bad_input_gets_one_sentence(pipeline, tmp_path):
+    work = pipeline
+    assert_user_error(uld("finetune", "--model", "tiny-random", "--data", "tofu:forget11", "--out", tmp_path / "x", check=False),
+                      "unknown TOFU split 'forget11'")
+    assert_user_error(uld("finetune", "--model", tmp_path / "missing", "--data", "tofu:forget01", "--out", tmp_path / "x", check=False),
+                      "nor a model directory")
+    assert_user_error(uld("train-assistant", "--target", work / "target", "--forget", "tofu:forget01[0:0]",
+                          "--retain", "tofu:retain90[:8]", "--out", tmp_path / "empty", check=False), "selects no questions")
+    assert_user_error(uld("train-assistant", "--target", work / "target", "--forget", "tofu:forget01",
+                          "--retain", "tofu:retain90[:8]", "--layers", "9", "--out", tmp_path / "deep", check=False),
+                      "between 1 and the target's 4 layers")
+    assert_user_error(uld("eval", "tofu", "--target", work / "retain", "--forget-set", f"f={work / 'forget01'}",
+                          "--out", tmp_path / "e", check=False), "was trained for base model")
+    assert_user_error(uld("eval", "tofu", "--target", work / "target", "--forget-set", f"f={tmp_path / 'nowhere'}",
+                          "--out", tmp_path / "e", check=False), "does not exist")
+    assert_user_error(uld("eval", "summarize", "--logs", tmp_path / "none.json", check=False), "does not exist")
+    assert_user_error(uld("train-assistant", "--target", work / "target", "--forget", "tofu:forget01",
+                          "--retain", "tofu:retain90[:8]", "--out", work / "forget01", check=False), "already exists")
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no half-written artifact left behind
+    assert not (tmp_path / "empty").exists() and not (tmp_path / "deep").exists()
+    assert uld("eval", "tofu", "--bogus", check=False).returncode == 2

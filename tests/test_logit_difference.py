@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+
+from uld_kernels import logit_difference, relative_top_mask
+
+
+def brute_force_mask(row: torch.Tensor, r: float) -> torch.Tensor:
+    """The filter as DESIGN.md states it, by sorting: lp >= min(max(lp) + log r, k-th largest lp)."""
+    lp = torch.log_softmax(row.double(), -1)
+    k = max(1, int(r * row.numel()))
+    kth = lp.sort(descending=True).values[k - 1]
+    threshold = min(lp.max().item() + math.log(r), kth.item())
+    return (lp >= threshold) & torch.isfinite(lp)
+
+
+def rows_under_test(vocab):
+    g = torch.Generator().manual_seed(vocab)
+    rows = [torch.randn(vocab, generator=g) * 3, torch.randn(vocab, generator=g) * 50, torch.zeros(vocab)]
+    ties = torch.randn(vocab, generator=g)
+    ties[: vocab // 10] = ties.max() - 0.5  # many tokens exactly at a candidate threshold
+    rows.append(ties)
+    with_inf = torch.randn(vocab, generator=g)
+    with_inf[::3] = -math.inf
+    rows.append(with_inf)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("vocab", [50, 1000, 32000])
+@pytest.mark.parametrize("r", [0.01, 0.1, 0.5])
+def test_mask_matches_brute_force(vocab, r):
+    rows = rows_under_test(vocab)
+    mask = relative_top_mask(rows, r)
+    for row, got in zip(rows, mask):
+        assert torch.equal(got, brute_force_mask(row, r))
+
+
+def test_filter_keeps_plausible_tokens_only():
+    # k = int(0.01 * 5) is 0, so at least the top token counts; the rest must lie within
+    # log(0.01) = -4.6 of the top logit: 9 does, 4 does not
+    row = torch.tensor([[10.0, 9.0, 4.0, 0.0, -5.0]])
+    assert relative_top_mask(row, 0.01).tolist() == [[True, True, False, False, False]]
+    # with r = 0.5 and V = 4, k = 2: the second-largest is a floor even below max + log r
+    row = torch.tensor([[10.0, 2.0, 1.0, 0.0]])
+    assert relative_top_mask(row, 0.5).tolist() == [[True, True, False, False]]
+
+
+def test_serve_and_score_modes():
+    torch.manual_seed(0)
+    t, a = torch.randn(4, 300) * 4, torch.randn(4, 300)
+    alpha = torch.tensor([0.0, 0.5, 1.0, 2.0])
+    keep = relative_top_mask(t, 0.05)
+    serve = logit_difference(t, a, alpha, 0.05, "serve")
+    score = logit_difference(t, a, alpha, 0.05, "score")
+    expected = t - alpha[:, None] * a
+    assert torch.equal(serve[0], t[0]) and torch.equal(score[0], t[0])  # alpha 0: unchanged, nothing excluded
+    for b in range(1, 4):
+        assert torch.allclose(serve[b][keep[b]], expected[b][keep[b]])
+        assert torch.all(serve[b][~keep[b]] == -math.inf)
+        assert torch.equal(score[b][~keep[b]], t[b][~keep[b]])
+        assert torch.allclose(score[b][keep[b]], expected[b][keep[b]])
+
+
+def test_low_precision_inputs_give_fp32():
+    t, a = torch.randn(2, 64, dtype=torch.bfloat16), torch.randn(2, 64, dtype=torch.float16)
+    out = logit_difference(t, a, 0.75, 0.1)
+    assert out.dtype == torch.float32
+    ref = logit_difference(t.float(), a.float(), 0.75, 0.1)
+    assert torch.equal(out, ref)
+
+
+def test_three_dimensional_inputs_take_per_sequence_alpha():
+    t, a = torch.randn(2, 3, 100), torch.randn(2, 3, 100)
+    out = logit_difference(t, a, torch.tensor([0.0, 1.0]), 0.1, "score")
+    assert torch.equal(out[0], t[0])
+    assert not torch.equal(out[1], t[1])
+
+
+def test_bad_arguments():
+    t = torch.randn(2, 10)
+    with pytest.raises(ValueError, match="mode"):
+        logit_difference(t, t, 1.0, mode="bogus")
+    with pytest.raises(ValueError, match="shape"):
+        logit_difference(t, torch.randn(2, 11), 1.0)
+    with pytest.raises(ValueError, match="relative_top"):
+        logit_difference(t, t, 1.0, relative_top=0.0)

@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from uld_kernels import relative_top_mask
+from uld_serve.errors import UldError
+from uld_serve.reference import GenerationRequest, UldModel
+from uld_serve.tofu import chat_prompt_ids
+
+QUESTIONS = ["Who wrote Hamlet?", "What genre does Hsiao Yun-Hwa write in, and what is her best-known book?", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_target, forget_sets):
+    return UldModel(tiny_target, forget_sets)
+
+
+def prompts(engine):
+    return [chat_prompt_ids(engine.tokenizer, q) for q in QUESTIONS]
+
+
+def hf_greedy(engine, prompt_ids, n):
+    tok = engine.tokenizer
+    width = max(map(len, prompt_ids))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompt_ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    out = engine.target.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    return out[:, width:].tolist()
+
+
+def test_alpha_zero_is_exactly_the_target(engine):
+    p = prompts(engine)
+    expected = hf_greedy(engine, p, 12)
+    plain = engine.generate([GenerationRequest(x, None, max_new_tokens=12) for x in p])
+    zero = engine.generate([GenerationRequest(x, "f1", alpha=0.0, max_new_tokens=12) for x in p])
+    assert plain == expected
+    assert zero == expected
+
+
+def test_mixed_batch_equals_requests_one_by_one(engine):
+    p = prompts(engine)
+    requests = [GenerationRequest(p[0], None, max_new_tokens=10), GenerationRequest(p[1], "f1", max_new_tokens=10),
+                GenerationRequest(p[2], "f2", alpha=2.0, max_new_tokens=10), GenerationRequest(p[1], "f2", max_new_tokens=6),
+                GenerationRequest(p[2], None, max_new_tokens=10)]
+    together = engine.generate(requests)
+    alone = [engine.generate([r])[0] for r in requests]
+    assert together == alone
+    assert len(together[3]) == 6
+
+
+def test_unlearning_changes_the_output(engine):
+    p = prompts(engine)
+    plain = engine.generate([GenerationRequest(x, None, max_new_tokens=10) for x in p])
+    uld = engine.generate([GenerationRequest(x, "f1", alpha=3.0, max_new_tokens=10) for x in p])
+    assert plain != uld
+
+
+def test_greedy_step_is_the_filtered_difference(engine):
+    """One decode step by hand: argmax of t - alpha*a over the target's relative-top set."""
+    p = prompts(engine)[1]
+    ids = torch.tensor([p])
+    t = engine.target(input_ids=ids).logits[0, -1]
+    a = engine._assistant(engine.forget_sets["f1"])(input_ids=ids).logits[0, -1]
+    keep = relative_top_mask(t, 0.01)
+    served = torch.where(keep, t - 2.0 * a, torch.tensor(float("-inf")))
+    token = engine.generate([GenerationRequest(p, "f1", alpha=2.0, max_new_tokens=1)])[0][0]
+    assert token == int(served.argmax())
+
+
+def test_sampling_is_seeded_and_stays_inside_the_filter(engine):
+    p = prompts(engine)[0]
+    request = GenerationRequest(p, "f1", alpha=1.0, max_new_tokens=1, temperature=1.0, top_p=0.95, seed=7)
+    firsts = {engine.generate([request])[0][0] for _ in range(3)}
+    assert len(firsts) == 1
+    ids = torch.tensor([p])
+    keep = relative_top_mask(engine.target(input_ids=ids).logits[0, -1], 0.01)
+    for seed in range(20):
+        request.seed = seed
+        assert keep[engine.generate([request])[0][0]]
+    tiny_p = GenerationRequest(p, "f1", alpha=1.0, max_new_tokens=5, temperature=1.0, top_p=1e-6, seed=3)
+    greedy = GenerationRequest(p, "f1", alpha=1.0, max_new_tokens=5)
+    assert engine.generate([tiny_p]) == engine.generate([greedy])
+
+
+def test_unknown_forget_set(engine):
+    with pytest.raises(UldError, match="unknown forget set 'nope'; known forget sets: f1, f2"):
+        engine.generate([GenerationRequest([1, 2], "nope")])
+
+
+def test_forget_set_for_another_base_is_refused(tiny_base, forget_sets):
+    with pytest.raises(UldError, match="was trained for base model"):
+        UldModel(tiny_base, {"f1": forget_sets["f1"]})

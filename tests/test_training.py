@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from uld_serve.errors import UldError
+from uld_training.assistant import uniform_cross_entropy
+from uld_training.loop import TrainConfig, run_training
+
+
+def test_uniform_cross_entropy_by_hand():
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [9.0, 9.0, 9.0, 9.0]]])
+    labels = torch.tensor([[-100, 2, -100]])  # only position 0 predicts an answer token
+    assert uniform_cross_entropy(logits, labels).item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
+    labels = torch.tensor([[-100, -100, 3]])  # only position 1: logsumexp([1,0,0,0]) - 1/4
+    expected = torch.logsumexp(torch.tensor([1.0, 0, 0, 0]), 0).item() - 0.25
+    assert uniform_cross_entropy(logits, labels).item() == pytest.approx(expected)
+
+
+class Crash(Exception):
+    pass
+
+
+def _train(tmp_path, crash_at=None, steps=6):
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.zeros(3))
+    data = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    calls = []
+
+    def loss_fn(batch):
+        if crash_at is not None and len(calls) == crash_at:
+            raise Crash()
+        calls.append(batch)
+        loss = ((weight - batch) ** 2).sum()
+        return loss, {"loss": loss.item()}
+
+    config = TrainConfig(lr=0.1, epochs=3, batch_size=1, max_steps=steps, save_every=2, precision="fp32")
+    summary = run_training([weight], 2, lambda e: [data[(2 * e) % 4], data[(2 * e + 1) % 4]], loss_fn, config,
+                           tmp_path, lambda: {"w": weight.detach().clone()}, lambda s: weight.data.copy_(s["w"]), "test")
+    return weight.detach(), summary, calls
+
+
+def test_interrupted_training_resumes_to_the_same_result(tmp_path):
+    straight, _, _ = _train(tmp_path / "a")
+    with pytest.raises(Crash):
+        _train(tmp_path / "b", crash_at=5)
+    resumed, summary, calls = _train(tmp_path / "b")
+    assert len(calls) == 2  # steps 5 and 6 only: 4 were checkpointed
+    assert summary["steps"] == 6
+    assert torch.equal(resumed, straight)
+
+
+def test_bad_training_settings():
+    with pytest.raises(UldError, match="precision"):
+        TrainConfig(precision="fp8").validate()
+    with pytest.raises(UldError, match="--max-steps"):
+        TrainConfig(max_steps=0).validate()
