@@ -17,7 +17,7 @@ def test_default_depth_is_a_quarter():
 
 def test_assistant_shares_the_targets_tensors(tiny_base):
     target = load_model(tiny_base)
-    assistant = build_assistant(target, 2)
+    assistant = build_assistant(target, 2).assistant
     assert assistant.config.num_hidden_layers == 2
     target_ptrs = {p.data_ptr() for p in target.parameters()}
     assert all(p.data_ptr() in target_ptrs for p in assistant.parameters())
@@ -43,6 +43,7 @@ def test_lora_touches_only_assistant_layers(forget_sets):
     artifact = forget_sets["f2"]
     manifest = json.loads((artifact / "uld.json").read_text())
     weights = load_file(artifact / "adapter_model.safetensors")
+    assert all(name.startswith("base_model.model.assistant.model.layers.") for name in weights)
     layers = {int(name.split("layers.")[1].split(".")[0]) for name in weights}
     assert layers == set(range(manifest["num_layers"])) == {0, 1}
     assert all("lora_" in name for name in weights)

@@ -3,6 +3,7 @@ the target's tensors (no copies); a forget set adds only LoRA deltas on those K 
 import copy
 
 import torch
+from torch import nn
 
 from .errors import UldError
 
@@ -20,7 +21,21 @@ def _belongs_to_assistant(name: str, num_layers: int) -> bool:
     return True  # embeddings, final norm, LM head
 
 
-def build_assistant(target, num_layers: int):
+class Assistant(nn.Module):
+    """The assistant causal LM under the module path `assistant.`: the vLLM wrapper model gives
+    its assistant layers the same path, so a forget set's LoRA (named
+    `assistant.model.layers.{i}.*`) can only ever touch assistant modules there."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.assistant = lm
+        self.config = lm.config
+
+    def forward(self, **kwargs):
+        return self.assistant(**kwargs)
+
+
+def build_assistant(target, num_layers: int) -> Assistant:
     """A causal LM over the target's first `num_layers` layers whose tensors are the target's own."""
     total = target.config.num_hidden_layers
     if not 1 <= num_layers <= total:
@@ -36,4 +51,4 @@ def build_assistant(target, num_layers: int):
     assistant.model.rotary_emb = target.model.rotary_emb  # non-persistent buffers are not in state_dict
     assistant.requires_grad_(False)
     assistant.eval()
-    return assistant
+    return Assistant(assistant)
