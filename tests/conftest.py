@@ -32,7 +32,7 @@ def forget_sets(tiny_target, tmp_path_factory):
     root = tmp_path_factory.mktemp("forget_sets")
     config = TrainConfig(max_steps=3, batch_size=4, lr=5e-3, precision="fp32")
     return {
-        "f1": train_assistant(str(tiny_target), "tofu:forget01", "tofu:retain90[:40]", root / "f1", config, AssistantConfig()),
+        "f1": train_assistant(str(tiny_target), "tofu:forget01", "tofu:retain90[:40]", root / "f1", config, AssistantConfig(num_layers=2)),
         "f2": train_assistant(str(tiny_target), "tofu:forget05[:40]", "tofu:retain90[40:80]", root / "f2", config,
                               AssistantConfig(num_layers=2, alpha=1.5)),
     }

@@ -56,6 +56,6 @@ def test_manifest_describes_the_forget_set(forget_sets, tiny_target):
     manifest = json.loads((forget_sets["f1"] / "uld.json").read_text())
     assert manifest["kind"] == "uld-assistant"
     assert manifest["base_fingerprint"] == fingerprint(tiny_target)
-    assert manifest["num_layers"] == 1 and manifest["alpha"] == 0.75 and manifest["relative_top"] == 0.01
+    assert manifest["num_layers"] == 2 and manifest["alpha"] == 0.75 and manifest["relative_top"] == 0.01
     assert manifest["forget"]["num_examples"] == 40 and manifest["retain"]["perturbed_augmentation"] == 120
     assert manifest["seed"] == 0 and manifest["training"]["rank"] == 32

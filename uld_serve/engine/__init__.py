@@ -1,0 +1,1 @@
+"""ULD inside vLLM: the wrapper model, its logits processor and the offline engine."""

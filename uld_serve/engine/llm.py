@@ -1,0 +1,113 @@
+"""The offline engine: a vLLM LLM over the ULD wrapper model, with named forget sets.
+
+Each request chooses its forget set (a LoRA adapter on the assistant layers) or none,
+and its alpha and filter r; defaults come from the forget set's manifest.
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..artifact import check_base, read_manifest
+from ..assistant import default_num_layers
+from ..errors import UldError
+from ..models import fingerprint, resolve_model
+from ..reference import GenerationRequest
+from .logits import ALPHA_KEY, RELATIVE_TOP_KEY
+from .plugin import ARCHITECTURE
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass
+class LoadedForgetSet:
+    name: str
+    path: Path
+    manifest: dict
+    lora_id: int
+
+
+def _cpu_defaults() -> None:
+    # vLLM on CPU reserves one core for itself unless told otherwise; on a 2-core machine
+    # that halves throughput (DESIGN.md: 360 vs 244 tokens/s).
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+
+
+class UldEngine:
+    def __init__(self, target_dir, forget_sets: Optional[dict] = None, dtype: str = "float32",
+                 max_model_len: int = 2048, seed: int = 0, **llm_kwargs):
+        _cpu_defaults()
+        from vllm import LLM
+
+        self.target_dir = resolve_model(str(target_dir))
+        target_fingerprint = fingerprint(self.target_dir)
+        self.forget_sets: dict = {}
+        for i, (name, path) in enumerate((forget_sets or {}).items(), start=1):
+            manifest = read_manifest(path)
+            check_base(manifest, path, target_fingerprint)
+            if manifest["kind"] != "uld-assistant":
+                raise UldError(f"{path} is a {manifest['kind']} artifact, not a ULD forget set")
+            self.forget_sets[name] = LoadedForgetSet(name, Path(path), manifest, i)
+        depths = {fs.manifest["num_layers"] for fs in self.forget_sets.values()}
+        if len(depths) > 1:
+            raise UldError(f"forget sets of different assistant depths {sorted(depths)} cannot be served together")
+        import json
+
+        target_layers = json.loads((self.target_dir / "config.json").read_text())["num_hidden_layers"]
+        self.num_assistant_layers = depths.pop() if depths else default_num_layers(target_layers)
+        ranks = [fs.manifest.get("training", {}).get("rank", 8) for fs in self.forget_sets.values()]
+        max_rank = next(r for r in LORA_RANKS if r >= max(ranks or [8]))
+        self.llm = LLM(
+            model=str(self.target_dir),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            hf_overrides={"architectures": [ARCHITECTURE], "uld_assistant_layers": self.num_assistant_layers},
+            enable_lora=True,
+            max_loras=max(1, len(self.forget_sets)),
+            max_lora_rank=max_rank,
+            logits_processors=["uld_serve.engine.logits:UldLogitsProcessor"],
+            logprobs_mode="processed_logprobs",
+            **llm_kwargs,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def _forget_set(self, name: str) -> LoadedForgetSet:
+        if name not in self.forget_sets:
+            known = ", ".join(sorted(self.forget_sets)) or "none"
+            raise UldError(f"unknown forget set {name!r}; known forget sets: {known}")
+        return self.forget_sets[name]
+
+    def sampling(self, request: GenerationRequest):
+        """vLLM SamplingParams and LoRA request for one of our requests (manifest defaults applied)."""
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        lora, alpha, relative_top = None, 0.0, 0.01 if request.relative_top is None else request.relative_top
+        if request.forget_set is not None:
+            fs = self._forget_set(request.forget_set)
+            lora = LoRARequest(fs.name, fs.lora_id, str(fs.path))
+            alpha = fs.manifest.get("alpha", 0.75) if request.alpha is None else request.alpha
+            relative_top = fs.manifest.get("relative_top", 0.01) if request.relative_top is None else request.relative_top
+        params = SamplingParams(
+            max_tokens=request.max_new_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed if request.temperature > 0 else None,
+            extra_args={ALPHA_KEY: float(alpha), RELATIVE_TOP_KEY: float(relative_top)},
+        )
+        return params, lora
+
+    def generate(self, requests: list, use_tqdm: bool = True) -> list:
+        """Token ids generated for each request, in request order."""
+        from vllm.inputs import TokensPrompt
+
+        prompts, params, loras = [], [], []
+        for r in requests:
+            p, lora = self.sampling(r)
+            prompts.append(TokensPrompt(prompt_token_ids=list(r.prompt_ids)))
+            params.append(p)
+            loras.append(lora)
+        outputs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=use_tqdm)
+        return [list(o.outputs[0].token_ids) for o in outputs]

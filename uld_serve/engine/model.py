@@ -1,0 +1,96 @@
+"""The ULD wrapper model for vLLM: a Llama target plus its assistant, in one model.
+
+The assistant is the target's first K decoder layers, final norm and LM head. Its layers
+are separate vLLM modules (under `assistant.model.layers.{i}`, so a forget set's LoRA
+names only them and vLLM pages their KV cache like any other layer) whose parameters
+are the target's own tensors. `forward` returns [target hidden | assistant hidden] and
+`compute_logits` returns [target logits | assistant logits] (2V wide); the ULD logits
+processor (logits.py) turns that into the served V logits with each request's alpha.
+"""
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+from vllm.model_executor.models.interfaces import SupportsLoRA
+from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
+from vllm.model_executor.models.utils import AutoWeightsLoader
+
+ASSISTANT_PREFIX = "assistant.model"
+
+
+def _tie_parameters(module: nn.Module, source: nn.Module) -> None:
+    """Make every parameter of `module` the very Parameter object of `source` (no copy)."""
+    for name, _ in list(module.named_parameters(recurse=False)):
+        setattr(module, name, getattr(source, name))
+    for (name, child), (_, twin) in zip(module.named_children(), source.named_children()):
+        _tie_parameters(child, twin)
+
+
+class AssistantLayers(nn.Module):
+    """The assistant's K decoder layers, sharing tensors with the target's first K."""
+
+    def __init__(self, vllm_config: VllmConfig, target: LlamaModel, num_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(vllm_config=vllm_config, prefix=f"{ASSISTANT_PREFIX}.layers.{i}") for i in range(num_layers)
+        )
+        for mine, theirs in zip(self.layers, target.layers):
+            _tie_parameters(mine, theirs)
+
+    def forward(self, hidden_states, positions, final_norm):
+        residual = None
+        for layer in self.layers:
+            hidden_states, residual = layer(positions, hidden_states, residual)
+        hidden_states, _ = final_norm(hidden_states, residual)
+        return hidden_states
+
+
+class AssistantModel(nn.Module):
+    def __init__(self, vllm_config: VllmConfig, target: LlamaModel, num_layers: int):
+        super().__init__()
+        self.model = AssistantLayers(vllm_config, target, num_layers)
+
+
+class UldLlamaForCausalLM(nn.Module, SupportsLoRA):
+    packed_modules_mapping = LlamaForCausalLM.packed_modules_mapping
+    embedding_modules = {}
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        self.config = config
+        self.num_assistant_layers = int(getattr(config, "uld_assistant_layers", 0))
+        if not 1 <= self.num_assistant_layers <= config.num_hidden_layers:
+            raise ValueError(
+                f"uld_assistant_layers must be in [1, {config.num_hidden_layers}], got {self.num_assistant_layers}"
+            )
+        self.model = LlamaModel(vllm_config=vllm_config, prefix="model")
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, quant_config=vllm_config.quant_config, prefix="lm_head")
+        if config.tie_word_embeddings:
+            self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
+        self.logits_processor = LogitsProcessor(config.vocab_size, scale=getattr(config, "logit_scale", 1.0))
+        self.assistant = AssistantModel(vllm_config, self.model, self.num_assistant_layers)
+        self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_input_ids(input_ids)
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None):
+        if inputs_embeds is None:
+            inputs_embeds = self.model.embed_input_ids(input_ids)
+        target_hidden = self.model(None, positions, intermediate_tensors, inputs_embeds)
+        assistant_hidden = self.assistant.model(inputs_embeds, positions, self.model.norm)
+        return torch.cat([target_hidden, assistant_hidden], dim=-1)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        target_hidden, assistant_hidden = hidden_states.chunk(2, dim=-1)
+        target = self.logits_processor(self.lm_head, target_hidden)
+        assistant = self.logits_processor(self.lm_head, assistant_hidden)
+        return torch.cat([target, assistant], dim=-1)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        # The assistant's parameters are the target's objects, so loading the target loads both.
+        return AutoWeightsLoader(self).load_weights(weights)
