@@ -31,8 +31,20 @@ def forget_sets(tiny_target, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("forget_sets")
     config = TrainConfig(max_steps=3, batch_size=4, lr=5e-3, precision="fp32")
-    return {
+    sets = {
         "f1": train_assistant(str(tiny_target), "tofu:forget01", "tofu:retain90[:40]", root / "f1", config, AssistantConfig(num_layers=2)),
         "f2": train_assistant(str(tiny_target), "tofu:forget05[:40]", "tofu:retain90[40:80]", root / "f2", config,
                               AssistantConfig(num_layers=2, alpha=1.5)),
     }
+    for path in sets.values():
+        amplify_lora(path, 50.0)
+    return sets
+
+
+def amplify_lora(artifact, factor):
+    """Three training steps leave LoRA-B tiny; scale it so that tests can tell forget sets apart."""
+    from safetensors.torch import load_file, save_file
+
+    path = artifact / "adapter_model.safetensors"
+    weights = {k: (v * factor if "lora_B" in k else v) for k, v in load_file(path).items()}
+    save_file(weights, path, metadata={"format": "pt"})

@@ -86,6 +86,47 @@ def _parse_forget_sets(items: List[str]) -> dict:
     return sets
 
 
+@app.command()
+def generate(
+    target: str = typer.Option(..., help="the target checkpoint directory"),
+    forget_set: List[str] = typer.Option([], help="NAME=ADAPTER_DIR, repeatable"),
+    input: Path = typer.Option(..., "--input", help="JSONL: one request per line"),
+    output: Path = typer.Option(..., help="JSONL written in input order, atomically"),
+    engine: str = typer.Option("vllm", help="vllm or reference (plain PyTorch)"),
+    dtype: str = typer.Option("float32", help="float32 or bfloat16"),
+    max_model_len: int = 2048,
+    force: bool = False,
+):
+    """Generate for a JSONL of requests, each choosing its forget set (or none) and alpha."""
+    from .generate import parse_requests, run_generate
+
+    _refuse_existing(output, force)
+    if engine not in ("vllm", "reference"):
+        raise UldError(f"--engine must be vllm or reference, got {engine!r}")
+    if dtype not in ("float32", "bfloat16"):
+        raise UldError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+    sets = _parse_forget_sets(forget_set)
+    from .models import load_tokenizer
+
+    parse_requests(input, load_tokenizer(target), sets)  # bad input fails before any model loads
+    if engine == "reference":
+        import torch
+
+        from .reference import UldModel
+
+        backend = UldModel(target, sets, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
+    else:
+        from .engine.llm import UldEngine
+
+        backend = UldEngine(target, sets, dtype=dtype, max_model_len=max_model_len)
+    try:
+        count = run_generate(backend, input, output)
+    finally:
+        if engine == "vllm":
+            backend.close()
+    print(f"wrote {count} lines to {output}")
+
+
 @eval_app.command("tofu")
 def eval_tofu(
     target: str = typer.Option(..., help="model checkpoint directory (or a known model name)"),

@@ -73,6 +73,12 @@ class UldEngine:
         )
         self.tokenizer = self.llm.get_tokenizer()
 
+    def close(self) -> None:
+        """Stop vLLM's engine processes now rather than at interpreter exit."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
     def _forget_set(self, name: str) -> LoadedForgetSet:
         if name not in self.forget_sets:
             known = ", ".join(sorted(self.forget_sets)) or "none"

