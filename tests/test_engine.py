@@ -61,6 +61,12 @@ def test_forget_sets_and_alpha_matter(engine, reference):
     assert outs[3] == outs[0]  # alpha 0 is the plain target
 
 
+def test_steps_without_forget_sets_skip_the_assistant(engine, reference):
+    p = [chat_prompt_ids(reference.tokenizer, q) for q in QUESTIONS]
+    requests = [GenerationRequest(x, None, max_new_tokens=10) for x in p]
+    assert engine.generate(requests, use_tqdm=False) == reference.generate(requests)
+
+
 def test_unknown_forget_set(engine):
     with pytest.raises(UldError, match="unknown forget set 'nope'; known forget sets: f1, f2"):
         engine.generate([GenerationRequest([1, 2, 3], "nope")])

@@ -27,7 +27,10 @@ class LoadedForgetSet:
     lora_id: int
 
 
-def _cpu_defaults() -> None:
+def _engine_defaults() -> None:
+    # One code path on CPU and GPU: the V1 model runner, whose logits-processor interface
+    # the ULD processor implements (Model Runner V2 has another one).
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
     # vLLM on CPU reserves one core for itself unless told otherwise; on a 2-core machine
     # that halves throughput (DESIGN.md: 360 vs 244 tokens/s).
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
@@ -37,7 +40,7 @@ def _cpu_defaults() -> None:
 class UldEngine:
     def __init__(self, target_dir, forget_sets: Optional[dict] = None, dtype: str = "float32",
                  max_model_len: int = 2048, seed: int = 0, **llm_kwargs):
-        _cpu_defaults()
+        _engine_defaults()
         from vllm import LLM
 
         self.target_dir = resolve_model(str(target_dir))

@@ -6,6 +6,11 @@ names only them and vLLM pages their KV cache like any other layer) whose parame
 are the target's own tensors. `forward` returns [target hidden | assistant hidden] and
 `compute_logits` returns [target logits | assistant logits] (2V wide); the ULD logits
 processor (logits.py) turns that into the served V logits with each request's alpha.
+
+A step in which no request has a forget set skips the assistant: it returns the target's
+hidden states alone, so logits are V wide and the processor passes them through. Those
+requests never read assistant KV, and prefix-cache keys include the LoRA, so a request
+with a forget set never reuses blocks whose assistant KV was skipped.
 """
 from collections.abc import Iterable
 
@@ -78,14 +83,24 @@ class UldLlamaForCausalLM(nn.Module, SupportsLoRA):
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)
 
+    def _assistant_needed(self) -> bool:
+        punica = getattr(self.assistant.model.layers[0].self_attn.qkv_proj, "punica_wrapper", None)
+        if punica is None or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+            return True  # no LoRA machinery, or a CUDA graph that must not depend on data
+        return bool((punica.token_lora_indices >= 0).any())
+
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None):
         if inputs_embeds is None:
             inputs_embeds = self.model.embed_input_ids(input_ids)
         target_hidden = self.model(None, positions, intermediate_tensors, inputs_embeds)
+        if not self._assistant_needed():
+            return target_hidden
         assistant_hidden = self.assistant.model(inputs_embeds, positions, self.model.norm)
         return torch.cat([target_hidden, assistant_hidden], dim=-1)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.shape[-1] == self.config.hidden_size:
+            return self.logits_processor(self.lm_head, hidden_states)
         target_hidden, assistant_hidden = hidden_states.chunk(2, dim=-1)
         target = self.logits_processor(self.lm_head, target_hidden)
         assistant = self.logits_processor(self.lm_head, assistant_hidden)
