@@ -30,6 +30,7 @@ class GenerationRequest:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
 
 
 @dataclass
@@ -150,7 +151,7 @@ class UldModel:
                 token = pad if done[b] else sample_token(served[b], r.temperature, r.top_p, generators[b])
                 if not done[b]:
                     outputs[b].append(token)
-                    done[b] = token in self.eos_ids or len(outputs[b]) >= r.max_new_tokens
+                    done[b] = (token in self.eos_ids and not r.ignore_eos) or len(outputs[b]) >= r.max_new_tokens
                 next_ids.append(token)
             if all(done):
                 break

@@ -17,6 +17,7 @@ from .logits import ALPHA_KEY, RELATIVE_TOP_KEY
 from .plugin import ARCHITECTURE
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+ASSISTANT_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
 
 @dataclass
@@ -68,6 +69,11 @@ class UldEngine:
             seed=seed,
             hf_overrides={"architectures": [ARCHITECTURE], "uld_assistant_layers": self.num_assistant_layers},
             enable_lora=True,
+            # Only the assistant's linears carry LoRA: the target's layers are never wrapped,
+            # so their forward stays the plain (fast) path even when a forget set is active.
+            lora_target_modules=[
+                f"assistant.model.layers.{i}.{module}" for i in range(self.num_assistant_layers) for module in ASSISTANT_LINEARS
+            ],
             max_loras=max(1, len(self.forget_sets)),
             max_lora_rank=max_rank,
             logits_processors=["uld_serve.engine.logits:UldLogitsProcessor"],
@@ -104,6 +110,7 @@ class UldEngine:
             temperature=request.temperature,
             top_p=request.top_p,
             seed=request.seed if request.temperature > 0 else None,
+            ignore_eos=request.ignore_eos,
             extra_args={ALPHA_KEY: float(alpha), RELATIVE_TOP_KEY: float(relative_top)},
         )
         return params, lora

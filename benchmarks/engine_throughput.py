@@ -1,0 +1,120 @@
+"""Decode throughput of vLLM + ULD against plain vLLM and against the paper-style
+two-model loop (our reference decoding), on SmolLM2, in one run.
+
+    python benchmarks/engine_throughput.py [--target DIR --forget-set DIR] [--prompts 32 --tokens 128]
+
+Without --forget-set, a forget set is trained for a few steps on the target (speed does
+not depend on how well it unlearns) and cached under $ULD_HOME/bench/throughput.
+Prints one table; record it in BENCHMARKS.md with the machine and date.
+"""
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def timed(fn):
+    started = time.time()
+    out = fn()
+    return out, time.time() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="smollm2-135m-instruct")
+    parser.add_argument("--forget-set", type=Path, default=None)
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--skip-reference", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # the same settings UldEngine uses
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+
+    from uld_serve.models import load_tokenizer, resolve_model, uld_home
+    from uld_serve.reference import GenerationRequest, UldModel
+    from uld_serve.tofu import chat_prompt_ids, load_qa
+
+    target = resolve_model(args.target)
+    forget_set = args.forget_set
+    if forget_set is None:
+        from uld_training.assistant import AssistantConfig, train_assistant
+        from uld_training.loop import TrainConfig
+
+        forget_set = uld_home() / "bench" / "throughput" / f"forget10-{target.name}"
+        if not forget_set.exists():
+            train_assistant(str(target), "tofu:forget10", "tofu:retain90[:400]", forget_set,
+                            TrainConfig(max_steps=5, lr=1e-3, batch_size=8), AssistantConfig())
+    tokenizer = load_tokenizer(target)
+    questions = [qa.question for qa in load_qa("tofu:forget10")][: args.prompts]
+    prompts = [chat_prompt_ids(tokenizer, q) for q in questions]
+    total = args.prompts * args.tokens
+
+    def requests(forget):
+        return [GenerationRequest(p, forget, max_new_tokens=args.tokens, ignore_eos=True) for p in prompts]
+
+    rows = {}
+
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    plain = LLM(model=str(target), dtype="float32", max_model_len=1024, seed=0)
+    params = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
+    token_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+    plain.generate(token_prompts[:2], params, use_tqdm=False)  # warm-up
+    plain_out, seconds = timed(lambda: plain.generate(token_prompts, params, use_tqdm=False))
+    rows["plain vLLM (target only)"] = seconds
+    plain_tokens = [list(o.outputs[0].token_ids) for o in plain_out]
+    plain.llm_engine.engine_core.shutdown()
+    del plain
+    gc.collect()
+
+    from uld_serve.engine.llm import UldEngine
+
+    engine = UldEngine(target, {"forget10": forget_set}, max_model_len=1024)
+    engine.generate(requests("forget10")[:2], use_tqdm=False)
+    uld_out, rows["vLLM + ULD (every request with a forget set)"] = timed(lambda: engine.generate(requests("forget10"), use_tqdm=False))
+    none_out, rows["vLLM + ULD wrapper, no forget set (assistant skipped)"] = timed(lambda: engine.generate(requests(None), use_tqdm=False))
+    engine.close()
+    del engine
+    gc.collect()
+
+    exact = None
+    if not args.skip_reference:
+        reference = UldModel(target, {"forget10": forget_set})
+        ref_out, rows["reference: two-model loop in PyTorch (paper style)"] = timed(lambda: reference.generate(requests("forget10")))
+        _, rows["reference: target only (Hugging Face style loop)"] = timed(lambda: reference.generate(requests(None)))
+        exact = sum(a == b for a, b in zip(ref_out, uld_out))
+
+    baseline = rows["plain vLLM (target only)"]
+    paper = rows.get("reference: two-model loop in PyTorch (paper style)")
+    print(f"\n{args.prompts} prompts x {args.tokens} greedy tokens, fp32, {os.cpu_count()} cores")
+    print("| engine | seconds | tokens/s | vs plain vLLM | vs paper-style loop |")
+    print("|---|---|---|---|---|")
+    for name, seconds in rows.items():
+        tps = total / seconds
+        vs_paper = f"{paper / seconds:.2f}x" if paper else "n/a"
+        print(f"| {name} | {seconds:.1f} | {tps:.0f} | {baseline / seconds:.2f}x | {vs_paper} |")
+    print(f"\nno-forget-set rows equal plain vLLM: {sum(a == b for a, b in zip(none_out, plain_tokens))}/{len(prompts)}")
+    if exact is not None:
+        print(f"vLLM + ULD equals the reference token for token: {exact}/{len(prompts)} prompts")
+    manifest = json.loads((Path(forget_set) / "uld.json").read_text())
+    from safetensors import safe_open
+
+    with safe_open(str(Path(forget_set) / "adapter_model.safetensors"), "pt") as f:
+        lora_params = sum(f.get_slice(k).get_shape()[0] * f.get_slice(k).get_shape()[1] for k in f.keys())
+    with safe_open(str(target / "model.safetensors"), "pt") as f:
+        import math
+
+        target_params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    print(f"forget-set LoRA: {lora_params / 1e6:.2f}M parameters = {100 * lora_params / target_params:.2f}% of the target's "
+          f"{target_params / 1e6:.1f}M (K={manifest['num_layers']}, r={manifest['training']['rank']}); "
+          f"a copied {manifest['num_layers']}-layer assistant as in the paper would add the layers' own weights")
+
+
+if __name__ == "__main__":
+    main()
