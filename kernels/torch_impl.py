@@ -4,6 +4,10 @@ For each row b, with lp = log_softmax(t_b) and k = max(1, int(r * V)), a token k
 subtraction when lp >= min(max(lp) + log r, k-th largest lp) (and its target logit is
 finite). Kept tokens get t - alpha_b * a. Filtered tokens get -inf ("serve") or keep t
 ("score"). Rows with alpha_b == 0 pass through unchanged.
+
+lp and t differ by one constant per row, so the test is evaluated on t itself:
+t >= min(max(t) + log r, k-th largest t). That is the same set without the rounding of a
+log-sum-exp, and it is what the Triton kernel computes, so both give identical masks.
 """
 import math
 
@@ -12,13 +16,13 @@ import torch
 
 def relative_top_mask(target_logits: torch.Tensor, relative_top: float) -> torch.Tensor:
     """Boolean mask (same shape as target_logits) of the tokens that keep the subtraction."""
-    lp = torch.log_softmax(target_logits.float(), dim=-1)
-    vocab = lp.shape[-1]
+    t = target_logits.float()
+    vocab = t.shape[-1]
     k = min(vocab, max(1, int(relative_top * vocab)))
-    kth_largest = lp.topk(k, dim=-1).values[..., -1:]
-    relative = lp.max(dim=-1, keepdim=True).values + math.log(relative_top)
+    kth_largest = t.topk(k, dim=-1).values[..., -1:]
+    relative = t.max(dim=-1, keepdim=True).values + math.log(relative_top)
     threshold = torch.minimum(relative, kth_largest)
-    return (lp >= threshold) & torch.isfinite(lp)
+    return (t >= threshold) & (t > -math.inf)
 
 
 def logit_difference_torch(target_logits, assistant_logits, alpha, relative_top=0.01, mode="serve"):

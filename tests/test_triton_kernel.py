@@ -1,0 +1,90 @@
+"""The Triton kernel, run by Triton's interpreter on the CPU, against the torch path and
+against a sort-based statement of the filter."""
+import math
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before the kernel module is imported
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+from uld_kernels import logit_difference  # noqa: E402
+
+from test_logit_difference import brute_force_mask  # noqa: E402
+
+
+def adversarial_rows(vocab, rows, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(rows, vocab, generator=g) * 4
+    kinds = ["random", "ties", "equal", "neg_inf", "huge", "peaked"]
+    for b in range(rows):
+        kind = kinds[b % len(kinds)]
+        if kind == "ties":  # many exact copies of the value at the k-th position
+            kth = t[b].topk(max(1, int(0.01 * vocab))).values[-1].clone()
+            t[b, torch.randperm(vocab, generator=g)[: vocab // 20]] = kth
+        elif kind == "equal":
+            t[b] = 1.5
+        elif kind == "neg_inf":
+            t[b, torch.rand(vocab, generator=g) < 0.99] = -math.inf
+        elif kind == "huge":
+            t[b] *= 1e4
+        elif kind == "peaked":
+            t[b, 7] = 50.0
+    return t, torch.randn(rows, vocab, generator=g) * 2
+
+
+def check(t, a, alpha, r=0.01):
+    for mode in ("serve", "score"):
+        got = logit_difference(t, a, alpha, r, mode, impl="triton")
+        want = logit_difference(t, a, alpha, r, mode, impl="torch")
+        assert got.dtype == torch.float32
+        assert torch.equal(torch.isinf(got), torch.isinf(want)), mode  # identical masks (serve) and -inf rows
+        finite = torch.isfinite(want)
+        assert torch.allclose(got[finite], want[finite], rtol=1e-6, atol=1e-6), mode
+    served = logit_difference(t, a, alpha, r, "serve", impl="triton")
+    alpha_rows = torch.as_tensor(alpha).expand(t.shape[0])
+    for b in range(t.shape[0]):
+        if alpha_rows[b] != 0:
+            assert torch.equal(torch.isfinite(served[b]), brute_force_mask(t[b].float(), r)), b
+
+
+@pytest.mark.parametrize("vocab", [32000, 49152, 128256, 151936])
+def test_vocabularies(vocab):
+    t, a = adversarial_rows(vocab, 6, vocab)
+    check(t, a, torch.tensor([1.0, 0.5, 2.0, 1.0, 0.75, 3.0]))
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64, 256])
+def test_batch_sizes(rows):
+    t, a = adversarial_rows(3000, rows, rows)  # 3000: not a multiple of the block
+    alpha = torch.rand(rows, generator=torch.Generator().manual_seed(rows)) * 2
+    alpha[::5] = 0.0
+    check(t, a, alpha)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_inputs(dtype):
+    t, a = adversarial_rows(5000, 6, 1)
+    t = torch.where(torch.isinf(t), t, t.clamp(-6e4, 6e4))
+    check(t.to(dtype), a.to(dtype), torch.tensor(0.75))
+
+
+@pytest.mark.parametrize("r", [0.001, 0.1, 0.5, 1.0])
+def test_other_filter_widths(r):
+    t, a = adversarial_rows(2048, 6, 3)
+    check(t, a, torch.tensor(1.0), r)
+
+
+def test_alpha_zero_rows_are_untouched():
+    t, a = adversarial_rows(1000, 6, 4)
+    out = logit_difference(t, a, torch.zeros(6), 0.01, "serve", impl="triton")
+    assert torch.equal(out, t)
+
+
+def test_sequences_take_per_sequence_alpha():
+    t, a = torch.randn(2, 3, 500), torch.randn(2, 3, 500)
+    alpha = torch.tensor([0.0, 1.0])
+    assert torch.equal(logit_difference(t, a, alpha, 0.05, "score", impl="triton"),
+                       logit_difference(t, a, alpha, 0.05, "score", impl="torch"))
