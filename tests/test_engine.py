@@ -77,3 +77,16 @@ def test_adapter_for_another_base_is_refused(tiny_base, forget_sets):
 
     with pytest.raises(UldError, match="was trained for base model"):
         UldEngine(tiny_base, {"f1": forget_sets["f1"]})
+
+
+def test_tensor_parallel_two_ranks(tiny_target, forget_sets, reference, monkeypatch):
+    """The design holds under vLLM's tensor parallelism: no side channel, same tokens."""
+    from uld_serve.engine.llm import UldEngine
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per rank on this 2-core machine
+    requests = mixed_requests(reference.tokenizer)[:5]
+    engine = UldEngine(tiny_target, forget_sets, max_model_len=1024, tensor_parallel_size=2)
+    try:
+        assert engine.generate(requests, use_tqdm=False) == reference.generate(requests)
+    finally:
+        engine.close()
