@@ -9,7 +9,7 @@ run resumes. Results (summary JSON, config, plot) go to benchmarks/results/<prot
 """
 import argparse
 import json
-import shutil
+import os
 import subprocess
 import sys
 import time
@@ -91,7 +91,36 @@ def write_results(protocol, work, timings, evals, retain_eval):
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "summary.json").write_text(json.dumps({"summaries": summaries, "timings_s": timings}, indent=2) + "\n")
     plot(summaries, out / "forget_quality_vs_utility.png")
-    print(table(summaries, timings))
+    text = table(summaries, timings)
+    print(text)
+    record(protocol, text, timings, config)
+
+
+def record(protocol, text, timings, config):
+    """Replace this protocol's section of BENCHMARKS.md (between its markers) with the new run."""
+    import datetime
+    import platform
+
+    begin, end = f"<!-- tofu-e2e:{protocol}:begin -->", f"<!-- tofu-e2e:{protocol}:end -->"
+    stages = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
+    body = "\n".join([
+        begin,
+        f"Run {datetime.date.today()} on {platform.machine()} with {os.cpu_count()} cores, "
+        f"`python benchmarks/tofu_e2e.py --protocol {protocol}`; config and per-model summaries in "
+        f"`benchmarks/results/tofu-{protocol}/`. Stage wall times: {stages}.",
+        "",
+        text,
+        "",
+        f"![forget quality vs model utility](benchmarks/results/tofu-{protocol}/forget_quality_vs_utility.png)",
+        end,
+    ])
+    path = REPO / "BENCHMARKS.md"
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    if begin in current and end in current:
+        current = current[: current.index(begin)] + body + current[current.index(end) + len(end):]
+    else:
+        current = current.rstrip() + f"\n\n## End-to-end ULD on TOFU ({protocol})\n\n" + body + "\n"
+    path.write_text(current)
 
 
 def table(summaries, timings):

@@ -1,6 +1,8 @@
 """The forget-set artifact: a peft LoRA adapter directory plus a self-describing manifest."""
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from .errors import UldError
 
@@ -16,6 +18,13 @@ def write_manifest(directory: Path, manifest: dict) -> None:
     (Path(directory) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise UldError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
 def read_manifest(directory) -> dict:
     directory = Path(directory)
     path = directory / MANIFEST
@@ -23,10 +32,7 @@ def read_manifest(directory) -> dict:
         raise UldError(f"forget set {directory} does not exist")
     if not path.is_file():
         raise UldError(f"{directory} is not a forget set: it has no {MANIFEST}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UldError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    manifest = read_json(path)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise UldError(f"{path} has format version {manifest.get('format_version')!r}; this uld reads {FORMAT_VERSION}")
     if manifest.get("kind") not in KINDS:
@@ -43,3 +49,38 @@ def check_base(manifest: dict, directory, target_fingerprint: str) -> None:
             f"forget set {directory} was trained for base model {str(expected)[:12]}, "
             f"not for this target ({target_fingerprint[:12]}); train it on this target"
         )
+
+
+@dataclass
+class ForgetSet:
+    """A ULD forget set as served: its name, its directory and its manifest."""
+
+    name: str
+    path: Path
+    manifest: dict
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.manifest["num_layers"])
+
+    def settings(self, alpha: Optional[float] = None, relative_top: Optional[float] = None) -> tuple:
+        """(alpha, relative_top) for a request, the manifest's defaults filling what it leaves out."""
+        return (
+            float(self.manifest.get("alpha", 0.75) if alpha is None else alpha),
+            float(self.manifest.get("relative_top", 0.01) if relative_top is None else relative_top),
+        )
+
+
+def load_forget_set(name: str, path, target_fingerprint: str) -> ForgetSet:
+    manifest = read_manifest(path)
+    check_base(manifest, path, target_fingerprint)
+    if manifest["kind"] != "uld-assistant":
+        raise UldError(f"{path} is a {manifest['kind']} artifact, not a ULD forget set")
+    return ForgetSet(name, Path(path), manifest)
+
+
+def find_forget_set(forget_sets: dict, name: str) -> ForgetSet:
+    if name not in forget_sets:
+        known = ", ".join(sorted(forget_sets)) or "none"
+        raise UldError(f"unknown forget set {name!r}; known forget sets: {known}")
+    return forget_sets[name]

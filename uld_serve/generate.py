@@ -116,10 +116,7 @@ def run_generate(backend, input_path: Path, output_path: Path, chunk_size: int =
 
 
 def _applied_alpha(backend, req) -> float:
-    if req.forget_set is None:
-        return 0.0
-    manifest = backend.forget_sets[req.forget_set].manifest
-    return float(manifest.get("alpha", 0.75) if req.alpha is None else req.alpha)
+    return 0.0 if req.forget_set is None else backend.forget_sets[req.forget_set].settings(req.alpha)[0]
 
 
 def _load_partial(partial: Path, digest: str) -> dict:

@@ -14,7 +14,7 @@ from transformers import DynamicCache
 
 from uld_kernels import logit_difference
 
-from .artifact import check_base, read_manifest
+from .artifact import find_forget_set, load_forget_set
 from .assistant import build_assistant
 from .errors import UldError
 from .models import fingerprint, load_model, load_tokenizer
@@ -33,14 +33,6 @@ class GenerationRequest:
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
 
 
-@dataclass
-class ForgetSet:
-    name: str
-    path: Path
-    manifest: dict
-    num_layers: int
-
-
 class UldModel:
     def __init__(self, target_dir, forget_sets: Optional[dict] = None, dtype=torch.float32):
         self.target_dir = Path(target_dir)
@@ -55,32 +47,25 @@ class UldModel:
         for name, path in (forget_sets or {}).items():
             self.add_forget_set(name, path)
 
-    def add_forget_set(self, name: str, path) -> ForgetSet:
+    def add_forget_set(self, name: str, path):
         from peft import PeftModel
 
-        manifest = read_manifest(path)
-        check_base(manifest, path, self.target_fingerprint)
         if name in self.forget_sets:
             raise UldError(f"forget set name {name!r} is given twice")
-        k = int(manifest.get("num_layers", 0)) if manifest["kind"] == "uld-assistant" else 0
-        if manifest["kind"] != "uld-assistant":
-            raise UldError(f"{path} is a {manifest['kind']} artifact; reference decoding serves ULD forget sets")
+        fs = load_forget_set(name, path, self.target_fingerprint)
+        k = fs.num_layers
         if k not in self._assistants:
             self._assistants[k] = PeftModel.from_pretrained(build_assistant(self.target, k), str(path), adapter_name=name)
         else:
             self._assistants[k].load_adapter(str(path), adapter_name=name)
         self._assistants[k].eval()
-        fs = ForgetSet(name, Path(path), manifest, k)
         self.forget_sets[name] = fs
         return fs
 
-    def _forget_set(self, name: str) -> ForgetSet:
-        if name not in self.forget_sets:
-            known = ", ".join(sorted(self.forget_sets)) or "none"
-            raise UldError(f"unknown forget set {name!r}; known forget sets: {known}")
-        return self.forget_sets[name]
+    def _forget_set(self, name: str):
+        return find_forget_set(self.forget_sets, name)
 
-    def _assistant(self, fs: ForgetSet):
+    def _assistant(self, fs):
         peft_model = self._assistants[fs.num_layers]
         peft_model.set_adapter(fs.name)
         return peft_model
@@ -88,11 +73,7 @@ class UldModel:
     def defaults(self, forget_set: Optional[str], alpha, relative_top):
         if forget_set is None:
             return 0.0, relative_top if relative_top is not None else 0.01
-        manifest = self._forget_set(forget_set).manifest
-        return (
-            float(manifest.get("alpha", 0.75) if alpha is None else alpha),
-            float(manifest.get("relative_top", 0.01) if relative_top is None else relative_top),
-        )
+        return self._forget_set(forget_set).settings(alpha, relative_top)
 
     # ---- scoring (evaluation): probabilities use the "score" variant of the filter ----
     @torch.no_grad()

@@ -3,12 +3,11 @@
 Each request chooses its forget set (a LoRA adapter on the assistant layers) or none,
 and its alpha and filter r; defaults come from the forget set's manifest.
 """
+import json
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
-from ..artifact import check_base, read_manifest
+from ..artifact import find_forget_set, load_forget_set
 from ..assistant import default_num_layers
 from ..errors import UldError
 from ..models import fingerprint, resolve_model
@@ -18,14 +17,6 @@ from .plugin import ARCHITECTURE
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 ASSISTANT_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
-
-
-@dataclass
-class LoadedForgetSet:
-    name: str
-    path: Path
-    manifest: dict
-    lora_id: int
 
 
 def _engine_defaults() -> None:
@@ -46,18 +37,11 @@ class UldEngine:
 
         self.target_dir = resolve_model(str(target_dir))
         target_fingerprint = fingerprint(self.target_dir)
-        self.forget_sets: dict = {}
-        for i, (name, path) in enumerate((forget_sets or {}).items(), start=1):
-            manifest = read_manifest(path)
-            check_base(manifest, path, target_fingerprint)
-            if manifest["kind"] != "uld-assistant":
-                raise UldError(f"{path} is a {manifest['kind']} artifact, not a ULD forget set")
-            self.forget_sets[name] = LoadedForgetSet(name, Path(path), manifest, i)
-        depths = {fs.manifest["num_layers"] for fs in self.forget_sets.values()}
+        self.forget_sets = {name: load_forget_set(name, path, target_fingerprint) for name, path in (forget_sets or {}).items()}
+        self._lora_ids = {name: i for i, name in enumerate(self.forget_sets, start=1)}
+        depths = {fs.num_layers for fs in self.forget_sets.values()}
         if len(depths) > 1:
             raise UldError(f"forget sets of different assistant depths {sorted(depths)} cannot be served together")
-        import json
-
         target_layers = json.loads((self.target_dir / "config.json").read_text())["num_hidden_layers"]
         self.num_assistant_layers = depths.pop() if depths else default_num_layers(target_layers)
         ranks = [fs.manifest.get("training", {}).get("rank", 8) for fs in self.forget_sets.values()]
@@ -88,11 +72,6 @@ class UldEngine:
         if core is not None:
             core.shutdown()
 
-    def _forget_set(self, name: str) -> LoadedForgetSet:
-        if name not in self.forget_sets:
-            known = ", ".join(sorted(self.forget_sets)) or "none"
-            raise UldError(f"unknown forget set {name!r}; known forget sets: {known}")
-        return self.forget_sets[name]
 
     def sampling(self, request: GenerationRequest):
         """vLLM SamplingParams and LoRA request for one of our requests (manifest defaults applied)."""
@@ -101,10 +80,9 @@ class UldEngine:
 
         lora, alpha, relative_top = None, 0.0, 0.01 if request.relative_top is None else request.relative_top
         if request.forget_set is not None:
-            fs = self._forget_set(request.forget_set)
-            lora = LoRARequest(fs.name, fs.lora_id, str(fs.path))
-            alpha = fs.manifest.get("alpha", 0.75) if request.alpha is None else request.alpha
-            relative_top = fs.manifest.get("relative_top", 0.01) if request.relative_top is None else request.relative_top
+            fs = find_forget_set(self.forget_sets, request.forget_set)
+            lora = LoRARequest(fs.name, self._lora_ids[fs.name], str(fs.path))
+            alpha, relative_top = fs.settings(request.alpha, request.relative_top)
         params = SamplingParams(
             max_tokens=request.max_new_tokens,
             temperature=request.temperature,

@@ -1,6 +1,5 @@
 """`uld eval tofu`: run a model (or target + forget set) over TOFU's evaluation splits and
 write TOFU_EVAL.json (per sample), TOFU_SUMMARY.json and summary.md."""
-import json
 import logging
 import math
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 from rouge_score import rouge_scorer
 from tqdm import tqdm
 
+from ..artifact import read_json
 from ..atomic import write_json_atomic, write_text_atomic
 from ..errors import UldError
 from ..tofu import FORGET_SPLITS, load_split
@@ -32,10 +32,7 @@ def load_logs(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UldError(f"evaluation log {path} does not exist")
-    try:
-        logs = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UldError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    logs = read_json(path)
     if not isinstance(logs, dict):
         raise UldError(f"{path} is not a TOFU_EVAL.json (expected an object of metrics)")
     return logs
