@@ -1,0 +1,27 @@
+import torch
+
+from uld_serve.engine import cpu_lora
+
+
+def tokenwise(x, weights, indices):
+    """vLLM's statement: each token's own adapter weights, one product per token."""
+    return torch.einsum("bi,boi->bo", x, weights.squeeze(1)[indices])
+
+
+def test_grouped_products_equal_tokenwise_ones():
+    g = torch.Generator().manual_seed(0)
+    x, idx = torch.randn(9, 16, generator=g), torch.tensor([0, 2, -1, 1, 0, 2, 2, -1, 1])
+    a, b = torch.randn(3, 1, 8, 16, generator=g), torch.randn(3, 1, 20, 8, generator=g)
+    shrunk = torch.zeros(9, 8)
+    cpu_lora.bgmv_shrink(x, a, shrunk, idx, 0.5)
+    assert torch.allclose(shrunk, 0.5 * tokenwise(x, a, idx), atol=1e-5)
+    out = torch.randn(9, 24)
+    expected = out.clone()
+    expected[:, :20] += tokenwise(shrunk, b, idx)
+    cpu_lora.bgmv_expand(shrunk, b, out, idx, add_inputs=True)
+    assert torch.allclose(out, expected, atol=1e-5)
+    out = torch.randn(9, 30)
+    expected = out.clone()
+    expected[:, 5:25] = tokenwise(shrunk, b, idx)
+    cpu_lora.bgmv_expand_slice(shrunk, b, out, idx, 5, 20, add_inputs=False)
+    assert torch.allclose(out, expected, atol=1e-5)
