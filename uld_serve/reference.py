@@ -127,9 +127,13 @@ class UldModel:
         done = [False] * len(requests)
         for _ in range(max(r.max_new_tokens for r in requests)):
             served = logits[0].float() if assistant is None else logit_difference(logits[0], logits[1], alphas, relative_top, "serve")
+            greedy = served.argmax(-1).tolist()  # one batched argmax for every greedy row
             next_ids = []
             for b, r in enumerate(requests):
-                token = pad if done[b] else sample_token(served[b], r.temperature, r.top_p, generators[b])
+                if done[b]:
+                    token = pad
+                else:
+                    token = greedy[b] if r.temperature == 0 else sample_token(served[b], r.temperature, r.top_p, generators[b])
                 if not done[b]:
                     outputs[b].append(token)
                     done[b] = (token in self.eos_ids and not r.ignore_eos) or len(outputs[b]) >= r.max_new_tokens
