@@ -1,7 +1,7 @@
 """One entry point, dispatching by device to the Triton kernel or the torch path."""
 import torch
 
-from .torch_impl import logit_difference_torch, relative_top_mask
+from .torch_impl import logit_difference_torch
 
 MODES = ("serve", "score")
 
