@@ -83,6 +83,13 @@ def main():
     del engine
     gc.collect()
 
+    sparse = UldEngine(target, {"forget10": forget_set}, max_model_len=1024, sparse_head=True)
+    sparse.generate(requests("forget10")[:2], use_tqdm=False)
+    sparse_out, rows["vLLM + ULD, sparse assistant LM head"] = timed(lambda: sparse.generate(requests("forget10"), use_tqdm=False))
+    sparse.close()
+    del sparse
+    gc.collect()
+
     exact = None
     if not args.skip_reference:
         reference = UldModel(target, {"forget10": forget_set})
@@ -99,7 +106,8 @@ def main():
         tps = total / seconds
         vs_paper = f"{paper / seconds:.2f}x" if paper else "n/a"
         print(f"| {name} | {seconds:.1f} | {tps:.0f} | {baseline / seconds:.2f}x | {vs_paper} |")
-    print(f"\nno-forget-set rows equal plain vLLM: {sum(a == b for a, b in zip(none_out, plain_tokens))}/{len(prompts)}")
+    print(f"\nsparse and dense assistant heads give the same tokens: {sum(a == b for a, b in zip(uld_out, sparse_out))}/{len(prompts)}")
+    print(f"no-forget-set rows equal plain vLLM: {sum(a == b for a, b in zip(none_out, plain_tokens))}/{len(prompts)}")
     if exact is not None:
         print(f"vLLM + ULD equals the reference token for token: {exact}/{len(prompts)} prompts")
     manifest = json.loads((Path(forget_set) / "uld.json").read_text())

@@ -16,11 +16,17 @@ import torch
 
 def relative_top_mask(target_logits: torch.Tensor, relative_top: float) -> torch.Tensor:
     """Boolean mask (same shape as target_logits) of the tokens that keep the subtraction."""
+    return filter_union_mask(target_logits, relative_top, relative_top)
+
+
+def filter_union_mask(target_logits: torch.Tensor, r_min: float, r_max: float) -> torch.Tensor:
+    """Tokens kept by the filter for some r in [r_min, r_max]: for every such r the threshold
+    min(max t + log r, k(r)-th t) is at least min(max t + log r_min, k(r_max)-th t)."""
     t = target_logits.float()
     vocab = t.shape[-1]
-    k = min(vocab, max(1, int(relative_top * vocab)))
+    k = min(vocab, max(1, int(r_max * vocab)))
     kth_largest = t.topk(k, dim=-1).values[..., -1:]
-    relative = t.max(dim=-1, keepdim=True).values + math.log(relative_top)
+    relative = t.max(dim=-1, keepdim=True).values + math.log(r_min)
     threshold = torch.minimum(relative, kth_largest)
     return (t >= threshold) & (t > -math.inf)
 

@@ -24,7 +24,7 @@ def engine(tiny_target, forget_sets):
 
     # a small token budget per step forces chunked prefill of the long prompt
     engine = UldEngine(tiny_target, forget_sets, max_model_len=1024, max_num_batched_tokens=128,
-                       enable_prefix_caching=True, enable_chunked_prefill=True)
+                       enable_prefix_caching=True, enable_chunked_prefill=True, sparse_head=True)
     yield engine
     engine.close()
 
@@ -79,6 +79,11 @@ def test_adapter_for_another_base_is_refused(tiny_base, forget_sets):
         UldEngine(tiny_base, {"f1": forget_sets["f1"]})
 
 
+def test_relative_top_outside_the_engines_range(engine):
+    with pytest.raises(UldError, match="outside this engine's range"):
+        engine.generate([GenerationRequest([1, 2, 3], "f1", relative_top=0.5)])
+
+
 def test_tensor_parallel_two_ranks(tiny_target, forget_sets, reference, monkeypatch):
     """The design holds under vLLM's tensor parallelism: no side channel, same tokens."""
     import os
@@ -89,7 +94,7 @@ def test_tensor_parallel_two_ranks(tiny_target, forget_sets, reference, monkeypa
         pytest.skip("two ranks need two cores")
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per rank on this 2-core machine
     requests = mixed_requests(reference.tokenizer)[:5]
-    engine = UldEngine(tiny_target, forget_sets, max_model_len=1024, tensor_parallel_size=2)
+    engine = UldEngine(tiny_target, forget_sets, max_model_len=1024, tensor_parallel_size=2)  # dense head
     try:
         assert engine.generate(requests, use_tqdm=False) == reference.generate(requests)
     finally:

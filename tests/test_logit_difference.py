@@ -85,3 +85,29 @@ def test_bad_arguments():
         logit_difference(t, torch.randn(2, 11), 1.0)
     with pytest.raises(ValueError, match="relative_top"):
         logit_difference(t, t, 1.0, relative_top=0.0)
+
+
+def test_union_mask_covers_every_filter_in_the_range():
+    from uld_kernels.torch_impl import filter_union_mask
+
+    t = torch.randn(16, 5000, generator=torch.Generator().manual_seed(5)) * 3
+    union = filter_union_mask(t, 0.005, 0.05)
+    for r in (0.005, 0.01, 0.02, 0.05):
+        assert torch.all(union | ~relative_top_mask(t, r))  # every kept token is a candidate
+    assert torch.equal(filter_union_mask(t, 0.01, 0.01), relative_top_mask(t, 0.01))
+
+
+def test_sparse_head_serves_what_the_dense_head_serves():
+    from uld_kernels.sparse_head import assistant_logits_on_candidates
+
+    g = torch.Generator().manual_seed(6)
+    weight, hidden = torch.randn(3000, 64, generator=g), torch.randn(8, 64, generator=g)
+    target = torch.randn(8, 3000, generator=g) * 4
+    dense = hidden @ weight.T
+    sparse = assistant_logits_on_candidates(target, hidden, weight, 0.01, 0.02)
+    alpha = torch.linspace(0, 2, 8)
+    for r in (0.01, 0.015, 0.02):
+        want = logit_difference(target, dense, alpha, r, "serve")
+        got = logit_difference(target, sparse, alpha, r, "serve")
+        assert torch.equal(torch.isinf(got), torch.isinf(want))
+        assert torch.allclose(got[torch.isfinite(want)], want[torch.isfinite(want)], atol=1e-4)

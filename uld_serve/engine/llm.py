@@ -31,7 +31,12 @@ def _engine_defaults() -> None:
 
 class UldEngine:
     def __init__(self, target_dir, forget_sets: Optional[dict] = None, dtype: str = "float32",
-                 max_model_len: int = 2048, seed: int = 0, **llm_kwargs):
+                 max_model_len: int = 2048, seed: int = 0, relative_top_range: Optional[tuple] = None,
+                 sparse_head: bool = False, **llm_kwargs):
+        """relative_top_range: the filter widths r that requests may ask for (default: those of
+        the forget sets' manifests). sparse_head: compute the assistant's LM head only on the
+        filter's candidates for that range; off by default because on the CPU it measured
+        slower than vLLM's dense head (BENCHMARKS.md)."""
         _engine_defaults()
         from vllm import LLM
 
@@ -44,6 +49,10 @@ class UldEngine:
             raise UldError(f"forget sets of different assistant depths {sorted(depths)} cannot be served together")
         target_layers = json.loads((self.target_dir / "config.json").read_text())["num_hidden_layers"]
         self.num_assistant_layers = depths.pop() if depths else default_num_layers(target_layers)
+        defaults = [fs.settings()[1] for fs in self.forget_sets.values()] or [0.01]
+        self.relative_top_range = tuple(relative_top_range or (min(defaults), max(defaults)))
+        if not 0.0 < self.relative_top_range[0] <= self.relative_top_range[1] <= 1.0:
+            raise UldError(f"relative_top_range must satisfy 0 < low <= high <= 1, got {self.relative_top_range}")
         ranks = [fs.manifest.get("training", {}).get("rank", 8) for fs in self.forget_sets.values()]
         max_rank = next(r for r in LORA_RANKS if r >= max(ranks or [8]))
         self.llm = LLM(
@@ -51,7 +60,12 @@ class UldEngine:
             dtype=dtype,
             max_model_len=max_model_len,
             seed=seed,
-            hf_overrides={"architectures": [ARCHITECTURE], "uld_assistant_layers": self.num_assistant_layers},
+            hf_overrides={
+                "architectures": [ARCHITECTURE],
+                "uld_assistant_layers": self.num_assistant_layers,
+                "uld_relative_top_range": list(self.relative_top_range),
+                "uld_sparse_head": sparse_head,
+            },
             enable_lora=True,
             # Only the assistant's linears carry LoRA: the target's layers are never wrapped,
             # so their forward stays the plain (fast) path even when a forget set is active.
@@ -83,6 +97,10 @@ class UldEngine:
             fs = find_forget_set(self.forget_sets, request.forget_set)
             lora = LoRARequest(fs.name, self._lora_ids[fs.name], str(fs.path))
             alpha, relative_top = fs.settings(request.alpha, request.relative_top)
+            low, high = self.relative_top_range
+            if not low <= relative_top <= high:
+                raise UldError(f"relative_top {relative_top} is outside this engine's range [{low}, {high}]; "
+                               "start it with a wider relative_top_range")
         params = SamplingParams(
             max_tokens=request.max_new_tokens,
             temperature=request.temperature,

@@ -38,6 +38,9 @@ class UldLogitsProcessor(LogitsProcessor):
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         self.vocab_size = vllm_config.model_config.get_vocab_size()
+        # The sparse assistant head computed logits only for r in this range (UldEngine refuses others).
+        hf_config = vllm_config.model_config.hf_config
+        self.r_min, self.r_max = getattr(hf_config, "uld_relative_top_range", (0.0, 1.0))
         self.settings: dict = {}  # batch row -> (alpha, relative_top)
 
     def is_argmax_invariant(self) -> bool:
@@ -49,7 +52,8 @@ class UldLogitsProcessor(LogitsProcessor):
         for index in batch_update.removed:
             self.settings.pop(index, None)
         for index, params, _, _ in batch_update.added:
-            self.settings[index] = request_settings(params)
+            alpha, relative_top = request_settings(params)
+            self.settings[index] = (alpha, min(max(relative_top, self.r_min), self.r_max))
         for source, dest, direction in batch_update.moved:
             moving = self.settings.pop(source, None)
             if direction == MoveDirectionality.SWAP:

@@ -7,6 +7,11 @@ are the target's own tensors. `forward` returns [target hidden | assistant hidde
 `compute_logits` returns [target logits | assistant logits] (2V wide); the ULD logits
 processor (logits.py) turns that into the served V logits with each request's alpha.
 
+With `uld_sparse_head`, the assistant's LM head is sparse: logits only where the target's
+filter can keep a token, for any r in the engine's range (`uld_relative_top_range`); the
+processor never reads the rest (uld_kernels.sparse_head). With tensor parallelism the head
+stays dense.
+
 A step in which no request has a forget set skips the assistant: it returns the target's
 hidden states alone, so logits are V wide and the processor passes them through. Those
 requests never read assistant KV, and prefix-cache keys include the LoRA, so a request
@@ -17,11 +22,14 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 from vllm.config import VllmConfig
+from vllm.distributed import get_tensor_model_parallel_world_size
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
 from vllm.model_executor.models.interfaces import SupportsLoRA
 from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
 from vllm.model_executor.models.utils import AutoWeightsLoader
+
+from uld_kernels.sparse_head import assistant_logits_on_candidates
 
 ASSISTANT_PREFIX = "assistant.model"
 
@@ -77,6 +85,12 @@ class UldLlamaForCausalLM(nn.Module, SupportsLoRA):
         if config.tie_word_embeddings:
             self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
         self.logits_processor = LogitsProcessor(config.vocab_size, scale=getattr(config, "logit_scale", 1.0))
+        self.relative_top_range = tuple(getattr(config, "uld_relative_top_range", (0.01, 0.01)))
+        self.sparse_head = (
+            getattr(config, "uld_sparse_head", False)
+            and get_tensor_model_parallel_world_size() == 1
+            and getattr(config, "logit_scale", 1.0) == 1.0
+        )
         self.assistant = AssistantModel(vllm_config, self.model, self.num_assistant_layers)
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
 
@@ -103,8 +117,11 @@ class UldLlamaForCausalLM(nn.Module, SupportsLoRA):
             return self.logits_processor(self.lm_head, hidden_states)
         target_hidden, assistant_hidden = hidden_states.chunk(2, dim=-1)
         target = self.logits_processor(self.lm_head, target_hidden)
-        assistant = self.logits_processor(self.lm_head, assistant_hidden)
-        return torch.cat([target, assistant], dim=-1)
+        if self.sparse_head:
+            assistant = assistant_logits_on_candidates(target, assistant_hidden, self.lm_head.weight, *self.relative_top_range)
+        else:
+            assistant = self.logits_processor(self.lm_head, assistant_hidden)
+        return torch.cat([target, assistant.to(target.dtype)], dim=-1)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         # The assistant's parameters are the target's objects, so loading the target loads both.
