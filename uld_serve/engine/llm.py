@@ -33,10 +33,10 @@ class UldEngine:
     def __init__(self, target_dir, forget_sets: Optional[dict] = None, dtype: str = "float32",
                  max_model_len: int = 2048, seed: int = 0, relative_top_range: Optional[tuple] = None,
                  sparse_head: bool = False, **llm_kwargs):
-        """relative_top_range: the filter widths r that requests may ask for (default: those of
-        the forget sets' manifests). sparse_head: compute the assistant's LM head only on the
-        filter's candidates for that range; off by default because on the CPU it measured
-        slower than vLLM's dense head (BENCHMARKS.md)."""
+        """sparse_head: compute the assistant's LM head only where the filter can keep a token
+        for some r in relative_top_range (default: the forget sets' manifest values), and
+        refuse requests outside that range. Off by default: on the CPU it measured slower
+        than vLLM's dense head (BENCHMARKS.md). With the dense head any r in (0, 1] is served."""
         _engine_defaults()
         from vllm import LLM
 
@@ -50,7 +50,8 @@ class UldEngine:
         target_layers = json.loads((self.target_dir / "config.json").read_text())["num_hidden_layers"]
         self.num_assistant_layers = depths.pop() if depths else default_num_layers(target_layers)
         defaults = [fs.settings()[1] for fs in self.forget_sets.values()] or [0.01]
-        self.relative_top_range = tuple(relative_top_range or (min(defaults), max(defaults)))
+        widest = (min(defaults), max(defaults)) if sparse_head else (1e-9, 1.0)
+        self.relative_top_range = tuple(relative_top_range or widest)
         if not 0.0 < self.relative_top_range[0] <= self.relative_top_range[1] <= 1.0:
             raise UldError(f"relative_top_range must satisfy 0 < low <= high <= 1, got {self.relative_top_range}")
         ranks = [fs.manifest.get("training", {}).get("rank", 8) for fs in self.forget_sets.values()]
@@ -85,7 +86,6 @@ class UldEngine:
         core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
         if core is not None:
             core.shutdown()
-
 
     def sampling(self, request: GenerationRequest):
         """vLLM SamplingParams and LoRA request for one of our requests (manifest defaults applied)."""
