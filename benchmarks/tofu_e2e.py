@@ -24,6 +24,7 @@ PROTOCOLS = {
     "mini": {"target": "tofu-mini:target", "retain_model": "tofu-mini:retain", "assistant_retain": "tofu:full[:400]"},
     "full": {"target": "tofu:full", "retain_model": "tofu:retain90", "assistant_retain": "tofu:retain90"},
 }
+STAGES = ["finetune_target", "finetune_retain", "eval_retain", "eval_target", "train_assistant", "eval_uld"]
 FINETUNE = {"epochs": 5, "lr": 1e-4, "batch_size": 8, "precision": "bf16"}
 ASSISTANT = {"epochs": 10, "lr": 1e-3, "batch_size": 8, "precision": "bf16"}
 
@@ -44,6 +45,8 @@ def main():
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="mini")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--until", choices=STAGES, default=STAGES[-1],
+                        help="stop after this stage and record what has been evaluated so far")
     args = parser.parse_args()
     from uld_serve.models import uld_home
 
@@ -57,23 +60,41 @@ def main():
         if not Path(output).exists():
             timings[name] = uld(*command)
             timings_path.write_text(json.dumps(timings, indent=2))
+        if name == args.until:
+            raise Stop()
         return Path(output)
 
-    seed = ["--seed", args.seed]
+    try:
+        run_stages(stage, protocol, work, ["--seed", args.seed])
+    except Stop:
+        pass
+    evals = {label: work / folder / "TOFU_EVAL.json" for label, folder in
+             (("retain reference", "eval-retain"), ("target", "eval-target"), ("target + ULD", "eval-uld"))}
+    evals = {label: path for label, path in evals.items() if path.exists()}
+    if "retain reference" in evals:
+        write_results(args.protocol, work, timings, evals, evals["retain reference"])
+
+
+class Stop(Exception):
+    pass
+
+
+def run_stages(stage, protocol, work, seed):
     target = stage("finetune_target", work / "target", "finetune", "--model", "smollm2-135m-instruct",
                    "--data", protocol["target"], "--out", work / "target", *flags(FINETUNE), *seed)
     retain = stage("finetune_retain", work / "retain", "finetune", "--model", "smollm2-135m-instruct",
                    "--data", protocol["retain_model"], "--out", work / "retain", *flags(FINETUNE), *seed)
+    # The baselines are evaluated before the assistant is trained, so that an interrupted
+    # run has already produced the target-vs-retain numbers.
+    retain_eval = stage("eval_retain", work / "eval-retain" / "TOFU_EVAL.json", "eval", "tofu", "--target", retain,
+                        "--out", work / "eval-retain")
+    stage("eval_target", work / "eval-target" / "TOFU_EVAL.json", "eval", "tofu", "--target", target,
+          "--out", work / "eval-target", "--retain-logs", retain_eval)
     forget_set = stage("train_assistant", work / "forget10", "train-assistant", "--target", target,
                        "--forget", "tofu:forget10", "--retain", protocol["assistant_retain"],
                        "--out", work / "forget10", *flags(ASSISTANT), *seed)
-    retain_eval = stage("eval_retain", work / "eval-retain" / "TOFU_EVAL.json", "eval", "tofu", "--target", retain,
-                        "--out", work / "eval-retain")
-    target_eval = stage("eval_target", work / "eval-target" / "TOFU_EVAL.json", "eval", "tofu", "--target", target,
-                        "--out", work / "eval-target", "--retain-logs", retain_eval)
-    uld_eval = stage("eval_uld", work / "eval-uld" / "TOFU_EVAL.json", "eval", "tofu", "--target", target,
-                     "--forget-set", f"forget10={forget_set}", "--out", work / "eval-uld", "--retain-logs", retain_eval)
-    write_results(args.protocol, work, timings, {"retain reference": retain_eval, "target": target_eval, "target + ULD": uld_eval}, retain_eval)
+    stage("eval_uld", work / "eval-uld" / "TOFU_EVAL.json", "eval", "tofu", "--target", target,
+          "--forget-set", f"forget10={forget_set}", "--out", work / "eval-uld", "--retain-logs", retain_eval)
 
 
 def write_results(protocol, work, timings, evals, retain_eval):
@@ -86,7 +107,8 @@ def write_results(protocol, work, timings, evals, retain_eval):
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "protocol": protocol, "data": PROTOCOLS[protocol], "finetune": FINETUNE, "assistant": ASSISTANT,
-        "assistant_manifest": json.loads((work / "forget10" / "uld.json").read_text()),
+        "assistant_manifest": json.loads((work / "forget10" / "uld.json").read_text()) if (work / "forget10").exists() else None,
+        "models": {name: json.loads((work / name / "uld_model.json").read_text())["config"] for name in ("target", "retain")},
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "summary.json").write_text(json.dumps({"summaries": summaries, "timings_s": timings}, indent=2) + "\n")
