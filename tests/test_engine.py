@@ -90,9 +90,10 @@ def test_tensor_parallel_two_ranks(tiny_target, forget_sets, reference, monkeypa
 
     from uld_serve.engine.llm import UldEngine
 
-    if (os.cpu_count() or 1) < 2:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
         pytest.skip("two ranks need two cores")
-    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per rank on this 2-core machine
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", f"{cores[0]}|{cores[1]}")  # one core per rank
     requests = mixed_requests(reference.tokenizer)[:5]
     engine = UldEngine(tiny_target, forget_sets, max_model_len=1024, tensor_parallel_size=2)  # dense head
     try:
