@@ -48,3 +48,16 @@ def amplify_lora(artifact, factor):
     path = artifact / "adapter_model.safetensors"
     weights = {k: (v * factor if "lora_B" in k else v) for k, v in load_file(path).items()}
     save_file(weights, path, metadata={"format": "pt"})
+
+
+@pytest.fixture(scope="session")
+def weight_level_set(tiny_target, tmp_path_factory):
+    """A weight-level forget set (gradient ascent, LoRA on the target) for the tiny target."""
+    from uld_training.loop import TrainConfig
+    from uld_training.unlearn.run import Trainable, unlearn
+
+    out = tmp_path_factory.mktemp("weight_level") / "ga"
+    unlearn("ga", {}, str(tiny_target), "tofu:forget01", "tofu:retain90[:40]", out,
+            TrainConfig(max_steps=2, batch_size=4, lr=5e-3, precision="fp32"), Trainable(rank=8, lora_alpha=8))
+    amplify_lora(out, 50.0)
+    return out

@@ -21,7 +21,7 @@ from uld_serve.errors import UldError
 from uld_serve.models import fingerprint, load_model, load_tokenizer, resolve_model
 from uld_serve.tofu import IGNORE_INDEX, load_qa, paraphrased_pairs, perturbed_pairs
 
-from .batching import collate, encode_pairs
+from .batching import encode_pairs, paired_batches
 from .loop import TrainConfig, run_training
 
 
@@ -80,12 +80,7 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
     def epoch_batches(epoch):
         rng = random.Random(config.seed * 100_003 + epoch)
         pool = list(forget_enc) + [rng.choice(para_enc[qa.question]) for qa in forget_pairs if para_enc.get(qa.question)]
-        rng.shuffle(pool)
-        batches = []
-        for s in range(0, len(pool), config.batch_size):
-            chunk = pool[s : s + config.batch_size]
-            batches.append((collate(chunk, pad), collate(rng.choices(retain_enc, k=len(chunk)), pad)))
-        return batches
+        return paired_batches(pool, retain_enc, config.batch_size, rng, pad)
 
     def loss_fn(batch):
         forget_batch, retain_batch = batch

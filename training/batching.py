@@ -22,3 +22,15 @@ def collate(examples, pad_id):
 
 def answer_token_count(batch) -> int:
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def paired_batches(pool, retain, batch_size, rng, pad_id):
+    """Shuffle `pool` with `rng` and cut it into batches, each paired with as many retain
+    examples drawn by the same rng: [(forget_batch, retain_batch), ...]."""
+    pool = list(pool)
+    rng.shuffle(pool)
+    batches = []
+    for s in range(0, len(pool), batch_size):
+        chunk = pool[s : s + batch_size]
+        batches.append((collate(chunk, pad_id), collate(rng.choices(retain, k=len(chunk)), pad_id)))
+    return batches

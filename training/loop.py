@@ -53,14 +53,22 @@ def run_training(
     state_fn: Callable[[], dict],
     load_state_fn: Callable[[dict], None],
     desc: str,
+    make_optimizer: Optional[Callable[[list], torch.optim.Optimizer]] = None,
+    backward: Optional[Callable[[object, int], None]] = None,
 ) -> dict:
     """Train `params`; `epoch_batches(e)` lists epoch e's batches, `loss_fn(batch)` returns
-    (loss, {name: float}). Returns a summary (final logged values, steps, wall time)."""
+    (loss, {name: float}) with the objective's value under "loss". By default the optimizer is
+    AdamW and `loss.backward()` fills the gradients; `make_optimizer(params)` and
+    `backward(loss, step)` replace them (second-order and multi-objective methods).
+    Returns a summary (final logged values, steps, wall time)."""
     config.validate()
     total = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if make_optimizer is None:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = make_optimizer(params)
     warmup = max(1, int(config.warmup_ratio * total))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
@@ -83,9 +91,12 @@ def run_training(
         for batch in epoch_batches(epoch)[offset:]:
             with autocast:
                 loss, logged = loss_fn(batch)
-            if not math.isfinite(loss.item()):
-                raise UldError(f"the loss became {loss.item()} at step {step}; lower --lr")
-            loss.backward()
+            if not math.isfinite(logged["loss"]):
+                raise UldError(f"the loss became {logged['loss']} at step {step}; lower --lr")
+            if backward is None:
+                loss.backward()
+            else:
+                backward(loss, step)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             schedule.step()

@@ -37,6 +37,8 @@ def read_manifest(directory) -> dict:
         raise UldError(f"{path} has format version {manifest.get('format_version')!r}; this uld reads {FORMAT_VERSION}")
     if manifest.get("kind") not in KINDS:
         raise UldError(f"{path} has unknown kind {manifest.get('kind')!r}")
+    if manifest.get("weights") == "full":
+        return manifest  # a whole checkpoint (weight-level method on all weights)
     if not (directory / "adapter_config.json").is_file():
         raise UldError(f"{directory} has a manifest but no peft adapter (adapter_config.json)")
     return manifest
@@ -63,19 +65,24 @@ class ForgetSet:
     def num_layers(self) -> int:
         return int(self.manifest["num_layers"])
 
+    @property
+    def is_weight_level(self) -> bool:
+        """A LoRA on the target itself (a weight-level method): served alone, with alpha 0."""
+        return self.manifest["kind"] == "weight-level"
+
     def settings(self, alpha: Optional[float] = None, relative_top: Optional[float] = None) -> tuple:
         """(alpha, relative_top) for a request, the manifest's defaults filling what it leaves out."""
-        return (
-            float(self.manifest.get("alpha", 0.75) if alpha is None else alpha),
-            float(self.manifest.get("relative_top", 0.01) if relative_top is None else relative_top),
-        )
+        relative_top = float(self.manifest.get("relative_top", 0.01) if relative_top is None else relative_top)
+        if self.is_weight_level:
+            return 0.0, relative_top
+        return float(self.manifest.get("alpha", 0.75) if alpha is None else alpha), relative_top
 
 
 def load_forget_set(name: str, path, target_fingerprint: str) -> ForgetSet:
     manifest = read_manifest(path)
     check_base(manifest, path, target_fingerprint)
-    if manifest["kind"] != "uld-assistant":
-        raise UldError(f"{path} is a {manifest['kind']} artifact, not a ULD forget set")
+    if manifest.get("weights") == "full":
+        raise UldError(f"{path} holds all weights of an unlearned model, not an adapter; pass it as the target")
     return ForgetSet(name, Path(path), manifest)
 
 

@@ -8,6 +8,7 @@ from torch import nn
 from .errors import UldError
 
 LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ASSISTANT_PREFIX = "assistant.model"  # module path of the assistant's decoder, here and in the vLLM wrapper
 
 
 def default_num_layers(total_layers: int) -> int:

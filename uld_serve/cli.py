@@ -76,6 +76,43 @@ def train_assistant(
     print(run(target, forget, retain, out, _train_config(lr, epochs, batch_size, seed, max_steps, precision, save_every), cfg))
 
 
+def _parse_params(items: List[str]) -> dict:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UldError(f"--param takes KEY=VALUE, got {item!r}")
+        params[key.replace("-", "_")] = value
+    return params
+
+
+@app.command()
+def unlearn(
+    method: str = typer.Option(..., help="ga, graddiff, npo, simnpo, wga, tnpo, wtnpo, mollm or soul"),
+    target: str = typer.Option(..., help="the target checkpoint directory"),
+    forget: str = typer.Option(..., help="data spec of the forget set, e.g. tofu:forget10"),
+    retain: str = typer.Option(..., help="data spec of retained data, e.g. tofu:retain90"),
+    out: Path = typer.Option(..., help="the artifact directory to write"),
+    param: List[str] = typer.Option([], help="method hyperparameter KEY=VALUE, repeatable (e.g. beta=0.1, retain_loss=kl)"),
+    full: bool = typer.Option(False, help="train all weights (artifact: a whole checkpoint) instead of a LoRA"),
+    rank: int = 32, lora_alpha: int = 32,
+    lr: Optional[float] = typer.Option(None, help="default 1e-4 for a LoRA, 1e-5 for all weights"),
+    epochs: int = 5, batch_size: int = 8, seed: int = 0,
+    max_steps: Optional[int] = None, precision: str = "bf16", save_every: int = 50,
+    force: bool = False,
+):
+    """Weight-level unlearning (the methods ULD is compared with); the artifact is served with alpha 0."""
+    from uld_training.unlearn import get_method
+    from uld_training.unlearn.run import Trainable, unlearn as run
+
+    params = _parse_params(param)
+    get_method(method, params)  # unknown method or hyperparameter: fail before loading anything
+    _refuse_existing(out, force)
+    lr = lr if lr is not None else (1e-5 if full else 1e-4)
+    config = _train_config(lr, epochs, batch_size, seed, max_steps, precision, save_every)
+    print(run(method, params, target, forget, retain, out, config, Trainable(full=full, rank=rank, lora_alpha=lora_alpha)))
+
+
 def _parse_forget_sets(items: List[str]) -> dict:
     sets = {}
     for item in items:

@@ -41,6 +41,7 @@ class UldModel:
         self.target_fingerprint = fingerprint(target_dir)
         self.forget_sets: dict = {}
         self._assistants: dict = {}  # K -> peft model holding every adapter of that depth
+        self._weight_level: dict = {}  # name -> the target with that weight-level LoRA merged
         eos = self.target.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
@@ -53,6 +54,11 @@ class UldModel:
         if name in self.forget_sets:
             raise UldError(f"forget set name {name!r} is given twice")
         fs = load_forget_set(name, path, self.target_fingerprint)
+        if fs.is_weight_level:  # the target's own weights change: a merged copy of the target
+            model = PeftModel.from_pretrained(load_model(self.target_dir, dtype=self.target.dtype), str(path))
+            self._weight_level[name] = model.merge_and_unload().eval()
+            self.forget_sets[name] = fs
+            return fs
         k = fs.num_layers
         if k not in self._assistants:
             self._assistants[k] = PeftModel.from_pretrained(build_assistant(self.target, k), str(path), adapter_name=name)
@@ -64,6 +70,15 @@ class UldModel:
 
     def _forget_set(self, name: str):
         return find_forget_set(self.forget_sets, name)
+
+    def _models(self, forget_set: Optional[str]) -> tuple:
+        """(the model that plays the target, the assistant or None) for rows of this forget set."""
+        if forget_set is None:
+            return self.target, None
+        fs = self._forget_set(forget_set)
+        if fs.is_weight_level:
+            return self._weight_level[forget_set], None
+        return self.target, self._assistant(fs)
 
     def _assistant(self, fs):
         peft_model = self._assistants[fs.num_layers]
@@ -79,11 +94,11 @@ class UldModel:
     @torch.no_grad()
     def score_logits(self, input_ids, attention_mask, forget_set=None, alpha=None, relative_top=None):
         """(B, T, V) fp32 logits for teacher-forced scoring, right-padded inputs."""
-        target_logits = self.target(input_ids=input_ids, attention_mask=attention_mask).logits
-        if forget_set is None:
+        target, assistant = self._models(forget_set)
+        target_logits = target(input_ids=input_ids, attention_mask=attention_mask).logits
+        if assistant is None:
             return target_logits.float()
         alpha, relative_top = self.defaults(forget_set, alpha, relative_top)
-        assistant = self._assistant(self._forget_set(forget_set))
         assistant_logits = assistant(input_ids=input_ids, attention_mask=attention_mask).logits
         return logit_difference(target_logits, assistant_logits, alpha, relative_top, mode="score")
 
@@ -115,8 +130,8 @@ class UldModel:
         attention_mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests])
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         alphas = torch.tensor([self.defaults(forget_set, r.alpha, relative_top)[0] for r in requests])
-        assistant = self._assistant(self._forget_set(forget_set)) if forget_set is not None else None
-        models = [(self.target, DynamicCache())] + ([(assistant, DynamicCache())] if assistant is not None else [])
+        target, assistant = self._models(forget_set)
+        models = [(target, DynamicCache())] + ([(assistant, DynamicCache())] if assistant is not None else [])
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]
 
         def step(ids, mask, pos):

@@ -8,7 +8,7 @@ import os
 from typing import Optional
 
 from ..artifact import find_forget_set, load_forget_set
-from ..assistant import default_num_layers
+from ..assistant import ASSISTANT_PREFIX, default_num_layers
 from ..errors import UldError
 from ..models import fingerprint, resolve_model
 from ..reference import GenerationRequest
@@ -16,7 +16,7 @@ from .logits import ALPHA_KEY, RELATIVE_TOP_KEY
 from .plugin import ARCHITECTURE
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-ASSISTANT_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
 
 def _engine_defaults() -> None:
@@ -44,12 +44,13 @@ class UldEngine:
         target_fingerprint = fingerprint(self.target_dir)
         self.forget_sets = {name: load_forget_set(name, path, target_fingerprint) for name, path in (forget_sets or {}).items()}
         self._lora_ids = {name: i for i, name in enumerate(self.forget_sets, start=1)}
-        depths = {fs.num_layers for fs in self.forget_sets.values()}
+        assistant_sets = [fs for fs in self.forget_sets.values() if not fs.is_weight_level]
+        depths = {fs.num_layers for fs in assistant_sets}
         if len(depths) > 1:
             raise UldError(f"forget sets of different assistant depths {sorted(depths)} cannot be served together")
         target_layers = json.loads((self.target_dir / "config.json").read_text())["num_hidden_layers"]
         self.num_assistant_layers = depths.pop() if depths else default_num_layers(target_layers)
-        defaults = [fs.settings()[1] for fs in self.forget_sets.values()] or [0.01]
+        defaults = [fs.settings()[1] for fs in assistant_sets] or [0.01]
         widest = (min(defaults), max(defaults)) if sparse_head else (1e-9, 1.0)
         self.relative_top_range = tuple(relative_top_range or widest)
         if not 0.0 < self.relative_top_range[0] <= self.relative_top_range[1] <= 1.0:
@@ -68,11 +69,7 @@ class UldEngine:
                 "uld_sparse_head": sparse_head,
             },
             enable_lora=True,
-            # Only the assistant's linears carry LoRA: the target's layers are never wrapped,
-            # so their forward stays the plain (fast) path even when a forget set is active.
-            lora_target_modules=[
-                f"assistant.model.layers.{i}.{module}" for i in range(self.num_assistant_layers) for module in ASSISTANT_LINEARS
-            ],
+            lora_target_modules=self._lora_modules(target_layers),
             max_loras=max(1, len(self.forget_sets)),
             max_lora_rank=max_rank,
             logits_processors=["uld_serve.engine.logits:UldLogitsProcessor"],
@@ -80,6 +77,15 @@ class UldEngine:
             **llm_kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
+
+    def _lora_modules(self, target_layers: int) -> list:
+        """ULD forget sets put LoRA on the assistant's linears only, so the target's layers keep
+        the plain (fast) path; only a weight-level forget set (a LoRA on the target itself)
+        makes the target's linears LoRA layers too."""
+        modules = [f"{ASSISTANT_PREFIX}.layers.{i}.{m}" for i in range(self.num_assistant_layers) for m in LINEARS]
+        if any(fs.is_weight_level for fs in self.forget_sets.values()):
+            modules += [f"model.layers.{i}.{m}" for i in range(target_layers) for m in LINEARS]
+        return modules
 
     def close(self) -> None:
         """Stop vLLM's engine processes now rather than at interpreter exit."""

@@ -31,7 +31,7 @@ from vllm.model_executor.models.utils import AutoWeightsLoader
 
 from uld_kernels.sparse_head import assistant_logits_on_candidates
 
-ASSISTANT_PREFIX = "assistant.model"
+from ..assistant import ASSISTANT_PREFIX
 
 
 def _tie_parameters(module: nn.Module, source: nn.Module) -> None:

@@ -1,0 +1,121 @@
+"""What an unlearning method is: named hyperparameters, a forget loss, a retain term, and
+(rarely) its own optimizer or backward. Methods register by name; `uld unlearn --method`
+looks them up here."""
+from typing import Optional
+
+import torch
+
+from uld_serve.errors import UldError
+
+from .objectives import kl_to_reference, mean_nll
+
+METHODS: dict = {}
+RETAIN_LOSSES = ("nll", "kl", "none")
+
+
+def register(cls):
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str, params: Optional[dict] = None) -> "Method":
+    if name not in METHODS:
+        raise UldError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name](**(params or {}))
+
+
+class Step:
+    """One training step's data and the forward passes a method asks for, each run once."""
+
+    def __init__(self, model, forget: dict, retain: dict, reference=None):
+        self.model, self.reference = model, reference
+        self.batches = {"forget": forget, "retain": retain}
+        self._logits, self._reference_logits = {}, {}
+
+    def labels(self, which: str) -> torch.Tensor:
+        return self.batches[which]["labels"]
+
+    def logits(self, which: str) -> torch.Tensor:
+        if which not in self._logits:
+            b = self.batches[which]
+            self._logits[which] = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        return self._logits[which]
+
+    def reference_logits(self, which: str) -> torch.Tensor:
+        if which not in self._reference_logits:
+            b = self.batches[which]
+            with torch.no_grad(), self.reference() as ref:
+                self._reference_logits[which] = ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        return self._reference_logits[which]
+
+
+class Method:
+    """loss = forget_weight * forget_loss + retain_weight * retain term (NLL, KL to the
+    original model, or none). Subclasses set `name`, `defaults` and `forget_loss`."""
+
+    name = ""
+    defaults: dict = {}
+    uses_reference = False  # the forget loss compares with the original model
+
+    def __init__(self, **params):
+        merged = {"forget_weight": 1.0, "retain_weight": 1.0, "retain_loss": "nll", **self.defaults}
+        unknown = sorted(set(params) - set(merged))
+        if unknown:
+            raise UldError(f"method {self.name} has no hyperparameter {unknown[0]!r}; it takes {', '.join(sorted(merged))}")
+        for key, value in params.items():
+            merged[key] = _coerce(key, value, merged[key])
+        if merged["retain_loss"] not in RETAIN_LOSSES:
+            raise UldError(f"retain_loss must be one of {', '.join(RETAIN_LOSSES)}, got {merged['retain_loss']!r}")
+        self.params = merged
+        self.validate()
+
+    def validate(self):
+        pass
+
+    def __getattr__(self, key):
+        params = self.__dict__.get("params", {})
+        if key in params:
+            return params[key]
+        raise AttributeError(key)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.uses_reference or self.params["retain_loss"] == "kl"
+
+    def forget_loss(self, step: Step) -> torch.Tensor:
+        raise NotImplementedError
+
+    def retain_loss(self, step: Step) -> Optional[torch.Tensor]:
+        kind = self.params["retain_loss"]
+        if kind == "nll":
+            return mean_nll(step.logits("retain"), step.labels("retain"))
+        if kind == "kl":
+            return kl_to_reference(step.logits("retain"), step.reference_logits("retain"), step.labels("retain"))
+        return None
+
+    def terms(self, step: Step) -> dict:
+        """Named loss terms; "loss" is the objective that is minimised."""
+        forget = self.forget_loss(step)
+        terms = {"loss": self.forget_weight * forget, "forget": forget}
+        retain = self.retain_loss(step)
+        if retain is not None:
+            terms["retain"] = retain
+            terms["loss"] = terms["loss"] + self.retain_weight * retain
+        return terms
+
+    # Hooks for methods that change the update itself (MOLLM, SOUL); plain ones keep these.
+    def make_optimizer(self, params, lr, weight_decay):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def backward(self, terms: dict, params: list, step_index: int, step: Step):
+        terms["loss"].backward()
+
+
+def _coerce(key, value, default):
+    """Command-line strings to the type of the default."""
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    try:
+        return type(default)(value) if not isinstance(default, bool) else value.lower() in ("1", "true", "yes")
+    except ValueError:
+        raise UldError(f"hyperparameter {key} must be a {type(default).__name__}, got {value!r}") from None

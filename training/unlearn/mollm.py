@@ -1,0 +1,47 @@
+"""MOLLM (Pan et al. 2025): unlearning as three objectives, updated along their common
+descent direction.
+
+- forget: the unlearning cross-entropy -log(1 - p(y_t)) on forget answer tokens, which is
+  bounded below by 0 and whose gradient does not explode the way ascent's -log p does;
+- retain: NLL on retained answers;
+- kl: KL(original || model) on retained answers.
+Each step computes the three gradients and moves along the negative min-norm point of
+their convex hull (min_norm.py)."""
+import torch
+
+from .base import Method, register
+from .min_norm import common_descent_direction
+from .objectives import kl_to_reference, mean_nll, token_nll
+
+
+def unlearning_cross_entropy(logits, labels) -> torch.Tensor:
+    nll, mask = token_nll(logits, labels)
+    p = (-nll[mask]).exp().clamp(max=1 - 1e-6)
+    return -torch.log1p(-p).mean()
+
+
+@register
+class MOLLM(Method):
+    name = "mollm"
+    defaults = {"retain_loss": "nll"}
+    uses_reference = True
+
+    def terms(self, step):
+        forget = unlearning_cross_entropy(step.logits("forget"), step.labels("forget"))
+        retain = mean_nll(step.logits("retain"), step.labels("retain"))
+        kl = kl_to_reference(step.logits("retain"), step.reference_logits("retain"), step.labels("retain"))
+        return {"loss": forget + retain + kl, "forget": forget, "retain": retain, "kl": kl}
+
+    def backward(self, terms, params, step_index, step):
+        objectives = [terms["forget"], terms["retain"], terms["kl"]]
+        grads = []
+        for i, objective in enumerate(objectives):
+            parts = torch.autograd.grad(objective, params, retain_graph=i < len(objectives) - 1, allow_unused=True)
+            grads.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(parts, params)]))
+        direction, weights = common_descent_direction(grads)
+        self.last_weights = weights.tolist()
+        offset = 0
+        for p in params:  # the optimizer subtracts .grad, so .grad = -d
+            n = p.numel()
+            p.grad = (-direction[offset : offset + n]).view_as(p).to(p.dtype)
+            offset += n

@@ -1,0 +1,141 @@
+"""`uld unlearn`: fit a weight-level unlearning method on the target and write its artifact.
+
+The trainable part is a LoRA on every linear layer of the target (default; served like a
+forget set) or all weights (`full`; the artifact is then a whole checkpoint to serve as a
+target). The original model that reference-based losses compare with is the target with
+the LoRA switched off, or a frozen copy when all weights train.
+"""
+import contextlib
+import copy
+import json
+import random
+import resource
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from uld_serve.artifact import write_manifest
+from uld_serve.assistant import LORA_TARGET_MODULES
+from uld_serve.atomic import atomic_dir
+from uld_serve.models import fingerprint, load_model, load_tokenizer, resolve_model
+from uld_serve.tofu import load_qa
+
+from ..assistant import content_hash
+from ..batching import encode_pairs, paired_batches
+from ..loop import TrainConfig, run_training
+from .base import Step, get_method
+
+
+@dataclass
+class Trainable:
+    full: bool = False  # False: a LoRA on every linear layer of the target
+    rank: int = 32
+    lora_alpha: int = 32
+
+
+def prepare(target: str, method, trainable: Trainable, seed: int):
+    """(model to train, its trainable parameters, reference() context manager, target dir)."""
+    target_dir = resolve_model(target)
+    model = load_model(target_dir)
+    torch.manual_seed(seed)
+    if trainable.full:
+        reference_model = copy.deepcopy(model).requires_grad_(False) if method.needs_reference else None
+        reference = lambda: contextlib.nullcontext(reference_model)  # noqa: E731
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=trainable.rank, lora_alpha=trainable.lora_alpha, lora_dropout=0.0,
+                          target_modules=LORA_TARGET_MODULES)
+        model = get_peft_model(model, lora)
+
+        @contextlib.contextmanager
+        def reference():
+            with model.disable_adapter():
+                yield model
+    model.train()
+    return model, [p for p in model.parameters() if p.requires_grad], reference, target_dir
+
+
+def make_batches(tokenizer, forget: str, retain: str, batch_size: int, seed: int):
+    forget_pairs, retain_pairs = load_qa(forget), load_qa(retain)
+    forget_enc, retain_enc = encode_pairs(tokenizer, forget_pairs), encode_pairs(tokenizer, retain_pairs)
+
+    def epoch_batches(epoch):
+        return paired_batches(forget_enc, retain_enc, batch_size, random.Random(seed * 100_003 + epoch), tokenizer.pad_token_id)
+
+    return forget_pairs, retain_pairs, epoch_batches, -(-len(forget_enc) // batch_size)
+
+
+def unlearn(method_name: str, params: dict, target: str, forget: str, retain: str, out: Path,
+            config: TrainConfig, trainable: Trainable, on_step=None) -> Path:
+    """Train, then write the artifact atomically. `on_step(step_index, model, method)` runs
+    before each update (G-effect probes)."""
+    config.validate()
+    method = get_method(method_name, params)
+    out = Path(out)
+    model, trainable_params, reference, target_dir = prepare(target, method, trainable, config.seed)
+    tokenizer = load_tokenizer(target_dir)
+    forget_pairs, retain_pairs, epoch_batches, steps_per_epoch = make_batches(
+        tokenizer, forget, retain, config.batch_size, config.seed)
+    current = {}
+
+    def loss_fn(batch):
+        current["step"] = Step(model, batch[0], batch[1], reference if method.needs_reference else None)
+        terms = method.terms(current["step"])
+        return terms, {k: float(v.detach()) for k, v in terms.items()}
+
+    def backward(terms, step_index):
+        if on_step is not None:
+            on_step(step_index, model, method)
+        method.backward(terms, trainable_params, step_index, current.pop("step"))
+
+    resume_dir = out.parent / f".{out.name}.resume"
+    summary = run_training(
+        params=trainable_params, steps_per_epoch=steps_per_epoch, epoch_batches=epoch_batches,
+        loss_fn=loss_fn, config=config, resume_dir=resume_dir,
+        state_fn=lambda: {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+        load_state_fn=lambda state: _load_trainable(model, state),
+        desc=f"unlearn {method_name} {forget}",
+        make_optimizer=lambda ps: method.make_optimizer(ps, config.lr, config.weight_decay),
+        backward=backward,
+    )
+    model.eval()
+    last = summary["history"][-1] if summary["history"] else {}
+    manifest = {
+        "kind": "weight-level",
+        "method": method_name,
+        "method_params": method.params,
+        "weights": "full" if trainable.full else "lora",
+        "base_model": str(target_dir),
+        "base_fingerprint": fingerprint(target_dir),
+        "alpha": 0.0,
+        "forget": {"spec": forget, "num_examples": len(forget_pairs), "sha256": content_hash(forget_pairs)},
+        "retain": {"spec": retain, "num_examples": len(retain_pairs), "sha256": content_hash(retain_pairs)},
+        "training": {**config.as_dict(), **({} if trainable.full else {"rank": trainable.rank, "lora_alpha": trainable.lora_alpha,
+                                                                      "lora_target_modules": LORA_TARGET_MODULES})},
+        "seed": config.seed,
+        "result": {"steps": summary["steps"], "wall_s": summary["wall_s"],
+                   "trainable_parameters": sum(p.numel() for p in trainable_params),
+                   "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                   **{k: v for k, v in last.items() if k not in ("step", "epoch", "wall_s")}},
+        "evaluation": None,
+    }
+    with atomic_dir(out) as tmp:
+        if trainable.full:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp)
+        write_manifest(tmp, manifest)
+        (tmp / "training_log.json").write_text(json.dumps(summary["history"]) + "\n")
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    return out
+
+
+def _load_trainable(model, state):
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
