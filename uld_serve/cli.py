@@ -113,6 +113,38 @@ def unlearn(
     print(run(method, params, target, forget, retain, out, config, Trainable(full=full, rank=rank, lora_alpha=lora_alpha)))
 
 
+@app.command()
+def geffect(
+    method: str = typer.Option(..., help="any method of `uld unlearn`"),
+    target: str = typer.Option(..., help="the target checkpoint directory"),
+    forget: str = typer.Option(..., help="data spec of the forget set"),
+    retain: str = typer.Option(..., help="data spec of retained data"),
+    out: Path = typer.Option(..., help="directory for geffect.json/.md, the PNG plots and the trained artifact"),
+    param: List[str] = typer.Option([], help="method hyperparameter KEY=VALUE, repeatable"),
+    every: int = typer.Option(5, help="measure every N steps"),
+    probe_size: int = typer.Option(16, help="forget and retain answers in the probe batches"),
+    full: bool = False, rank: int = 32, lora_alpha: int = 32,
+    lr: Optional[float] = typer.Option(None, help="default 1e-4 for a LoRA, 1e-5 for all weights"),
+    epochs: int = 5, batch_size: int = 8, seed: int = 0,
+    max_steps: Optional[int] = None, precision: str = "bf16",
+    force: bool = False,
+):
+    """G-effect of a method per layer group and step, on forget and on retained data."""
+    from uld_training.geffect import geffect as run
+    from uld_training.unlearn import get_method
+    from uld_training.unlearn.run import Trainable
+
+    params = _parse_params(param)
+    get_method(method, params)
+    if every < 1 or probe_size < 1:
+        raise UldError("--every and --probe-size must be at least 1")
+    _refuse_existing(out, force)
+    lr = lr if lr is not None else (1e-5 if full else 1e-4)
+    config = _train_config(lr, epochs, batch_size, seed, max_steps, precision, 10**9)
+    print(run(method, params, target, forget, retain, out, config, Trainable(full=full, rank=rank, lora_alpha=lora_alpha),
+              every=every, probe_size=probe_size))
+
+
 def _parse_forget_sets(items: List[str]) -> dict:
     sets = {}
     for item in items:

@@ -110,6 +110,11 @@ class Method:
     def backward(self, terms: dict, params: list, step_index: int, step: Step):
         terms["loss"].backward()
 
+    def objective_gradient(self, terms: dict, params: list) -> list:
+        """The gradient the update follows, one tensor per parameter (G-effect diagnostics)."""
+        grads = torch.autograd.grad(terms["loss"], params, allow_unused=True)
+        return [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+
 
 def _coerce(key, value, default):
     """Command-line strings to the type of the default."""

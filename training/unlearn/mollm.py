@@ -32,16 +32,17 @@ class MOLLM(Method):
         kl = kl_to_reference(step.logits("retain"), step.reference_logits("retain"), step.labels("retain"))
         return {"loss": forget + retain + kl, "forget": forget, "retain": retain, "kl": kl}
 
-    def backward(self, terms, params, step_index, step):
+    def objective_gradient(self, terms, params):
+        """-d, d the common descent direction: the optimizer subtracts what it is given."""
         objectives = [terms["forget"], terms["retain"], terms["kl"]]
         grads = []
         for i, objective in enumerate(objectives):
             parts = torch.autograd.grad(objective, params, retain_graph=i < len(objectives) - 1, allow_unused=True)
             grads.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(parts, params)]))
-        direction, weights = common_descent_direction(grads)
-        self.last_weights = weights.tolist()
-        offset = 0
-        for p in params:  # the optimizer subtracts .grad, so .grad = -d
-            n = p.numel()
-            p.grad = (-direction[offset : offset + n]).view_as(p).to(p.dtype)
-            offset += n
+        direction, self.last_weights = common_descent_direction(grads)
+        flat = (-direction).split([p.numel() for p in params])
+        return [g.view_as(p).to(p.dtype) for g, p in zip(flat, params)]
+
+    def backward(self, terms, params, step_index, step):
+        for p, g in zip(params, self.objective_gradient(terms, params)):
+            p.grad = g

@@ -70,8 +70,8 @@ def make_batches(tokenizer, forget: str, retain: str, batch_size: int, seed: int
 
 def unlearn(method_name: str, params: dict, target: str, forget: str, retain: str, out: Path,
             config: TrainConfig, trainable: Trainable, on_step=None) -> Path:
-    """Train, then write the artifact atomically. `on_step(step_index, model, method)` runs
-    before each update (G-effect probes)."""
+    """Train, then write the artifact atomically. `on_step(step_index, model, method, reference)`
+    runs before each update (G-effect probes)."""
     config.validate()
     method = get_method(method_name, params)
     out = Path(out)
@@ -80,15 +80,16 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
     forget_pairs, retain_pairs, epoch_batches, steps_per_epoch = make_batches(
         tokenizer, forget, retain, config.batch_size, config.seed)
     current = {}
+    reference = reference if method.needs_reference else None
 
     def loss_fn(batch):
-        current["step"] = Step(model, batch[0], batch[1], reference if method.needs_reference else None)
+        current["step"] = Step(model, batch[0], batch[1], reference)
         terms = method.terms(current["step"])
         return terms, {k: float(v.detach()) for k, v in terms.items()}
 
     def backward(terms, step_index):
         if on_step is not None:
-            on_step(step_index, model, method)
+            on_step(step_index, model, method, reference)
         method.backward(terms, trainable_params, step_index, current.pop("step"))
 
     resume_dir = out.parent / f".{out.name}.resume"
