@@ -9,7 +9,6 @@ run resumes. Results (summary JSON, config, plot) go to benchmarks/results/<prot
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 PROTOCOLS = {
     # target learns the first 20 authors (the questions of retain_perturbed) and forget10;
@@ -119,30 +119,13 @@ def write_results(protocol, work, timings, evals, retain_eval):
 
 
 def record(protocol, text, timings, config):
-    """Replace this protocol's section of BENCHMARKS.md (between its markers) with the new run."""
-    import datetime
-    import platform
+    """Replace this protocol's section of BENCHMARKS.md with the new run."""
+    from report import write_section
 
-    begin, end = f"<!-- tofu-e2e:{protocol}:begin -->", f"<!-- tofu-e2e:{protocol}:end -->"
     stages = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
-    body = "\n".join([
-        begin,
-        f"Run {datetime.date.today()} on {platform.machine()} with {os.cpu_count()} cores, "
-        f"`python benchmarks/tofu_e2e.py --protocol {protocol}`; config and per-model summaries in "
-        f"`benchmarks/results/tofu-{protocol}/`. Stage wall times: {stages}.",
-        "",
-        text,
-        "",
-        f"![forget quality vs model utility](benchmarks/results/tofu-{protocol}/forget_quality_vs_utility.png)",
-        end,
-    ])
-    path = REPO / "BENCHMARKS.md"
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    if begin in current and end in current:
-        current = current[: current.index(begin)] + body + current[current.index(end) + len(end):]
-    else:
-        current = current.rstrip() + f"\n\n## End-to-end ULD on TOFU ({protocol})\n\n" + body + "\n"
-    path.write_text(current)
+    write_section(f"tofu-e2e:{protocol}", f"End-to-end ULD on TOFU ({protocol})", f"python benchmarks/tofu_e2e.py --protocol {protocol}",
+                  f"Config and per-model summaries in `benchmarks/results/tofu-{protocol}/`. Stage wall times: {stages}.\n\n{text}\n\n"
+                  f"![forget quality vs model utility](benchmarks/results/tofu-{protocol}/forget_quality_vs_utility.png)")
 
 
 def table(summaries, timings):

@@ -22,7 +22,7 @@ from uld_serve.models import fingerprint, load_model, load_tokenizer, resolve_mo
 from uld_serve.tofu import IGNORE_INDEX, load_qa, paraphrased_pairs, perturbed_pairs
 
 from .batching import encode_pairs, paired_batches
-from .loop import TrainConfig, run_training
+from .loop import TrainConfig, peak_rss_mib, run_training
 
 
 @dataclass
@@ -130,6 +130,8 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
                          "retain_weight": assistant.retain_weight, "lora_target_modules": LORA_TARGET_MODULES},
             "seed": config.seed,
             "result": {"steps": summary["steps"], "wall_s": summary["wall_s"],
+                       "trainable_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
+                       "peak_rss_mib": peak_rss_mib(),
                        **{k_: v for k_, v in last.items() if k_ not in ("step", "epoch", "wall_s")}},
             "evaluation": None,
         })

@@ -2,6 +2,7 @@
 autocast, a progress bar, and resumable checkpoints (the data order is a function of the
 seed and the epoch, so a resumed run sees exactly the batches it would have seen)."""
 import math
+import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +14,11 @@ from tqdm import tqdm
 from uld_serve.errors import UldError
 
 PRECISIONS = ("fp32", "bf16")
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 @dataclass

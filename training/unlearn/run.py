@@ -9,7 +9,6 @@ import contextlib
 import copy
 import json
 import random
-import resource
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from uld_serve.tofu import load_qa
 
 from ..assistant import content_hash
 from ..batching import encode_pairs, paired_batches
-from ..loop import TrainConfig, run_training
+from ..loop import TrainConfig, peak_rss_mib, run_training
 from .base import Step, get_method
 
 
@@ -119,7 +118,7 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
         "seed": config.seed,
         "result": {"steps": summary["steps"], "wall_s": summary["wall_s"],
                    "trainable_parameters": sum(p.numel() for p in trainable_params),
-                   "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                   "peak_rss_mib": peak_rss_mib(),
                    **{k: v for k, v in last.items() if k not in ("step", "epoch", "wall_s")}},
         "evaluation": None,
     }

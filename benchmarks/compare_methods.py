@@ -1,0 +1,200 @@
+"""ULD against weight-level unlearning on one benchmark: the tofu-mini protocol of
+tofu_e2e.py (SmolLM2 target that learned 40 TOFU authors, forget10), every method of
+`uld unlearn` with the same budget (LoRA r32 on every linear, 5 epochs, batch 8), one table
+and one scatter plot in BENCHMARKS.md.
+
+    python benchmarks/compare_methods.py                      # every method
+    python benchmarks/compare_methods.py --methods npo,simnpo # a subset (stages are cached)
+
+Hyperparameters start from each paper's defaults (the methods' own defaults); only the
+learning rate is chosen, and never on forget10: each candidate is trained to forget a
+validation split, authors 10-19 of the target's 20 retained authors (tofu:full[200:400]),
+with authors 0-9 (tofu:full[:200]) as retain data. The rule: among candidates whose mean
+answer probability on real authors + world facts stays >= 95% of the target's, the one with
+the lowest probability on the validation forget answers (else the one with the best
+utility). ULD keeps its paper defaults, untuned. The target, retain reference, their
+evaluations and the ULD assistant come from tofu_e2e.py's cache (run it first).
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from tofu_e2e import PROTOCOLS, uld  # noqa: E402
+
+METHODS = ["ga", "graddiff", "npo", "simnpo", "wga", "tnpo", "wtnpo", "mollm", "soul"]
+BUDGET = {"epochs": 5, "batch_size": 8, "precision": "bf16", "rank": 32, "lora_alpha": 32}
+LEARNING_RATES = [1e-4, 1e-3]
+VALIDATION = {"forget": "tofu:full[200:400]", "retain": "tofu:full[:200]"}
+UTILITY_FLOOR = 0.95
+EVAL_FLAGS = []  # --smoke adds --limit
+VALIDATION_LIMIT = [None]
+
+
+def flags(options):
+    return [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", v)]
+
+
+def validation_scores(target, artifact=None):
+    """Mean answer probability on the validation forget split and on real authors + world facts."""
+    from uld_serve.eval.scoring import score_pairs
+    from uld_serve.reference import UldModel
+    from uld_serve.tofu import load_qa, load_split
+
+    model = UldModel(target, {"m": artifact} if artifact else {})
+    name = "m" if artifact else None
+
+    def mean_prob(pairs):
+        rows = score_pairs(model, pairs, forget_set=name)
+        return sum(2.718281828459045 ** -r["avg_loss"] for r in rows) / len(rows)
+
+    utility = [(r["question"], r["answer"]) for s in ("real_authors", "world_facts") for r in load_split(s)]
+    n = VALIDATION_LIMIT[0]
+    return {"forget_prob": mean_prob([(qa.question, qa.answer) for qa in load_qa(VALIDATION["forget"])][:n]),
+            "utility_prob": mean_prob(utility[:n])}
+
+
+def choose_lr(method, work, target, target_scores):
+    """Train each candidate on the validation split; return (chosen lr, all scores)."""
+    scores = {}
+    for lr in LEARNING_RATES:
+        run = work / "validation" / f"{method}-lr{lr:g}"
+        path = run / "scores.json"
+        if not path.exists():
+            if not (run / "artifact").exists():
+                uld("unlearn", "--method", method, "--target", target, "--forget", VALIDATION["forget"],
+                    "--retain", VALIDATION["retain"], "--out", run / "artifact", "--lr", lr, *flags(BUDGET))
+            path.write_text(json.dumps(validation_scores(target, run / "artifact")))
+        scores[lr] = json.loads(path.read_text())
+    floor = UTILITY_FLOOR * target_scores["utility_prob"]
+    kept = [lr for lr in LEARNING_RATES if scores[lr]["utility_prob"] >= floor]
+    chosen = min(kept, key=lambda lr: scores[lr]["forget_prob"]) if kept else max(LEARNING_RATES, key=lambda lr: scores[lr]["utility_prob"])
+    return chosen, scores
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 training steps and 4 items per eval split: checks the script, reports nothing")
+    args = parser.parse_args()
+    if args.smoke:
+        BUDGET.update(max_steps=2, precision="fp32")
+        EVAL_FLAGS.extend(["--limit", "4", "--max-new-tokens", "8"])
+        VALIDATION_LIMIT[0] = 4
+    from uld_serve.models import uld_home
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        sys.exit(f"error: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    work = args.workdir or uld_home() / "bench" / "tofu-mini"
+    target, retain_logs = work / "target", work / "eval-retain" / "TOFU_EVAL.json"
+    if not (target.exists() and retain_logs.exists()):
+        sys.exit("error: run benchmarks/tofu_e2e.py first (it trains the target and evaluates the retain reference)")
+    protocol = PROTOCOLS["mini"]
+    target_scores_path = work / "validation" / "target-scores.json"
+    if not target_scores_path.exists():
+        target_scores_path.parent.mkdir(parents=True, exist_ok=True)
+        target_scores_path.write_text(json.dumps(validation_scores(target)))
+    target_scores = json.loads(target_scores_path.read_text())
+    for method in methods:
+        lr, scores = choose_lr(method, work, target, target_scores)
+        artifact = work / "methods" / method
+        if not artifact.exists():
+            uld("unlearn", "--method", method, "--target", target, "--forget", "tofu:forget10",
+                "--retain", protocol["assistant_retain"], "--out", artifact, "--lr", lr, *flags(BUDGET))
+        (work / "methods" / f"{method}.validation.json").write_text(json.dumps({"chosen_lr": lr, "scores": scores, "target": target_scores}, indent=2))
+        if not (work / "eval-methods" / method / "TOFU_EVAL.json").exists():
+            uld("eval", "tofu", "--target", target, "--forget-set", f"{method}={artifact}", "--out", work / "eval-methods" / method,
+                "--retain-logs", retain_logs, *EVAL_FLAGS)
+    write_results(work, publish=not args.smoke)
+
+
+def rows(work):
+    """(label, TOFU_EVAL.json, artifact directory) for ULD and every method evaluated so far."""
+    out = []
+    if (work / "eval-uld" / "TOFU_EVAL.json").exists():
+        out.append(("ULD (assistant)", work / "eval-uld" / "TOFU_EVAL.json", work / "forget10"))
+    for method in METHODS:
+        logs = work / "eval-methods" / method / "TOFU_EVAL.json"
+        if logs.exists():
+            out.append((method, logs, work / "methods" / method))
+    return out
+
+
+def adapter_parameters(artifact: Path) -> int:
+    """Trainable parameters of an artifact, counted from its adapter file (older manifests lack them)."""
+    from safetensors import safe_open
+
+    with safe_open(str(artifact / "adapter_model.safetensors"), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def write_results(work, publish=True):
+    """The table and plot; published to benchmarks/results and BENCHMARKS.md, or (smoke runs)
+    left in the workdir.""" 
+    from uld_serve.eval.summary import recompute
+    from uld_serve.eval.tofu_eval import load_logs
+
+    reference = load_logs(work / "eval-retain" / "TOFU_EVAL.json")
+    target = recompute(load_logs(work / "eval-target" / "TOFU_EVAL.json"), reference)
+    lines = ["| model | forget quality | model utility | forget ROUGE-L | privleak | train wall s | trainable params | peak RSS MiB | lr |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| target (no unlearning) | {target['forget_quality']:.3g} | {target['model_utility']:.4f} | "
+             f"{target['forget_Q_A_ROUGE']:.4f} | {target['privleak']:.2f} | | | | |"]
+    points = {"target": target}
+    for label, logs, artifact in rows(work):
+        manifest = json.loads((artifact / "uld.json").read_text())
+        s = recompute(load_logs(logs), reference)
+        points[label] = s
+        result = {"trainable_parameters": adapter_parameters(artifact), **manifest.get("result", {})}
+        lr = manifest.get("training", {}).get("lr")
+        lines.append(f"| {label} | {s['forget_quality']:.3g} | {s['model_utility']:.4f} | {s['forget_Q_A_ROUGE']:.4f} | "
+                     f"{s['privleak']:.2f} | {result.get('wall_s', 'n/a')} | {result.get('trainable_parameters', 'n/a')} | "
+                     f"{result.get('peak_rss_mib', 'n/a')} | {lr} |")
+    out = REPO / "benchmarks" / "results" / "compare-mini" if publish else work / "compare-smoke"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(points, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps({"budget": BUDGET, "learning_rates": LEARNING_RATES, "validation": VALIDATION,
+                                                 "utility_floor": UTILITY_FLOOR, "protocol": PROTOCOLS["mini"]}, indent=2) + "\n")
+    plot(points, out / "forget_quality_vs_utility.png")
+    text = "\n".join(lines)
+    print(text)
+    if publish:
+        record(text)
+
+
+def plot(points, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, s in points.items():
+        ax.scatter(s["model_utility"], max(s["forget_quality"], 1e-40), s=50)
+        ax.annotate(label, (s["model_utility"], max(s["forget_quality"], 1e-40)), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility")
+    ax.set_ylabel("forget quality (KS p-value)")
+    ax.set_title("TOFU forget10 (tofu-mini), SmolLM2-135M")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def record(text):
+    from report import write_section
+
+    write_section("compare-methods:mini", "ULD against weight-level unlearning (tofu-mini)", "python benchmarks/compare_methods.py",
+                  "Protocol and per-model summaries in `benchmarks/results/compare-mini/`.\n\n" + text + "\n\n"
+                  "![forget quality vs model utility](benchmarks/results/compare-mini/forget_quality_vs_utility.png)")
+
+
+if __name__ == "__main__":
+    main()
