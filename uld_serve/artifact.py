@@ -9,6 +9,7 @@ from .errors import UldError
 MANIFEST = "uld.json"
 FORMAT_VERSION = 1
 KINDS = ("uld-assistant", "weight-level")
+ALPHA_RANGE = (0.0, 5.0)  # what a request may ask for, everywhere alpha is accepted
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .artifact import ALPHA_RANGE
 from .atomic import write_text_atomic
 from .errors import UldError
 from .reference import GenerationRequest
@@ -52,7 +53,7 @@ def parse_requests(path: Path, tokenizer, known_forget_sets, default_max_tokens=
         requests.append((row.get("id", len(requests)), forget_set, GenerationRequest(
             prompt_ids=_prompt_ids(line_no, row, tokenizer),
             forget_set=forget_set,
-            alpha=None if row.get("alpha") is None else _number(line_no, row, "alpha", None, 0.0, 5.0),
+            alpha=None if row.get("alpha") is None else _number(line_no, row, "alpha", None, *ALPHA_RANGE),
             relative_top=None if row.get("relative_top") is None else _number(line_no, row, "relative_top", None, 1e-9, 1.0),
             max_new_tokens=_number(line_no, row, "max_tokens", default_max_tokens, 1, None, integer=True),
             temperature=_number(line_no, row, "temperature", 0.0, 0.0, 100.0),

@@ -10,6 +10,8 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 
 from uld_kernels import logit_difference
 
+from ..artifact import ALPHA_RANGE
+
 ALPHA_KEY = "uld_alpha"
 RELATIVE_TOP_KEY = "uld_relative_top"
 DEFAULT_RELATIVE_TOP = 0.01
@@ -29,8 +31,8 @@ class UldLogitsProcessor(LogitsProcessor):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"{key} must be a number, got {value!r}")
         alpha, relative_top = request_settings(params)
-        if not 0.0 <= alpha <= 5.0:
-            raise ValueError(f"{ALPHA_KEY} must be in [0, 5], got {alpha}")
+        if not ALPHA_RANGE[0] <= alpha <= ALPHA_RANGE[1]:
+            raise ValueError(f"{ALPHA_KEY} must be in [{ALPHA_RANGE[0]:g}, {ALPHA_RANGE[1]:g}], got {alpha}")
         if not 0.0 < relative_top <= 1.0:
             raise ValueError(f"{RELATIVE_TOP_KEY} must be in (0, 1], got {relative_top}")
         if params.allowed_token_ids:
