@@ -196,6 +196,33 @@ def generate(
     print(f"wrote {count} lines to {output}")
 
 
+@app.command()
+def serve(
+    target: str = typer.Option(..., help="the target checkpoint directory"),
+    forget_set: List[str] = typer.Option([], help="NAME=ADAPTER_DIR, repeatable; joins the persisted registry"),
+    host: str = "127.0.0.1", port: int = 8000,
+    api_key: Optional[str] = typer.Option(None, envvar="ULD_API_KEY", help="required on every route but /health"),
+    registry: Optional[Path] = typer.Option(None, help="registry file (default: per target, under $ULD_HOME/serve)"),
+    served_model_name: Optional[str] = typer.Option(None, help="the target's model name (default: its directory name)"),
+    dtype: str = "float32", max_model_len: int = 2048,
+    max_loras: int = typer.Option(4, help="distinct forget sets in one batch"),
+    max_lora_rank: int = typer.Option(32, help="the largest LoRA rank a forget set may have"),
+    weight_level: bool = typer.Option(False, help="accept weight-level forget sets (puts LoRA on the target's layers)"),
+):
+    """OpenAI-compatible server (vLLM's own) where each request picks its forget set and alpha."""
+    from .server.launch import prepare, serve as run
+
+    if dtype not in ("float32", "bfloat16"):
+        raise UldError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+    if max_loras < 1:
+        raise UldError("--max-loras must be at least 1")
+    state = prepare(target, _parse_forget_sets(forget_set), registry_path=registry, served_name=served_model_name,
+                    api_key=api_key, weight_level=weight_level, max_loras=max_loras, max_lora_rank=max_lora_rank)
+    print(f"serving {state.target_name} with forget sets {', '.join(state.config.forget_sets) or 'none'} "
+          f"on http://{host}:{port} (registry {state.registry.path})", flush=True)
+    run(state, host=host, port=port, dtype=dtype, max_model_len=max_model_len)
+
+
 @eval_app.command("tofu")
 def eval_tofu(
     target: str = typer.Option(..., help="model checkpoint directory (or a known model name)"),

@@ -11,7 +11,7 @@ from .config import EngineConfig
 from .logits import ALPHA_KEY, RELATIVE_TOP_KEY
 
 
-def _engine_defaults() -> None:
+def engine_environment() -> None:
     # One code path on CPU and GPU: the V1 model runner, whose logits-processor interface
     # the ULD processor implements (Model Runner V2 has another one).
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
@@ -27,7 +27,7 @@ class UldEngine:
                  sparse_head: bool = False, **llm_kwargs):
         """sparse_head is off by default: on the CPU it measured slower than vLLM's dense head
         (BENCHMARKS.md); see EngineConfig.build for it and relative_top_range."""
-        _engine_defaults()
+        engine_environment()
         from vllm import LLM
 
         self.config = EngineConfig.build(target_dir, forget_sets, sparse_head=sparse_head, relative_top_range=relative_top_range)

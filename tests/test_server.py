@@ -1,0 +1,161 @@
+"""`uld serve` on loopback, driven by the official openai client (tiny-random, tiny adapters)."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_target, forget_sets, tmp_path_factory):
+    work = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    command = [sys.executable, "-c", "from uld_serve.cli import main; main()", "serve", "--target", str(tiny_target),
+               "--forget-set", f"f1={forget_sets['f1']}", "--forget-set", f"f2={forget_sets['f2']}", "--api-key", KEY,
+               "--port", str(port), "--registry", str(work / "registry.json"), "--max-model-len", "512",
+               "--served-model-name", "target"]
+    log = open(work / "server.log", "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while True:
+        if process.poll() is not None:
+            raise AssertionError("server exited:\n" + (work / "server.log").read_text()[-3000:])
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline:
+            process.kill()
+            raise AssertionError("server did not start:\n" + (work / "server.log").read_text()[-3000:])
+        time.sleep(1)
+    yield {"url": url, "work": work, "client": openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)}
+    process.terminate()
+    process.wait(timeout=60)
+
+
+def chat(client, model, question, **extra):
+    response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                              max_tokens=10, temperature=0, extra_body=extra or None)
+    return response.choices[0].message.content, response.to_dict()["uld"]
+
+
+def test_models_lists_the_target_and_each_forget_set(server):
+    cards = {m.id: m.to_dict() for m in server["client"].models.list()}
+    assert set(cards) == {"target", "f1", "f2"}
+    assert cards["f2"]["uld"]["alpha"] == 1.5 and cards["f1"]["uld"]["kind"] == "uld-assistant"
+    assert cards["f1"]["parent"] == "target" and cards["f1"]["uld"]["assistant_layers"] == 2
+
+
+def test_forget_set_by_model_name_or_extra_body(server):
+    client = server["client"]
+    plain, applied = chat(client, "target", "Who wrote Hamlet?")
+    assert applied == {"forget_set": None, "alpha": 0.0, "relative_top": 0.01}
+    with_f1, applied = chat(client, "f1", "Who wrote Hamlet?")
+    assert applied == {"forget_set": "f1", "alpha": 0.75, "relative_top": 0.01}  # the manifest's defaults
+    assert with_f1 != plain
+    assert chat(client, "target", "Who wrote Hamlet?", forget_set="f1") == (with_f1, applied)
+    _, applied = chat(client, "f2", "Who wrote Hamlet?", alpha=0.3)
+    assert applied["alpha"] == 0.3
+    assert chat(client, "f1", "Who wrote Hamlet?", alpha=0)[0] == plain  # alpha 0 is the plain target
+
+
+def test_streaming_equals_the_full_answer(server):
+    client = server["client"]
+    full, _ = chat(client, "f2", "Tell me about Basil Mahfouz Al-Kuwaiti.")
+    stream = client.chat.completions.create(model="f2", messages=[{"role": "user", "content": "Tell me about Basil Mahfouz Al-Kuwaiti."}],
+                                            max_tokens=10, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == full
+    raw = httpx.post(f"{server['url']}/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
+                     json={"model": "f1", "prompt": "Hello", "max_tokens": 3, "stream": True})
+    assert raw.headers["x-uld-forget-set"] == "f1" and raw.headers["x-uld-alpha"] == "0.75"
+
+
+def test_user_errors_are_4xx(server):
+    client = server["client"]
+    with pytest.raises(openai.NotFoundError, match="f1, f2"):
+        chat(client, "nope", "hi")
+    with pytest.raises(openai.NotFoundError, match="known forget sets: f1, f2"):
+        chat(client, "target", "hi", forget_set="nope")
+    for alpha in (5.5, -1, "abc", True):
+        with pytest.raises(openai.BadRequestError, match="alpha must be a number in"):
+            chat(client, "f1", "hi", alpha=alpha)
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        client.completions.create(model="f1", prompt="hello " * 600, max_tokens=4)
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    bad = httpx.post(f"{server['url']}/v1/chat/completions", headers=headers, content=b'{"model": "f1", messages')
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+
+
+def test_api_key_guards_every_route_but_health(server):
+    url = server["url"]
+    assert httpx.get(f"{url}/health").status_code == 200
+    for path in ("/v1/models", "/metrics", "/admin/forget-sets"):
+        assert httpx.get(f"{url}{path}").status_code == 401
+        assert httpx.get(f"{url}{path}", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    assert 'uld_requests_total{forget_set="f1"}' in metrics
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_concurrent_mixed_requests_equal_one_by_one(server):
+    client = server["client"]
+    questions = ["Who wrote Hamlet?", "What does Hsiao Yun-Hwa write?", "Hi", "Name a famous bridge."]
+    jobs = [(q, model, alpha) for q in questions for model, alpha in
+            (("target", None), ("f1", None), ("f2", None), ("f1", 1.5), ("f2", 0.0), ("target", None), ("f1", 2.0), ("f2", 3.0))]
+    assert len(jobs) == 32
+
+    def run(job):
+        q, model, alpha = job
+        return chat(client, model, q, **({"alpha": alpha} if alpha is not None else {}))
+
+    one_by_one = [run(job) for job in jobs]
+    with ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(run, jobs))
+    assert together == one_by_one
+
+
+def test_registry_add_remove_and_refuse(server, forget_sets, tiny_base, tmp_path):
+    from uld_training.assistant import AssistantConfig, train_assistant
+    from uld_training.loop import TrainConfig
+
+    url, headers = server["url"], {"Authorization": f"Bearer {KEY}"}
+    other = train_assistant(str(tiny_base), "tofu:forget01", "tofu:retain90[:8]", tmp_path / "other",
+                            TrainConfig(max_steps=1, batch_size=4, precision="fp32"), AssistantConfig(num_layers=2))
+    refused = httpx.post(f"{url}/admin/forget-sets", headers=headers, json={"name": "other", "path": str(other)})
+    assert refused.status_code == 400 and "was trained for base model" in refused.json()["error"]["message"]
+    copy = shutil.copytree(forget_sets["f1"], tmp_path / "f3")
+    added = httpx.post(f"{url}/admin/forget-sets", headers=headers, json={"name": "f3", "path": str(copy)})
+    assert added.status_code == 201 and added.json()["uld"]["alpha"] == 0.75
+    assert httpx.post(f"{url}/admin/forget-sets", headers=headers, json={"name": "f3", "path": str(copy)}).status_code == 409
+    assert chat(server["client"], "f3", "Who wrote Hamlet?") [0] == chat(server["client"], "f1", "Who wrote Hamlet?")[0]
+    assert set(json.loads((server["work"] / "registry.json").read_text())) == {"f1", "f2", "f3"}
+    assert httpx.delete(f"{url}/admin/forget-sets/f3", headers=headers).status_code == 200
+    assert httpx.delete(f"{url}/admin/forget-sets/f3", headers=headers).status_code == 404
+    with pytest.raises(openai.NotFoundError):
+        chat(server["client"], "f3", "hi")
+    assert set(json.loads((server["work"] / "registry.json").read_text())) == {"f1", "f2"}
+
+
+def test_a_restart_serves_the_persisted_sets(server, tiny_target):
+    from uld_serve.server.launch import prepare
+
+    state = prepare(str(tiny_target), {}, registry_path=server["work"] / "registry.json", served_name="target")
+    assert sorted(state.config.forget_sets) == ["f1", "f2"]

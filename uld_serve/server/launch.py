@@ -1,0 +1,59 @@
+"""Start vLLM's OpenAI server with the ULD wrapper model, middleware and routes."""
+import os
+from pathlib import Path
+from typing import Optional
+
+from ..engine.config import EngineConfig
+from ..engine.llm import engine_environment
+from ..errors import UldError
+from ..models import resolve_model, uld_home
+from .registry import Registry, read_entries
+from .state import ServerState
+
+PLUGINS = "uld,uld_server"  # our general plugin (the model) and endpoint plugin (the routes)
+
+
+def default_registry(target_dir: Path) -> Path:
+    from ..models import fingerprint
+
+    return uld_home() / "serve" / f"registry-{fingerprint(target_dir)[:12]}.json"
+
+
+def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = None, served_name: Optional[str] = None,
+            api_key: Optional[str] = None, weight_level: bool = False, max_loras: int = 4, max_lora_rank: int = 32,
+            sparse_head: bool = False) -> ServerState:
+    """Everything `uld serve` decides before vLLM starts, with every check that can fail on
+    user input (so a mistake ends before the minutes of engine start-up)."""
+    target_dir = resolve_model(target)
+    registry_path = Path(registry_path) if registry_path else default_registry(target_dir)
+    entries = read_entries(registry_path)
+    entries.update(forget_sets)  # command-line sets join (or replace) the persisted ones
+    name = served_name or target_dir.name
+    if name in entries:
+        raise UldError(f"{name!r} names both the target and a forget set; pass --served-model-name")
+    config = EngineConfig.build(target_dir, entries, weight_level=weight_level, min_lora_rank=max_lora_rank,
+                                max_loras=max_loras, sparse_head=sparse_head)
+    registry = Registry(registry_path, config, name)
+    registry.save()
+    return ServerState(config=config, registry=registry, target_name=name, api_key=api_key)
+
+
+def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, dtype: str = "float32",
+          max_model_len: int = 2048, extra_args: Optional[list] = None) -> None:
+    engine_environment()
+    os.environ["VLLM_PLUGINS"] = ",".join(filter(None, [os.environ.get("VLLM_PLUGINS"), PLUGINS]))
+    import uvloop
+    from vllm.entrypoints.launchers.api_server.entry import run_server
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args([
+        "--model", str(state.config.target_dir), "--served-model-name", state.target_name,
+        "--host", host, "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len),
+        "--middleware", "uld_serve.server.middleware.UldMiddleware", *(extra_args or []),
+    ])
+    for key, value in state.config.vllm_kwargs().items():
+        setattr(args, key, value)
+    args.uld = state
+    validate_parsed_serve_args(args)
+    uvloop.run(run_server(args))

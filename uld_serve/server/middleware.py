@@ -1,0 +1,153 @@
+"""ASGI middleware in front of vLLM's OpenAI server.
+
+- Auth: with an API key, every route but /health needs `Authorization: Bearer KEY`.
+- Completions: the forget set comes from `"model"` (vLLM's LoRA convention: the target's
+  name or a forget set's) or from an extra `forget_set` field (null: none), alpha and
+  relative_top from extra fields. Bad values get 400, unknown forget sets 404 with the
+  known names, malformed JSON 400. The request reaches vLLM with the forget set's LoRA as
+  its model and the resolved alpha and filter r in `vllm_xargs` (they become
+  SamplingParams.extra_args, read by the ULD logits processor).
+- Responses say what was applied: `x-uld-forget-set`, `x-uld-alpha` and
+  `x-uld-relative-top` headers, and a `uld` object in non-streaming JSON bodies.
+"""
+import hmac
+import json
+
+from prometheus_client import Counter
+
+from ..engine.logits import ALPHA_KEY, RELATIVE_TOP_KEY
+from ..errors import UldError
+
+COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
+UNGUARDED = ("/health",)
+REQUESTS = Counter("uld_requests", "Completion requests by forget set ('none': without one)", ["forget_set"])
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def resolve(body: dict, state) -> tuple:
+    """(the body vLLM gets, what is applied: {forget_set, alpha, relative_top})."""
+    model = body.get("model")
+    names = [state.target_name, *state.config.forget_sets]
+    if "forget_set" in body:
+        forget_set = body.pop("forget_set")
+        if forget_set is not None and not isinstance(forget_set, str):
+            raise ApiError(400, "forget_set must be a forget set's name or null")
+        if model not in (None, state.target_name, forget_set):
+            raise ApiError(400, f"model {model!r} and forget_set {forget_set!r} disagree; name the target as the model")
+    elif model is None or model == state.target_name:
+        forget_set = None
+    elif model in state.config.forget_sets:
+        forget_set = model
+    else:
+        raise ApiError(404, f"unknown model {model!r}; this server offers {', '.join(names)}")
+    alpha, relative_top = body.pop("alpha", None), body.pop("relative_top", None)
+    try:
+        fs, alpha, relative_top = state.config.request_settings(forget_set, alpha, relative_top)
+    except UldError as e:
+        raise ApiError(404 if str(e).startswith("unknown forget set") else 400, str(e)) from None
+    xargs = body.get("vllm_xargs") or {}
+    if not isinstance(xargs, dict):
+        raise ApiError(400, "vllm_xargs must be an object")
+    body["vllm_xargs"] = {**xargs, ALPHA_KEY: alpha, RELATIVE_TOP_KEY: relative_top}
+    body["model"] = fs.name if fs is not None else state.target_name
+    return body, {"forget_set": fs.name if fs is not None else None, "alpha": alpha, "relative_top": relative_top}
+
+
+async def error_response(send, status: int, message: str) -> None:
+    kind = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError"}.get(status, "Error")
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def authorized(scope, api_key: str) -> bool:
+    headers = dict(scope.get("headers") or [])
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), api_key.encode())
+
+
+class UldMiddleware:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") == "OPTIONS":
+            return await self.app(scope, receive, send)
+        state = getattr(scope["app"].state, "uld", None)
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        if state is not None and state.api_key and path not in UNGUARDED and not authorized(scope, state.api_key):
+            return await error_response(send, 401, "missing or wrong API key (Authorization: Bearer KEY)")
+        if state is None or scope.get("method") != "POST" or path not in COMPLETION_PATHS:
+            return await self.app(scope, receive, send)
+        raw = await read_body(receive)
+        try:
+            body = json.loads(raw)
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            body, applied = resolve(body, state)
+        except ApiError as e:
+            return await error_response(send, e.status, str(e))
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            return await error_response(send, 400, f"the request body is not valid JSON: {e}")
+        REQUESTS.labels(forget_set=applied["forget_set"] or "none").inc()
+        await self.app(scope, replay(json.dumps(body).encode(), receive), annotated(send, applied))
+
+
+async def read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def replay(body: bytes, receive):
+    """The rewritten body, then the client's own messages (its disconnect ends a stream)."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+def annotated(send, applied: dict):
+    """Add the applied settings to the response headers, and to the body of a JSON answer."""
+    headers = [(b"x-uld-forget-set", (applied["forget_set"] or "none").encode()),
+               (b"x-uld-alpha", repr(applied["alpha"]).encode()),
+               (b"x-uld-relative-top", repr(applied["relative_top"]).encode())]
+    start, chunks = None, []
+
+    async def send_annotated(message):
+        nonlocal start
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *headers]}
+            content_type = dict(message["headers"]).get(b"content-type", b"")
+            if message["status"] == 200 and content_type.startswith(b"application/json"):
+                start = message  # hold it: the body grows
+                return
+            return await send(message)
+        if start is None or message["type"] != "http.response.body":
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = json.loads(b"".join(chunks))
+        body["uld"] = applied
+        data = json.dumps(body).encode()
+        await send({**start, "headers": [(k, v) for k, v in start["headers"] if k != b"content-length"]
+                    + [(b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    return send_annotated

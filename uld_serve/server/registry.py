@@ -1,0 +1,69 @@
+"""The forget sets a server offers, persisted as JSON so that a restart serves the same sets.
+
+The live set of forget sets is the engine config's `forget_sets` dict (what requests are
+resolved against); the registry validates additions and writes the file after each change.
+"""
+import re
+from pathlib import Path
+
+from ..artifact import read_json, load_forget_set
+from ..atomic import write_json_atomic
+from ..engine.config import EngineConfig, lora_rank
+from ..errors import UldError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def read_entries(path: Path) -> dict:
+    """name -> artifact directory, from a registry file (empty when it does not exist yet)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    entries = read_json(path)
+    if not isinstance(entries, dict) or not all(isinstance(v, str) for v in entries.values()):
+        raise UldError(f"{path} is not a forget-set registry (a JSON object of name: directory)")
+    return entries
+
+
+class Registry:
+    def __init__(self, path: Path, config: EngineConfig, target_name: str):
+        self.path, self.config, self.target_name = Path(path), config, target_name
+
+    def validate(self, name: str, directory: str):
+        """The ForgetSet for a new entry, or one sentence saying why it cannot be served."""
+        if not isinstance(name, str) or not NAME.match(name):
+            raise UldError("a forget-set name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        if name == self.target_name:
+            raise UldError(f"{name!r} is the target's name")
+        if name in self.config.forget_sets:
+            raise UldError(f"forget set {name!r} is already registered; remove it first")
+        if not isinstance(directory, str) or not directory:
+            raise UldError("give the forget set's directory as 'path'")
+        fs = load_forget_set(name, Path(directory).resolve(), self.config.target_fingerprint)
+        self.config.check_servable(fs)
+        return fs
+
+    def add(self, fs) -> None:
+        self.config.forget_sets[fs.name] = fs
+        self.save()
+
+    def remove(self, name: str) -> None:
+        del self.config.forget_sets[name]
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path, {name: str(fs.path) for name, fs in self.config.forget_sets.items()})
+
+
+def summary(fs) -> dict:
+    """What /v1/models says about a forget set, from its manifest."""
+    m = fs.manifest
+    alpha, relative_top = fs.settings()
+    out = {"kind": m["kind"], "alpha": alpha, "relative_top": relative_top, "lora_rank": lora_rank(fs),
+           "forget": m.get("forget", {}).get("spec"), "forget_examples": m.get("forget", {}).get("num_examples"),
+           "base_fingerprint": m.get("base_fingerprint", "")[:12], "path": str(fs.path)}
+    if fs.is_weight_level:
+        out["method"] = m.get("method")
+    else:
+        out["assistant_layers"] = fs.num_layers
+    return out

@@ -1,0 +1,97 @@
+"""Routes added to vLLM's server through its `vllm.endpoint_plugins` hook: /v1/models with
+each forget set's manifest summary, and the admin routes of the forget-set registry."""
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from ..errors import UldError
+from .registry import summary
+
+router = APIRouter()
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    kind = {400: "BadRequestError", 404: "NotFoundError", 409: "ConflictError"}.get(status, "Error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}}, status_code=status)
+
+
+def _card(name: str, parent, details: dict) -> dict:
+    return {"id": name, "object": "model", "owned_by": "uld-serve", "parent": parent, "uld": details}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    state = request.app.state.uld
+    cards = [_card(state.target_name, None, {"kind": "target", "path": str(state.config.target_dir),
+                                             "fingerprint": state.config.target_fingerprint[:12]})]
+    cards += [_card(name, state.target_name, summary(fs)) for name, fs in state.config.forget_sets.items()]
+    return {"object": "list", "data": cards}
+
+
+@router.get("/admin/forget-sets")
+async def list_forget_sets(request: Request):
+    return {name: summary(fs) for name, fs in request.app.state.uld.config.forget_sets.items()}
+
+
+@router.post("/admin/forget-sets")
+async def add_forget_set(request: Request):
+    """Body {"name": ..., "path": ...}: validate, load into the engine, persist."""
+    state = request.app.state.uld
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "the request body is not valid JSON")
+    if not isinstance(body, dict):
+        return _error(400, 'the body must be {"name": ..., "path": ...}')
+    name = body.get("name")
+    if name in state.config.forget_sets:
+        return _error(409, f"forget set {name!r} is already registered; remove it first")
+    try:
+        fs = state.registry.validate(name, body.get("path"))
+    except UldError as e:
+        return _error(400, str(e))
+    failure = await load_into_engine(request.app.state, fs)
+    if failure:
+        return _error(400, f"the engine could not load {fs.path}: {failure}")
+    state.registry.add(fs)
+    return JSONResponse(_card(fs.name, state.target_name, summary(fs)), status_code=201)
+
+
+@router.delete("/admin/forget-sets/{name}")
+async def remove_forget_set(name: str, request: Request):
+    from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+    state = request.app.state.uld
+    if name not in state.config.forget_sets:
+        return _error(404, f"unknown forget set {name!r}; known forget sets: {', '.join(state.config.forget_sets) or 'none'}")
+    state.registry.remove(name)
+    await request.app.state.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+    return {"removed": name}
+
+
+async def load_into_engine(app_state, fs):
+    """None when vLLM loaded the forget set's adapter, else its error message."""
+    from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+    result = await app_state.openai_serving_models.load_lora_adapter(
+        LoadLoRAAdapterRequest(lora_name=fs.name, lora_path=str(fs.path)))
+    return None if isinstance(result, str) else result.error.message
+
+
+class UldEndpoints:
+    """The `vllm.endpoint_plugins` entry point (allowlisted by `uld serve` via VLLM_PLUGINS)."""
+
+    name = "uld_server"
+    required_tasks = None
+
+    def attach_router(self, app) -> None:
+        app.include_router(router)
+
+    async def init_state(self, engine_client, state, args) -> None:
+        uld = getattr(args, "uld", None)
+        if uld is None:
+            return  # a vLLM server not started by `uld serve`
+        state.uld = uld
+        for fs in list(uld.config.forget_sets.values()):
+            failure = await load_into_engine(state, fs)
+            if failure:
+                raise UldError(f"the engine could not load forget set {fs.name} ({fs.path}): {failure}")
