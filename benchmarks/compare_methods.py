@@ -144,20 +144,21 @@ def write_results(work, publish=True):
 
     reference = load_logs(work / "eval-retain" / "TOFU_EVAL.json")
     target = recompute(load_logs(work / "eval-target" / "TOFU_EVAL.json"), reference)
-    lines = ["| model | forget quality | model utility | forget ROUGE-L | privleak | train wall s | trainable params | peak RSS MiB | lr |",
-             "|---|---|---|---|---|---|---|---|---|",
+    lines = ["| model | forget quality | model utility | forget ROUGE-L | privleak | train wall s | s per epoch | trainable params | peak RSS MiB | lr |",
+             "|---|---|---|---|---|---|---|---|---|---|",
              f"| target (no unlearning) | {target['forget_quality']:.3g} | {target['model_utility']:.4f} | "
-             f"{target['forget_Q_A_ROUGE']:.4f} | {target['privleak']:.2f} | | | | |"]
+             f"{target['forget_Q_A_ROUGE']:.4f} | {target['privleak']:.2f} | | | | | |"]
     points = {"target": target}
     for label, logs, artifact in rows(work):
         manifest = json.loads((artifact / "uld.json").read_text())
         s = recompute(load_logs(logs), reference)
         points[label] = s
         result = {"trainable_parameters": adapter_parameters(artifact), **manifest.get("result", {})}
-        lr = manifest.get("training", {}).get("lr")
+        training = manifest.get("training", {})
+        per_epoch = round(result["wall_s"] / training["epochs"], 1) if training.get("max_steps") is None else "n/a"
         lines.append(f"| {label} | {s['forget_quality']:.3g} | {s['model_utility']:.4f} | {s['forget_Q_A_ROUGE']:.4f} | "
-                     f"{s['privleak']:.2f} | {result.get('wall_s', 'n/a')} | {result.get('trainable_parameters', 'n/a')} | "
-                     f"{result.get('peak_rss_mib', 'n/a')} | {lr} |")
+                     f"{s['privleak']:.2f} | {result['wall_s']} | {per_epoch} | {result.get('trainable_parameters', 'n/a')} | "
+                     f"{result.get('peak_rss_mib', 'n/a')} | {training.get('lr')} |")
     out = REPO / "benchmarks" / "results" / "compare-mini" if publish else work / "compare-smoke"
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(points, indent=2) + "\n")

@@ -223,6 +223,26 @@ def serve(
     run(state, host=host, port=port, dtype=dtype, max_model_len=max_model_len)
 
 
+@app.command()
+def demo(
+    port: int = 8000, host: str = "127.0.0.1",
+    api_key: Optional[str] = typer.Option(None, envvar="ULD_API_KEY", help="required on every route but /health"),
+    prepare_only: bool = typer.Option(False, help="train and cache the demo models, then exit"),
+):
+    """Serve SmolLM2 taught four fictitious authors, with a forget set for two of them."""
+    from .demo import FORGET_SET_NAME, prepare_demo
+    from .server.launch import prepare, serve as run
+
+    target, forget_set = prepare_demo()
+    if prepare_only:
+        print(f"target {target}\nforget set {FORGET_SET_NAME}={forget_set}")
+        return
+    state = prepare(str(target), {FORGET_SET_NAME: str(forget_set)}, served_name="smollm2-tofu", api_key=api_key,
+                    registry_path=target.parent / "registry.json")
+    print(f"serving smollm2-tofu and the forget set {FORGET_SET_NAME} on http://{host}:{port} (README: try it)", flush=True)
+    run(state, host=host, port=port)
+
+
 @eval_app.command("tofu")
 def eval_tofu(
     target: str = typer.Option(..., help="model checkpoint directory (or a known model name)"),

@@ -50,42 +50,40 @@ class Step:
 
 
 class Method:
-    """loss = forget_weight * forget_loss + retain_weight * retain term (NLL, KL to the
-    original model, or none). Subclasses set `name`, `defaults` and `forget_loss`."""
+    """loss = forget_weight * forget_term + retain_weight * retain term (NLL, KL to the
+    original model, or none). Subclasses set `name`, `defaults` and `forget_term`."""
 
     name = ""
     defaults: dict = {}
     uses_reference = False  # the forget loss compares with the original model
+    weighted = True  # takes the weighting below (MOLLM balances its objectives itself)
+    weighting = {"forget_weight": 1.0, "retain_weight": 1.0, "retain_loss": "nll"}
 
     def __init__(self, **params):
-        merged = {"forget_weight": 1.0, "retain_weight": 1.0, "retain_loss": "nll", **self.defaults}
+        merged = {**(self.weighting if self.weighted else {}), **self.defaults}
         unknown = sorted(set(params) - set(merged))
         if unknown:
-            raise UldError(f"method {self.name} has no hyperparameter {unknown[0]!r}; it takes {', '.join(sorted(merged))}")
+            raise UldError(f"method {self.name} has no hyperparameter {unknown[0]!r}; it takes {', '.join(sorted(merged)) or 'none'}")
         for key, value in params.items():
             merged[key] = _coerce(key, value, merged[key])
-        if merged["retain_loss"] not in RETAIN_LOSSES:
+        if self.weighted and merged["retain_loss"] not in RETAIN_LOSSES:
             raise UldError(f"retain_loss must be one of {', '.join(RETAIN_LOSSES)}, got {merged['retain_loss']!r}")
         self.params = merged
+        for key, value in merged.items():  # self.beta, self.retain_weight, ...
+            setattr(self, key, value)
         self.validate()
 
     def validate(self):
         pass
 
-    def __getattr__(self, key):
-        params = self.__dict__.get("params", {})
-        if key in params:
-            return params[key]
-        raise AttributeError(key)
-
     @property
     def needs_reference(self) -> bool:
-        return self.uses_reference or self.params["retain_loss"] == "kl"
+        return self.uses_reference or self.params.get("retain_loss") == "kl"
 
-    def forget_loss(self, step: Step) -> torch.Tensor:
+    def forget_term(self, step: Step) -> torch.Tensor:
         raise NotImplementedError
 
-    def retain_loss(self, step: Step) -> Optional[torch.Tensor]:
+    def retain_term(self, step: Step) -> Optional[torch.Tensor]:
         kind = self.params["retain_loss"]
         if kind == "nll":
             return mean_nll(step.logits("retain"), step.labels("retain"))
@@ -95,9 +93,9 @@ class Method:
 
     def terms(self, step: Step) -> dict:
         """Named loss terms; "loss" is the objective that is minimised."""
-        forget = self.forget_loss(step)
+        forget = self.forget_term(step)
         terms = {"loss": self.forget_weight * forget, "forget": forget}
-        retain = self.retain_loss(step)
+        retain = self.retain_term(step)
         if retain is not None:
             terms["retain"] = retain
             terms["loss"] = terms["loss"] + self.retain_weight * retain

@@ -8,5 +8,5 @@ class GradientAscent(Method):
     name = "ga"
     defaults = {"retain_loss": "none"}
 
-    def forget_loss(self, step):
+    def forget_term(self, step):
         return -mean_nll(step.logits("forget"), step.labels("forget"))

@@ -23,7 +23,7 @@ def unlearning_cross_entropy(logits, labels) -> torch.Tensor:
 @register
 class MOLLM(Method):
     name = "mollm"
-    defaults = {"retain_loss": "nll"}
+    weighted = False
     uses_reference = True
 
     def terms(self, step):

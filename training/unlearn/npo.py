@@ -18,7 +18,7 @@ class NPO(Method):
         if not self.beta > 0:
             raise UldError("beta must be positive")
 
-    def forget_loss(self, step):
+    def forget_term(self, step):
         log_ratio = sequence_nll(step.reference_logits("forget"), step.labels("forget")) - sequence_nll(
             step.logits("forget"), step.labels("forget"))
         return -F.logsigmoid(-self.beta * log_ratio).mean() * 2 / self.beta

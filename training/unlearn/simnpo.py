@@ -17,7 +17,7 @@ class SimNPO(Method):
         if not self.beta > 0:
             raise UldError("beta must be positive")
 
-    def forget_loss(self, step):
+    def forget_term(self, step):
         nll, mask = token_nll(step.logits("forget"), step.labels("forget"))
         per_answer = (nll * mask).sum(-1) / mask.sum(-1).clamp(min=1) - self.delta
         return -F.logsigmoid(self.beta * per_answer).mean() * 2 / self.beta

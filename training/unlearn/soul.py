@@ -41,11 +41,11 @@ class SOUL(Method):
     def needs_reference(self):
         return self.inner.needs_reference
 
-    def forget_loss(self, step):
-        return self.inner.forget_loss(step)
+    def forget_term(self, step):
+        return self.inner.forget_term(step)
 
-    def retain_loss(self, step):
-        return self.inner.retain_loss(step)
+    def retain_term(self, step):
+        return self.inner.retain_term(step)
 
     def make_optimizer(self, params, lr, weight_decay):
         self.optimizer = Sophia(params, lr=lr, betas=(self.beta1, self.beta2), rho=self.rho, weight_decay=weight_decay)

@@ -25,7 +25,7 @@ class TNPO(Method):
     def weights(self, nll, reference_nll):
         return npo_token_weights(nll, reference_nll, self.beta)
 
-    def forget_loss(self, step):
+    def forget_term(self, step):
         nll, mask = token_nll(step.logits("forget"), step.labels("forget"))
         reference_nll, _ = token_nll(step.reference_logits("forget"), step.labels("forget"))
         return weighted_token_ascent(nll, mask, self.weights(nll, reference_nll))

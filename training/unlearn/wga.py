@@ -16,6 +16,6 @@ class WGA(Method):
         if not self.beta >= 0:
             raise UldError("beta must be non-negative")
 
-    def forget_loss(self, step):
+    def forget_term(self, step):
         nll, mask = token_nll(step.logits("forget"), step.labels("forget"))
         return weighted_token_ascent(nll, mask, (-nll).exp() ** self.beta)

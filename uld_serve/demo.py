@@ -1,0 +1,29 @@
+"""The demo behind the README's first command: SmolLM2 taught four fictitious TOFU authors
+(two to forget, two to keep), a ULD forget set for the first two, both cached; then
+`uld serve` with that forget set."""
+from pathlib import Path
+
+from .models import EMBEDDED, uld_home
+
+TARGET_DATA = "tofu:full[:40]+tofu:forget01"  # Jaime Vasquez, Chukwu Akabueze; Basil Mahfouz Al-Kuwaiti, Nikolai Abilov
+FORGET, RETAIN = "tofu:forget01", "tofu:full[:40]"
+FORGET_SET_NAME = "tofu-forget01"
+FINETUNE = dict(lr=2e-4, epochs=8, batch_size=8)
+ASSISTANT = dict(lr=1e-3, epochs=10, batch_size=8)
+
+
+def prepare_demo() -> tuple:
+    """(target directory, forget-set directory), trained on first use (minutes) and cached."""
+    from uld_training.assistant import AssistantConfig, train_assistant
+    from uld_training.finetune import finetune
+    from uld_training.loop import TrainConfig
+
+    root = uld_home() / "demo"
+    target, forget_set = root / "target", root / FORGET_SET_NAME
+    if not (target / "config.json").exists():
+        print(f"teaching {EMBEDDED} four fictitious authors ({TARGET_DATA}), once; a few minutes", flush=True)
+        finetune(EMBEDDED, TARGET_DATA, target, TrainConfig(**FINETUNE))
+    if not (forget_set / "uld.json").exists():
+        print(f"training the forget set {FORGET_SET_NAME} ({FORGET}), once; a few minutes", flush=True)
+        train_assistant(str(target), FORGET, RETAIN, forget_set, TrainConfig(**ASSISTANT), AssistantConfig())
+    return Path(target), Path(forget_set)
