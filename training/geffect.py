@@ -56,7 +56,7 @@ class Probe:
                     by_group[group] = by_group.get(group, 0.0) + float((g_obj.double() * g_risk.double()).sum())
             record[which] = dict(sorted(by_group.items()))
             record[f"{which}_total"] = sum(by_group.values())
-            record[f"{which}_risk"] = float(risk)
+            record[f"{which}_risk"] = float(risk.detach())
         self.records.append(record)
 
 

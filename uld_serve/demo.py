@@ -9,7 +9,11 @@ TARGET_DATA = "tofu:full[:40]+tofu:forget01"  # Jaime Vasquez, Chukwu Akabueze; 
 FORGET, RETAIN = "tofu:forget01", "tofu:full[:40]"
 FORGET_SET_NAME = "tofu-forget01"
 FINETUNE = dict(lr=2e-4, epochs=8, batch_size=8)
-ASSISTANT = dict(lr=1e-3, epochs=10, batch_size=8)
+# The paper's assistant settings (lr 1e-3, retain weight 6.5) leave SmolLM2's 8-layer assistant
+# far from remembering these 40 answers in 100 steps (forget CE 8.7) and the forget set then
+# changes nothing at alpha 0.75; lr 5e-3 and retain weight 1 reach forget CE ~3 (BENCHMARKS.md).
+ASSISTANT = dict(lr=5e-3, epochs=10, batch_size=8)
+ASSISTANT_RETAIN_WEIGHT = 1.0
 
 
 def prepare_demo() -> tuple:
@@ -25,5 +29,6 @@ def prepare_demo() -> tuple:
         finetune(EMBEDDED, TARGET_DATA, target, TrainConfig(**FINETUNE))
     if not (forget_set / "uld.json").exists():
         print(f"training the forget set {FORGET_SET_NAME} ({FORGET}), once; a few minutes", flush=True)
-        train_assistant(str(target), FORGET, RETAIN, forget_set, TrainConfig(**ASSISTANT), AssistantConfig())
+        train_assistant(str(target), FORGET, RETAIN, forget_set, TrainConfig(**ASSISTANT),
+                        AssistantConfig(retain_weight=ASSISTANT_RETAIN_WEIGHT))
     return Path(target), Path(forget_set)
