@@ -55,6 +55,16 @@ def test_end_to_end(pipeline):
     assert (work / "eval-uld" / "summary.md").read_text().startswith("| model |")
 
 
+def test_eval_answers_from_vllm_equal_the_reference(pipeline):
+    work = pipeline
+    args = ["eval", "tofu", "--target", work / "target", "--forget-set", f"forget01={work / 'forget01'}", "--split", "forget01",
+            "--limit", "3", "--max-new-tokens", "8"]
+    uld(*args, "--out", work / "eval-ref")
+    uld(*args, "--out", work / "eval-vllm", "--generate-with", "vllm")
+    ref, fast = (json.loads((work / d / "TOFU_EVAL.json").read_text()) for d in ("eval-ref", "eval-vllm"))
+    assert fast == ref  # greedy fp32: the engine writes the reference's answers token for token
+
+
 def test_bad_input_gets_one_sentence(pipeline, tmp_path):
     work = pipeline
     assert_user_error(uld("finetune", "--model", "tiny-random", "--data", "tofu:forget11", "--out", tmp_path / "x", check=False),

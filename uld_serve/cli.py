@@ -254,6 +254,7 @@ def eval_tofu(
     max_new_tokens: int = 200, batch_size: int = 8,
     dtype: str = typer.Option("fp32", help="fp32 or bf16"),
     limit: Optional[int] = typer.Option(None, help="first N items of each split only (smoke tests)"),
+    generate_with: str = typer.Option("reference", help="reference or vllm: who writes the greedy answers"),
 ):
     """open-unlearning's TOFU metrics for a model, or for target + a ULD forget set."""
     import torch
@@ -264,11 +265,23 @@ def eval_tofu(
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     if dtype not in dtypes:
         raise UldError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    if generate_with not in ("reference", "vllm"):
+        raise UldError(f"--generate-with must be reference or vllm, got {generate_with!r}")
     sets = _parse_forget_sets([forget_set] if forget_set else [])
     model = UldModel(target, sets, dtype=dtypes[dtype])
+    generator = None
+    if generate_with == "vllm":
+        from .engine.llm import UldEngine
+
+        generator = UldEngine(target, sets, dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype])
     name = next(iter(sets), None)
-    summary = evaluate_tofu(model, out, split, name, alpha, relative_top, retain_logs, max_new_tokens, batch_size,
-                            label=f"{Path(target).name}+{name}" if name else Path(target).name, limit=limit)
+    try:
+        summary = evaluate_tofu(model, out, split, name, alpha, relative_top, retain_logs, max_new_tokens, batch_size,
+                                label=f"{Path(target).name}+{name}" if name else Path(target).name, limit=limit,
+                                generator=generator)
+    finally:
+        if generator is not None:
+            generator.close()
     print(json.dumps(summary, indent=2))
 
 

@@ -60,8 +60,9 @@ class UldEngine:
         )
         return params, lora
 
-    def generate(self, requests: list, use_tqdm: bool = True) -> list:
-        """Token ids generated for each request, in request order."""
+    def generate(self, requests: list, use_tqdm: bool = True, batch_size=None, progress=None) -> list:
+        """Token ids generated for each request, in request order. `batch_size` and `progress`
+        match the reference decoding's signature (vLLM batches continuously by itself)."""
         from vllm.inputs import TokensPrompt
 
         prompts, params, loras = [], [], []
@@ -70,5 +71,7 @@ class UldEngine:
             prompts.append(TokensPrompt(prompt_token_ids=list(r.prompt_ids)))
             params.append(p)
             loras.append(lora)
-        outputs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=use_tqdm)
+        outputs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=use_tqdm and progress is None)
+        if progress is not None:
+            progress(len(requests))
         return [list(o.outputs[0].token_ids) for o in outputs]

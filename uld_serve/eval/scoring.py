@@ -39,10 +39,11 @@ def score_pairs(model, pairs, forget_set=None, alpha=None, relative_top=None, ba
     return results
 
 
-def greedy_answers(model, questions, forget_set=None, alpha=None, relative_top=None, max_new_tokens=200, batch_size=32, progress=None):
+def greedy_answers(generator, questions, forget_set=None, alpha=None, relative_top=None, max_new_tokens=200, batch_size=32, progress=None):
+    """`generator`: the reference UldModel or the vLLM UldEngine (same generate signature)."""
     requests = [
-        GenerationRequest(chat_prompt_ids(model.tokenizer, q), forget_set, alpha, relative_top, max_new_tokens)
+        GenerationRequest(chat_prompt_ids(generator.tokenizer, q), forget_set, alpha, relative_top, max_new_tokens)
         for q in questions
     ]
-    outputs = model.generate(requests, batch_size=batch_size, progress=progress)
-    return [model.tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in outputs]
+    outputs = generator.generate(requests, batch_size=batch_size, progress=progress)
+    return [generator.tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in outputs]

@@ -39,8 +39,11 @@ def load_logs(path) -> dict:
 
 
 def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None, relative_top=None,
-                  retain_logs=None, max_new_tokens=200, batch_size=8, gen_batch_size=32, label="model", limit=None):
-    """`limit` keeps the first N items of each split: for smoke tests, not for reported numbers."""
+                  retain_logs=None, max_new_tokens=200, batch_size=8, gen_batch_size=32, label="model", limit=None,
+                  generator=None):
+    """`limit` keeps the first N items of each split: for smoke tests, not for reported numbers.
+    `generator` produces the greedy answers (default: `model`'s reference decoding; the vLLM
+    engine gives the same tokens in fp32, faster); `model` always scores probabilities."""
     if split not in FORGET_SPLITS:
         raise UldError(f"--split must be one of {', '.join(FORGET_SPLITS)}, got {split!r}")
     reference = load_logs(retain_logs) if retain_logs else None
@@ -63,7 +66,7 @@ def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None,
             n_wrong = len(rows[0]["perturbed_answer"])
             flat = score_pairs(model, [(r["question"], w) for r in rows for w in r["perturbed_answer"]], batch_size=batch_size, progress=bar.update, **kwargs)
             logs[f"{prefix}_Q_A_PERT_Prob"] = _prob_log([flat[i * n_wrong : (i + 1) * n_wrong] for i in range(len(rows))])
-            generations = greedy_answers(model, questions, max_new_tokens=max_new_tokens, batch_size=gen_batch_size, progress=bar.update, **kwargs)
+            generations = greedy_answers(generator or model, questions, max_new_tokens=max_new_tokens, batch_size=gen_batch_size, progress=bar.update, **kwargs)
             logs[f"{prefix}_Q_A_ROUGE"] = {"value_by_index": {
                 str(i): {**m.rouge_scores(scorer, r["answer"], g), "input": r["question"], "ground_truth": r["answer"], "generation": g}
                 for i, (r, g) in enumerate(zip(rows, generations))
