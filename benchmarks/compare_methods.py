@@ -113,7 +113,7 @@ def main():
         (work / "methods" / f"{method}.validation.json").write_text(json.dumps({"chosen_lr": lr, "scores": scores, "target": target_scores}, indent=2))
         if not (work / "eval-methods" / method / "TOFU_EVAL.json").exists():
             uld("eval", "tofu", "--target", target, "--forget-set", f"{method}={artifact}", "--out", work / "eval-methods" / method,
-                "--retain-logs", retain_logs, *EVAL_FLAGS)
+                "--retain-logs", retain_logs, "--generate-with", "vllm", *EVAL_FLAGS)
     write_results(work, publish=not args.smoke)
 
 
