@@ -2,9 +2,15 @@
 it, and the Triton kernel on GPU; the torch path against a naive sort-based formula on CPU.
 
     python benchmarks/kernel_bench.py            # GPU if one is present, else CPU
-Prints one table (time per call, effective bandwidth = bytes read + written / time).
-Finishes in well under 3 minutes on one H100/H200.
+    python benchmarks/kernel_bench.py --sweep    # also the Triton launch configurations
+
+Prints markdown tables: time per call (CUDA events, L2 flushed before each call, via
+triton.testing.do_bench), effective bandwidth = bytes the formula must read and write
+(t and a once, the fp32 output once) / time, and that as a share of the card's copy
+bandwidth measured in the same run. Finishes in well under 3 minutes on one H100/H200.
 """
+import argparse
+import itertools
 import math
 import sys
 import time
@@ -17,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from uld_kernels import logit_difference  # noqa: E402
 from uld_kernels.torch_impl import logit_difference_torch  # noqa: E402
 
+SHAPES = [(b, v) for v in (32000, 128256) for b in (1, 8, 64, 256)]
+DTYPES = (torch.float32, torch.bfloat16)
+
 
 def naive(t, a, alpha, r=0.01):
     """The paper's formulation: log_softmax, full sort for the k-th value, masked difference."""
@@ -28,48 +37,106 @@ def naive(t, a, alpha, r=0.01):
     return torch.where(alpha[:, None] == 0, t.float(), out)
 
 
-def timeit(fn, device, repeat):
+def inputs(b, v, dtype, device):
+    g = torch.Generator(device=device).manual_seed(b * v)
+    t = (torch.randn(b, v, device=device, generator=g) * 3).to(dtype)
+    a = torch.randn(b, v, device=device, generator=g).to(dtype)
+    return t, a, torch.full((b,), 0.75, device=device)
+
+
+def moved_bytes(t):
+    return t.numel() * (2 * t.element_size() + 4)
+
+
+def gpu_ms(fn, rep=50):
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=10, rep=rep)
+
+
+def copy_bandwidth():
+    """GB/s of a device-to-device copy (bytes read + written), the card's practical peak."""
+    x = torch.empty(1 << 28, dtype=torch.float32, device="cuda")
+    y = torch.empty_like(x)
+    ms = gpu_ms(lambda: y.copy_(x), rep=100)
+    return 2 * x.numel() * 4 / ms / 1e6
+
+
+def gpu_table():
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = 64
+    compiled = torch.compile(logit_difference_torch)
+    peak = copy_bandwidth()
+    print(f"device-to-device copy: {peak:.0f} GB/s (read + write)\n")
+    print("| dtype | B | V | eager ms | compile ms | triton ms | triton GB/s | % of copy | vs eager | vs compile |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for dtype in DTYPES:
+        for b, v in SHAPES:
+            t, a, alpha = inputs(b, v, dtype, "cuda")
+            want = logit_difference_torch(t, a, alpha)
+            got = logit_difference(t, a, alpha, impl="triton")
+            assert torch.equal(torch.isinf(got), torch.isinf(want)), (dtype, b, v)
+            eager = gpu_ms(lambda: logit_difference_torch(t, a, alpha))
+            comp = gpu_ms(lambda: compiled(t, a, alpha))
+            tri = gpu_ms(lambda: logit_difference(t, a, alpha, impl="triton"))
+            rate = moved_bytes(t) / tri / 1e6
+            print(f"| {str(dtype)[6:]} | {b} | {v} | {eager:.4f} | {comp:.4f} | {tri:.4f} | {rate:.0f} | "
+                  f"{100 * rate / peak:.0f}% | {eager / tri:.2f}x | {comp / tri:.2f}x |", flush=True)
+
+
+def gpu_sweep():
+    from uld_kernels.triton_impl import SHIFTS, logit_difference_triton
+
+    print("\nTriton launch configurations (GB/s, V = 128256):\n")
+    configs = list(itertools.product(sorted(SHIFTS), (4, 8, 16), (1024, 2048, 4096)))
+    print("| dtype | B | " + " | ".join(f"{bits}b w{w} {blk}" for bits, w, blk in configs) + " |")
+    print("|---|---|" + "---|" * len(configs))
+    for dtype in DTYPES:
+        for b in (8, 64, 256):
+            t, a, alpha = inputs(b, 128256, dtype, "cuda")
+            cells = []
+            for bits, warps, block in configs:
+                ms = gpu_ms(lambda: logit_difference_triton(t, a, alpha, bits=bits, num_warps=warps, block=block), rep=20)
+                cells.append(f"{moved_bytes(t) / ms / 1e6:.0f}")
+            print(f"| {str(dtype)[6:]} | {b} | " + " | ".join(cells) + " |", flush=True)
+
+
+def cpu_ms(fn, repeat=5):
     fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(repeat):
         fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / repeat
+    return (time.perf_counter() - started) / repeat * 1e3
+
+
+def cpu_table():
+    print(f"CPU ({torch.get_num_threads()} threads), torch {torch.__version__}\n")
+    print("| dtype | B | V | naive (sort) ms | torch path ms | vs naive |")
+    print("|---|---|---|---|---|---|")
+    for dtype in DTYPES:
+        for b, v in SHAPES:
+            t, a, alpha = inputs(b, v, dtype, "cpu")
+            slow = cpu_ms(lambda: naive(t, a, alpha))
+            fast = cpu_ms(lambda: logit_difference(t, a, alpha, impl="torch"))
+            print(f"| {str(dtype)[6:]} | {b} | {v} | {slow:.2f} | {fast:.2f} | {slow / fast:.2f}x |", flush=True)
 
 
 def main():
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    repeat = 50 if device == "cuda" else 5
-    shapes = [(b, v) for v in (32000, 128256) for b in (1, 8, 64, 256)]
-    dtypes = (torch.float32, torch.bfloat16)
-    print(f"device: {name}, torch {torch.__version__}")
-    if device == "cuda":
-        compiled = torch.compile(logit_difference_torch)
-        header = "| dtype | B | V | eager ms | compile ms | triton ms | triton GB/s | vs eager | vs compile |"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", action="store_true", help="also time the Triton launch configurations (GPU)")
+    args = parser.parse_args()
+    started = time.time()
+    if torch.cuda.is_available():
+        import triton
+
+        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+        gpu_table()
+        if args.sweep:
+            gpu_sweep()
     else:
-        header = "| dtype | B | V | naive (sort) ms | torch path ms | vs naive |"
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
-    for dtype in dtypes:
-        for b, v in shapes:
-            t = torch.randn(b, v, device=device).to(dtype) * 3
-            a = torch.randn(b, v, device=device).to(dtype)
-            alpha = torch.full((b,), 0.75, device=device)
-            if device == "cuda":
-                eager = timeit(lambda: logit_difference_torch(t, a, alpha), device, repeat)
-                comp = timeit(lambda: compiled(t, a, alpha), device, repeat)
-                tri = timeit(lambda: logit_difference(t, a, alpha, impl="triton"), device, repeat)
-                moved = b * v * (2 * t.element_size() + 4)
-                print(f"| {str(dtype)[6:]} | {b} | {v} | {eager * 1e3:.3f} | {comp * 1e3:.3f} | {tri * 1e3:.3f} | "
-                      f"{moved / tri / 1e9:.0f} | {eager / tri:.2f}x | {comp / tri:.2f}x |")
-            else:
-                slow = timeit(lambda: naive(t, a, alpha), device, repeat)
-                fast = timeit(lambda: logit_difference(t, a, alpha, impl="torch"), device, repeat)
-                print(f"| {str(dtype)[6:]} | {b} | {v} | {slow * 1e3:.2f} | {fast * 1e3:.2f} | {slow / fast:.2f}x |")
+        cpu_table()
+    print(f"\n({time.time() - started:.0f} s)")
 
 
 if __name__ == "__main__":

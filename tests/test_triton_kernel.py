@@ -1,9 +1,14 @@
 """The Triton kernel, run by Triton's interpreter on the CPU, against the torch path and
-against a sort-based statement of the filter."""
+against a sort-based statement of the filter.
+
+    ULD_TEST_DEVICE=cuda pytest tests/test_triton_kernel.py   # the compiled kernel on a GPU
+"""
 import math
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before the kernel module is imported
+DEVICE = os.environ.get("ULD_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"  # before the kernel module is imported
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -11,6 +16,7 @@ import torch  # noqa: E402
 pytest.importorskip("triton")
 
 from uld_kernels import logit_difference  # noqa: E402
+from uld_kernels.triton_impl import SHIFTS, logit_difference_triton  # noqa: E402
 
 from test_logit_difference import brute_force_mask  # noqa: E402
 
@@ -36,14 +42,17 @@ def adversarial_rows(vocab, rows, seed):
 
 
 def check(t, a, alpha, r=0.01):
+    t, a, alpha = t.to(DEVICE), a.to(DEVICE), torch.as_tensor(alpha).to(DEVICE)
     for mode in ("serve", "score"):
-        got = logit_difference(t, a, alpha, r, mode, impl="triton")
         want = logit_difference(t, a, alpha, r, mode, impl="torch")
-        assert got.dtype == torch.float32
-        assert torch.equal(torch.isinf(got), torch.isinf(want)), mode  # identical masks (serve) and -inf rows
-        finite = torch.isfinite(want)
-        assert torch.allclose(got[finite], want[finite], rtol=1e-6, atol=1e-6), mode
-    served = logit_difference(t, a, alpha, r, "serve", impl="triton")
+        for bits in SHIFTS:  # both radix digit widths
+            got = logit_difference_triton(t, a, alpha, r, mode, bits=bits)
+            assert got.dtype == torch.float32
+            assert torch.equal(torch.isinf(got), torch.isinf(want)), (mode, bits)  # identical masks
+            finite = torch.isfinite(want)
+            assert torch.allclose(got[finite], want[finite], rtol=1e-6, atol=1e-6), (mode, bits)
+    served = logit_difference(t, a, alpha, r, "serve", impl="triton").cpu()
+    t, alpha = t.cpu(), alpha.cpu()
     alpha_rows = torch.as_tensor(alpha).expand(t.shape[0])
     for b in range(t.shape[0]):
         if alpha_rows[b] != 0:
@@ -79,12 +88,12 @@ def test_other_filter_widths(r):
 
 def test_alpha_zero_rows_are_untouched():
     t, a = adversarial_rows(1000, 6, 4)
-    out = logit_difference(t, a, torch.zeros(6), 0.01, "serve", impl="triton")
-    assert torch.equal(out, t)
+    out = logit_difference(t.to(DEVICE), a.to(DEVICE), torch.zeros(6, device=DEVICE), 0.01, "serve", impl="triton")
+    assert torch.equal(out.cpu(), t)
 
 
 def test_sequences_take_per_sequence_alpha():
-    t, a = torch.randn(2, 3, 500), torch.randn(2, 3, 500)
-    alpha = torch.tensor([0.0, 1.0])
+    t, a = torch.randn(2, 3, 500, device=DEVICE), torch.randn(2, 3, 500, device=DEVICE)
+    alpha = torch.tensor([0.0, 1.0], device=DEVICE)
     assert torch.equal(logit_difference(t, a, alpha, 0.05, "score", impl="triton"),
                        logit_difference(t, a, alpha, 0.05, "score", impl="torch"))
