@@ -86,20 +86,22 @@ def gpu_table():
 
 
 def gpu_sweep():
-    from uld_kernels.triton_impl import SHIFTS, logit_difference_triton
+    from uld_kernels import triton_impl
 
     print("\nTriton launch configurations (GB/s, V = 128256):\n")
-    configs = list(itertools.product(sorted(SHIFTS), (4, 8, 16), (1024, 2048, 4096)))
-    print("| dtype | B | " + " | ".join(f"{bits}b w{w} {blk}" for bits, w, blk in configs) + " |")
+    configs = list(itertools.product((1024, 2048), (4, 8), (2, 8, 32)))
+    print("| dtype | B | " + " | ".join(f"block {block} w{warps} p{per_sm}" for block, warps, per_sm in configs) + " |")
     print("|---|---|" + "---|" * len(configs))
+    default = triton_impl.BLOCK, triton_impl.NUM_WARPS, triton_impl.PROGRAMS_PER_SM
     for dtype in DTYPES:
-        for b in (8, 64, 256):
+        for b in (1, 8, 64, 256):
             t, a, alpha = inputs(b, 128256, dtype, "cuda")
             cells = []
-            for bits, warps, block in configs:
-                ms = gpu_ms(lambda: logit_difference_triton(t, a, alpha, bits=bits, num_warps=warps, block=block), rep=20)
+            for triton_impl.BLOCK, triton_impl.NUM_WARPS, triton_impl.PROGRAMS_PER_SM in configs:
+                ms = gpu_ms(lambda: logit_difference(t, a, alpha, impl="triton"), rep=20)
                 cells.append(f"{moved_bytes(t) / ms / 1e6:.0f}")
             print(f"| {str(dtype)[6:]} | {b} | " + " | ".join(cells) + " |", flush=True)
+    triton_impl.BLOCK, triton_impl.NUM_WARPS, triton_impl.PROGRAMS_PER_SM = default
 
 
 def cpu_ms(fn, repeat=5):

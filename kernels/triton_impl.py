@@ -1,16 +1,22 @@
-"""The fused logit difference in Triton: one program per row, no sort.
+"""The fused logit difference in Triton: rows split across programs, no sort, no wide histogram.
 
-Per row: (1) the row max, fused with the first digit histogram; (2) the k-th largest logit
-by radix selection over order-preserving integer keys, each pass a histogram of one digit
-restricted to the prefix found so far (three passes of 11-bit digits by default, four of
-8 bits as the alternative the benchmark compares); (3) one pass that writes t - alpha * a
-inside the filter and -inf ("serve") or t ("score") outside it. So t is read once per
-radix pass plus once to write, a once, and the output written once.
+The filter keeps t >= min(max t + log r, k-th largest t) (on logits, not log-probabilities:
+lp = t - logsumexp(t) shifts a row by one constant, so the set is the same without the
+rounding of a log-sum-exp; torch_impl.py states it the same way). Four launches, each over
+all (row, chunk) pairs so that small batches still fill the GPU:
 
-The filter is evaluated on logits, not log-probabilities: lp = t - logsumexp(t) shifts
-every entry of a row by the same amount, so `lp >= min(max lp + log r, k-th lp)` is
-`t >= min(max t + log r, k-th t)` without the rounding of a log-sum-exp. The torch path
-(torch_impl.py) states it the same way.
+1. `_max_kernel`: each chunk's max.
+2. `_count_kernel`: per chunk, how many entries lie at or above M - d_j, for the row max M
+   and a fixed ladder of G offsets d_j (geometric, 1/8 to ~126 nats).
+3. `_compact_kernel`: the ladder's rung where the running count first reaches k brackets
+   the k-th largest: [M - d_j, M - d_(j-1)). Its few entries (at most CAP) are copied to a
+   per-row scratch buffer, each chunk at the offset the counts give (no atomics).
+4. `_write_kernel`: the k-th largest is found among the bracketed entries by bisection on
+   their integer keys (in registers), then each chunk is written: t - alpha * a where
+   kept, -inf ("serve") or t ("score") elsewhere. Rows whose bracket is too full or below
+   the ladder (ties, flat or huge-magnitude rows) fall back to an exact radix selection
+   over the whole row (8-bit digits, tl.histogram): slower, never wrong.
+Rows with alpha = 0 skip steps 1-3 and are copied.
 """
 import math
 
@@ -19,9 +25,11 @@ import triton
 import triton.language as tl
 
 INT_MIN = tl.constexpr(-2147483648)
-# digit width -> the shift of each radix pass, most significant digit first (an 11-bit
-# last pass overlaps the previous digit by one bit, which the prefix already fixes)
-SHIFTS = {8: (24, 16, 8, 0), 11: (21, 10, 0)}
+LADDER = 32  # rungs d_j = 0.125 * 1.25 ** j
+CAP = 4096  # bracketed entries selected in registers; more go to the radix fallback
+BLOCK = 1024
+NUM_WARPS = 4
+PROGRAMS_PER_SM = 2  # (row, chunk) programs per multiprocessor the split aims for
 
 
 @triton.jit
@@ -38,70 +46,154 @@ def _key_to_float(key):
 
 
 @triton.jit
-def _digit_histogram(t_row, V, prefix, prefix_mask, SHIFT: tl.constexpr, BITS: tl.constexpr,
-                     WITH_MAX: tl.constexpr, BLOCK: tl.constexpr):
-    """Histogram of one digit over the keys that match the prefix (and the row max if asked)."""
+def _signed_key(x):
+    """int32 bits whose signed order is the float order."""
+    bits = x.to(tl.int32, bitcast=True)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _radix_select(t_row, V, k, BLOCK: tl.constexpr):
+    """The k-th largest entry of a row, exactly: four 8-bit digit histograms."""
     offs = tl.arange(0, BLOCK)
-    hist = tl.zeros((1 << BITS,), tl.int32)
-    row_max = tl.full((), float("-inf"), tl.float32)
-    for start in range(0, V, BLOCK):
-        inside = start + offs < V
-        x = tl.load(t_row + start + offs, mask=inside, other=float("-inf")).to(tl.float32)
-        if WITH_MAX:
-            row_max = tl.maximum(row_max, tl.max(x, 0))
-        key = _order_key(x)
-        digit = (key >> SHIFT) & ((1 << BITS) - 1)
-        hist += tl.histogram(digit, 1 << BITS, mask=inside & ((key & prefix_mask) == prefix))
-    return hist, row_max
-
-
-@triton.jit
-def _choose_digit(hist, prefix, prefix_mask, remaining, SHIFT: tl.constexpr, BITS: tl.constexpr):
-    """The digit of the remaining-th largest key; the prefix grows by it."""
-    bins = tl.arange(0, 1 << BITS)
-    at_or_above = tl.cumsum(hist, 0, reverse=True)  # keys whose digit is >= each bin
-    chosen = tl.sum((at_or_above >= remaining).to(tl.int32), 0) - 1
-    remaining -= tl.sum(tl.where(bins > chosen, hist, 0), 0)
-    digit_mask = tl.full((), (1 << BITS) - 1, tl.int32) << SHIFT  # int32, so the mask keeps its sign bit
-    return (prefix & ~digit_mask) | (chosen << SHIFT), prefix_mask | digit_mask, remaining
-
-
-@triton.jit
-def _radix_pass(t_row, V, prefix, prefix_mask, remaining, SHIFT: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr):
-    hist, _ = _digit_histogram(t_row, V, prefix, prefix_mask, SHIFT, BITS, False, BLOCK)
-    return _choose_digit(hist, prefix, prefix_mask, remaining, SHIFT, BITS)
-
-
-@triton.jit
-def _logit_difference_kernel(
-    t_ptr, a_ptr, alpha_ptr, out_ptr, V, stride_t, stride_a, stride_o, log_r, k,
-    SERVE: tl.constexpr, BLOCK: tl.constexpr, BITS: tl.constexpr, PASSES: tl.constexpr,
-    SHIFT0: tl.constexpr, SHIFT1: tl.constexpr, SHIFT2: tl.constexpr, SHIFT3: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    t_row = t_ptr + row * stride_t
-    a_row = a_ptr + row * stride_a
-    o_row = out_ptr + row * stride_o
-    offs = tl.arange(0, BLOCK)
-    alpha = tl.load(alpha_ptr + row).to(tl.float32)
-    if alpha == 0.0:  # rows without a forget set: the target's logits, nothing excluded
+    bins = tl.arange(0, 256)
+    prefix = tl.full((), 0, tl.int32)
+    prefix_mask = tl.full((), 0, tl.int32)
+    remaining = tl.full((), 0, tl.int32) + k
+    for step in tl.static_range(4):
+        shift = 24 - 8 * step
+        hist = tl.zeros((256,), tl.int32)
         for start in range(0, V, BLOCK):
+            inside = start + offs < V
+            key = _order_key(tl.load(t_row + start + offs, mask=inside, other=0.0).to(tl.float32))
+            hist += tl.histogram((key >> shift) & 0xFF, 256, mask=inside & ((key & prefix_mask) == prefix))
+        at_or_above = tl.cumsum(hist, 0, reverse=True)  # keys whose digit is >= each bin
+        chosen = tl.sum((at_or_above >= remaining).to(tl.int32), 0) - 1
+        remaining -= tl.sum(tl.where(bins > chosen, hist, 0), 0)
+        prefix = prefix | (chosen << shift)
+        prefix_mask = prefix_mask | (tl.full((), 0xFF, tl.int32) << shift)
+    return _key_to_float(prefix)
+
+
+@triton.jit
+def _row_max(partial_max_ptr, row, S, S_POW2: tl.constexpr):
+    chunks = tl.arange(0, S_POW2)
+    return tl.max(tl.load(partial_max_ptr + row * S + chunks, mask=chunks < S, other=float("-inf")), 0)
+
+
+@triton.jit
+def _bracket(partial_max_ptr, counts_ptr, ladder_ptr, row, S, k, S_POW2: tl.constexpr, G: tl.constexpr):
+    """The rung that brackets the k-th largest entry: (max, lo, hi, rung, entries, rank in bracket)."""
+    row_max = _row_max(partial_max_ptr, row, S, S_POW2)
+    chunks = tl.arange(0, S_POW2)
+    rungs = tl.arange(0, G)
+    counts = tl.load(counts_ptr + (row * S + chunks[:, None]) * G + rungs[None, :], mask=(chunks < S)[:, None], other=0)
+    total = tl.sum(counts, 0)  # entries >= max - d_j, per rung
+    rung = tl.sum((total < k).to(tl.int32), 0)  # first rung reaching k (G: below the ladder)
+    above = tl.sum(tl.where(rungs == rung - 1, total, 0), 0)  # entries >= hi
+    entries = tl.sum(tl.where(rungs == rung, total, 0), 0) - above
+    lo = row_max - tl.load(ladder_ptr + tl.minimum(rung, G - 1))
+    hi = tl.where(rung > 0, row_max - tl.load(ladder_ptr + tl.maximum(rung - 1, 0)), float("inf"))
+    return row_max, lo, hi, rung, entries, k - above
+
+
+@triton.jit
+def _max_kernel(t_ptr, alpha_ptr, partial_max_ptr, V, stride_t, CHUNK, S, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    if tl.load(alpha_ptr + row) == 0.0:
+        return
+    t_row = t_ptr + row.to(tl.int64) * stride_t
+    offs = tl.arange(0, BLOCK)
+    best = tl.full((BLOCK,), float("-inf"), tl.float32)
+    for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), BLOCK):
+        x = tl.load(t_row + start + offs, mask=start + offs < V, other=float("-inf")).to(tl.float32)
+        best = tl.maximum(best, x)
+    tl.store(partial_max_ptr + row * S + chunk, tl.max(best, 0))
+
+
+@triton.jit
+def _count_kernel(t_ptr, alpha_ptr, partial_max_ptr, ladder_ptr, counts_ptr, V, stride_t, CHUNK, S,
+                  S_POW2: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    if tl.load(alpha_ptr + row) == 0.0:
+        return
+    t_row = t_ptr + row.to(tl.int64) * stride_t
+    offs = tl.arange(0, BLOCK)
+    rungs = tl.arange(0, G)
+    floors = _row_max(partial_max_ptr, row, S, S_POW2) - tl.load(ladder_ptr + rungs)
+    counts = tl.zeros((G,), tl.int32)
+    for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), BLOCK):
+        x = tl.load(t_row + start + offs, mask=start + offs < V, other=float("-inf")).to(tl.float32)
+        counts += tl.sum((x[:, None] >= floors[None, :]).to(tl.int32), 0)
+    tl.store(counts_ptr + (row * S + chunk) * G + rungs, counts)
+
+
+@triton.jit
+def _compact_kernel(t_ptr, alpha_ptr, partial_max_ptr, ladder_ptr, counts_ptr, scratch_ptr, V, stride_t, CHUNK, S, k,
+                    S_POW2: tl.constexpr, G: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    if tl.load(alpha_ptr + row) == 0.0:
+        return
+    _, lo, hi, rung, entries, _ = _bracket(partial_max_ptr, counts_ptr, ladder_ptr, row, S, k, S_POW2, G)
+    if (rung < G) & (entries <= CAP):
+        # this chunk's entries go after those of the chunks before it
+        chunks = tl.arange(0, S_POW2)
+        before = (chunks < chunk)
+        at_lo = tl.load(counts_ptr + (row * S + chunks) * G + rung, mask=before, other=0)
+        at_hi = tl.load(counts_ptr + (row * S + chunks) * G + tl.maximum(rung - 1, 0), mask=before, other=0)
+        offset = tl.sum(at_lo - tl.where(rung > 0, at_hi, 0), 0)
+        t_row = t_ptr + row.to(tl.int64) * stride_t
+        s_row = scratch_ptr + row.to(tl.int64) * CAP
+        offs = tl.arange(0, BLOCK)
+        for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), BLOCK):
+            x = tl.load(t_row + start + offs, mask=start + offs < V, other=float("-inf")).to(tl.float32)
+            inside = (x >= lo) & (x < hi)
+            position = offset + tl.cumsum(inside.to(tl.int32), 0) - 1
+            tl.store(s_row + position, x, mask=inside)
+            offset += tl.sum(inside.to(tl.int32), 0)
+
+
+@triton.jit
+def _write_kernel(t_ptr, a_ptr, alpha_ptr, out_ptr, partial_max_ptr, ladder_ptr, counts_ptr, scratch_ptr,
+                  V, stride_t, stride_a, stride_o, CHUNK, S, log_r, k,
+                  SERVE: tl.constexpr, S_POW2: tl.constexpr, G: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    t_row = t_ptr + row.to(tl.int64) * stride_t
+    a_row = a_ptr + row.to(tl.int64) * stride_a
+    o_row = out_ptr + row.to(tl.int64) * stride_o
+    offs = tl.arange(0, BLOCK)
+    end = tl.minimum(chunk * CHUNK + CHUNK, V)
+    alpha = tl.load(alpha_ptr + row)
+    if alpha == 0.0:  # rows without a forget set: the target's logits, nothing excluded
+        for start in range(chunk * CHUNK, end, BLOCK):
             inside = start + offs < V
             tl.store(o_row + start + offs, tl.load(t_row + start + offs, mask=inside).to(tl.float32), mask=inside)
         return
 
-    zero = tl.full((), 0, tl.int32)
-    hist, row_max = _digit_histogram(t_row, V, zero, zero, SHIFT0, BITS, True, BLOCK)
-    prefix, prefix_mask, remaining = _choose_digit(hist, zero, zero, zero + k, SHIFT0, BITS)
-    if PASSES > 1:
-        prefix, prefix_mask, remaining = _radix_pass(t_row, V, prefix, prefix_mask, remaining, SHIFT1, BITS, BLOCK)
-    if PASSES > 2:
-        prefix, prefix_mask, remaining = _radix_pass(t_row, V, prefix, prefix_mask, remaining, SHIFT2, BITS, BLOCK)
-    if PASSES > 3:
-        prefix, prefix_mask, remaining = _radix_pass(t_row, V, prefix, prefix_mask, remaining, SHIFT3, BITS, BLOCK)
-    threshold = tl.minimum(row_max + log_r, _key_to_float(prefix))
+    row_max, lo, hi, rung, entries, rank = _bracket(partial_max_ptr, counts_ptr, ladder_ptr, row, S, k, S_POW2, G)
+    if (rung < G) & (entries <= CAP):
+        # the rank-th largest of the bracketed entries: bisection on their keys
+        slots = tl.arange(0, CAP)
+        keys = _signed_key(tl.load(scratch_ptr + row.to(tl.int64) * CAP + slots, mask=slots < entries, other=0.0))
+        keys = keys.to(tl.int64)
+        low = _signed_key(lo).to(tl.int64)
+        high = _signed_key(hi).to(tl.int64) - 1
+        while low < high:
+            mid = (low + high + 1) >> 1
+            enough = tl.sum(((keys >= mid) & (slots < entries)).to(tl.int32), 0) >= rank
+            low = tl.where(enough, mid, low)
+            high = tl.where(enough, high, mid - 1)
+        bits = low.to(tl.int32)
+        kth = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+    else:
+        kth = _radix_select(t_row, V, k, BLOCK)
+    threshold = tl.minimum(row_max + log_r, kth)
 
-    for start in range(0, V, BLOCK):
+    for start in range(chunk * CHUNK, end, BLOCK):
         inside = start + offs < V
         x = tl.load(t_row + start + offs, mask=inside, other=0.0).to(tl.float32)
         y = tl.load(a_row + start + offs, mask=inside, other=0.0).to(tl.float32)
@@ -113,15 +205,24 @@ def _logit_difference_kernel(
         tl.store(o_row + start + offs, tl.where(keep, x - alpha * y, outside), mask=inside)
 
 
-# measured on an H200 (BENCHMARKS.md): the default launch configuration
-DEFAULT_CONFIG = {"block": 2048, "bits": 11, "num_warps": 8}
+_LADDERS = {}
+_PROGRAMS = {}
 
 
-def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top=0.01, mode="serve",
-                            block=None, bits=None, num_warps=None):
-    block = block or DEFAULT_CONFIG["block"]
-    bits = bits or DEFAULT_CONFIG["bits"]
-    num_warps = num_warps or DEFAULT_CONFIG["num_warps"]
+def _ladder(device):
+    if device not in _LADDERS:
+        _LADDERS[device] = 0.125 * 1.25 ** torch.arange(LADDER, dtype=torch.float64, device=device).float()
+    return _LADDERS[device]
+
+
+def _programs(device):
+    """How many programs keep the device busy."""
+    if device not in _PROGRAMS:
+        _PROGRAMS[device] = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return PROGRAMS_PER_SM * _PROGRAMS[device]
+
+
+def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top=0.01, mode="serve"):
     shape = target_logits.shape
     vocab = shape[-1]
     t = target_logits.reshape(-1, vocab)
@@ -130,19 +231,33 @@ def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top
         t = t.contiguous()
     if a.stride(-1) != 1:
         a = a.contiguous()
-    rows = t.shape[0]
-    alpha = torch.as_tensor(alpha, dtype=torch.float32, device=t.device)
+    rows, device = t.shape[0], t.device
+    alpha = torch.as_tensor(alpha, dtype=torch.float32, device=device)
     if alpha.dim() == 0:
         alpha = alpha.expand(rows)
     else:  # one alpha per leading-dimension row, broadcast over any middle dimensions
         alpha = alpha.reshape(-1, *([1] * (len(shape) - 2))).expand(*shape[:-1]).reshape(-1)
     alpha = alpha.contiguous()
-    out = torch.empty((rows, vocab), dtype=torch.float32, device=t.device)
+    out = torch.empty((rows, vocab), dtype=torch.float32, device=device)
+    if rows == 0:
+        return out.reshape(shape)
     k = min(vocab, max(1, int(relative_top * vocab)))
-    shifts = SHIFTS[bits] + (0,) * (4 - len(SHIFTS[bits]))
-    _logit_difference_kernel[(rows,)](
-        t, a, alpha, out, vocab, t.stride(0), a.stride(0), out.stride(0), math.log(relative_top), k,
-        SERVE=mode == "serve", BLOCK=block, BITS=bits, PASSES=len(SHIFTS[bits]),
-        SHIFT0=shifts[0], SHIFT1=shifts[1], SHIFT2=shifts[2], SHIFT3=shifts[3], num_warps=num_warps,
-    )
+    blocks = triton.cdiv(vocab, BLOCK)
+    per_row = max(1, min(blocks, triton.cdiv(_programs(device), rows)))
+    chunk = triton.cdiv(blocks, per_row) * BLOCK
+    chunks = triton.cdiv(vocab, chunk)
+    s_pow2 = triton.next_power_of_2(chunks)
+    partial_max = torch.empty((rows, chunks), dtype=torch.float32, device=device)
+    counts = torch.empty((rows, chunks, LADDER), dtype=torch.int32, device=device)
+    scratch = torch.empty((rows, CAP), dtype=torch.float32, device=device)
+    ladder = _ladder(device)
+    grid = (rows, chunks)
+    _max_kernel[grid](t, alpha, partial_max, vocab, t.stride(0), chunk, chunks, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    _count_kernel[grid](t, alpha, partial_max, ladder, counts, vocab, t.stride(0), chunk, chunks,
+                        S_POW2=s_pow2, G=LADDER, BLOCK=BLOCK // 4, num_warps=NUM_WARPS)
+    _compact_kernel[grid](t, alpha, partial_max, ladder, counts, scratch, vocab, t.stride(0), chunk, chunks, k,
+                          S_POW2=s_pow2, G=LADDER, CAP=CAP, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    _write_kernel[grid](t, a, alpha, out, partial_max, ladder, counts, scratch, vocab, t.stride(0), a.stride(0),
+                        out.stride(0), chunk, chunks, math.log(relative_top), k,
+                        SERVE=mode == "serve", S_POW2=s_pow2, G=LADDER, CAP=CAP, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out.reshape(shape)
