@@ -123,11 +123,11 @@ def _count_kernel(t_ptr, alpha_ptr, partial_max_ptr, ladder_ptr, counts_ptr, V, 
     offs = tl.arange(0, BLOCK)
     rungs = tl.arange(0, G)
     floors = _row_max(partial_max_ptr, row, S, S_POW2) - tl.load(ladder_ptr + rungs)
-    counts = tl.zeros((G,), tl.int32)
+    counts = tl.zeros((BLOCK, G), tl.int32)  # summed over the block once, at the end
     for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), BLOCK):
         x = tl.load(t_row + start + offs, mask=start + offs < V, other=float("-inf")).to(tl.float32)
-        counts += tl.sum((x[:, None] >= floors[None, :]).to(tl.int32), 0)
-    tl.store(counts_ptr + (row * S + chunk) * G + rungs, counts)
+        counts += (x[:, None] >= floors[None, :]).to(tl.int32)
+    tl.store(counts_ptr + (row * S + chunk) * G + rungs, tl.sum(counts, 0))
 
 
 @triton.jit
