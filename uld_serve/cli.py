@@ -86,6 +86,16 @@ def _parse_params(items: List[str]) -> dict:
     return params
 
 
+def _method_run(method: str, param: List[str], full: bool, lr: Optional[float], out: Path, force: bool):
+    """A method's hyperparameters and learning rate, checked before anything is loaded."""
+    from uld_training.unlearn import get_method
+
+    params = _parse_params(param)
+    get_method(method, params)  # unknown method or hyperparameter: one sentence, nothing written
+    _refuse_existing(out, force)
+    return params, lr if lr is not None else (1e-5 if full else 1e-4)
+
+
 @app.command()
 def unlearn(
     method: str = typer.Option(..., help="ga, graddiff, npo, simnpo, wga, tnpo, wtnpo, mollm or soul"),
@@ -102,13 +112,9 @@ def unlearn(
     force: bool = False,
 ):
     """Weight-level unlearning (the methods ULD is compared with); the artifact is served with alpha 0."""
-    from uld_training.unlearn import get_method
     from uld_training.unlearn.run import Trainable, unlearn as run
 
-    params = _parse_params(param)
-    get_method(method, params)  # unknown method or hyperparameter: fail before loading anything
-    _refuse_existing(out, force)
-    lr = lr if lr is not None else (1e-5 if full else 1e-4)
+    params, lr = _method_run(method, param, full, lr, out, force)
     config = _train_config(lr, epochs, batch_size, seed, max_steps, precision, save_every)
     print(run(method, params, target, forget, retain, out, config, Trainable(full=full, rank=rank, lora_alpha=lora_alpha)))
 
@@ -131,15 +137,11 @@ def geffect(
 ):
     """G-effect of a method per layer group and step, on forget and on retained data."""
     from uld_training.geffect import geffect as run
-    from uld_training.unlearn import get_method
     from uld_training.unlearn.run import Trainable
 
-    params = _parse_params(param)
-    get_method(method, params)
     if every < 1 or probe_size < 1:
         raise UldError("--every and --probe-size must be at least 1")
-    _refuse_existing(out, force)
-    lr = lr if lr is not None else (1e-5 if full else 1e-4)
+    params, lr = _method_run(method, param, full, lr, out, force)
     config = _train_config(lr, epochs, batch_size, seed, max_steps, precision, 10**9)
     print(run(method, params, target, forget, retain, out, config, Trainable(full=full, rank=rank, lora_alpha=lora_alpha),
               every=every, probe_size=probe_size))

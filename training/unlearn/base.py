@@ -58,6 +58,7 @@ class Method:
     uses_reference = False  # the forget loss compares with the original model
     weighted = True  # takes the weighting below (MOLLM balances its objectives itself)
     weighting = {"forget_weight": 1.0, "retain_weight": 1.0, "retain_loss": "nll"}
+    positive: tuple = ()  # hyperparameters that must be > 0
 
     def __init__(self, **params):
         merged = {**(self.weighting if self.weighted else {}), **self.defaults}
@@ -71,6 +72,9 @@ class Method:
         self.params = merged
         for key, value in merged.items():  # self.beta, self.retain_weight, ...
             setattr(self, key, value)
+        for key in self.positive:
+            if not merged[key] > 0:
+                raise UldError(f"{key} must be positive, got {merged[key]}")
         self.validate()
 
     def validate(self):

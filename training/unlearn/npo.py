@@ -2,8 +2,6 @@
 per forget answer, with sequence log-likelihoods; plus the retain term."""
 import torch.nn.functional as F
 
-from uld_serve.errors import UldError
-
 from .base import Method, register
 from .objectives import sequence_nll
 
@@ -11,12 +9,9 @@ from .objectives import sequence_nll
 @register
 class NPO(Method):
     name = "npo"
+    positive = ("beta",)
     defaults = {"beta": 0.1}
     uses_reference = True
-
-    def validate(self):
-        if not self.beta > 0:
-            raise UldError("beta must be positive")
 
     def forget_term(self, step):
         log_ratio = sequence_nll(step.reference_logits("forget"), step.labels("forget")) - sequence_nll(

@@ -2,8 +2,6 @@
 -2/beta * log sigmoid(beta * (NLL(y|x) / |y| - delta)). open-unlearning's defaults."""
 import torch.nn.functional as F
 
-from uld_serve.errors import UldError
-
 from .base import Method, register
 from .objectives import token_nll
 
@@ -11,11 +9,8 @@ from .objectives import token_nll
 @register
 class SimNPO(Method):
     name = "simnpo"
+    positive = ("beta",)
     defaults = {"beta": 4.5, "delta": 0.0, "forget_weight": 0.125}
-
-    def validate(self):
-        if not self.beta > 0:
-            raise UldError("beta must be positive")
 
     def forget_term(self, step):
         nll, mask = token_nll(step.logits("forget"), step.labels("forget"))

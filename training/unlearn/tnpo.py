@@ -1,8 +1,6 @@
 """TNPO, token-wise NPO (the G-effect paper): NPO's loss on each answer token instead of the
 whole answer. Its gradient is token ascent weighted by 2 p^beta / (p^beta + p_ref^beta)
 (held constant); that weighted form is what is optimised, as in the authors' code."""
-from uld_serve.errors import UldError
-
 from .base import Method, register
 from .objectives import token_nll, weighted_token_ascent
 
@@ -15,12 +13,9 @@ def npo_token_weights(nll, reference_nll, beta, extra_power=0.0):
 @register
 class TNPO(Method):
     name = "tnpo"
+    positive = ("beta",)
     defaults = {"beta": 4.0}
     uses_reference = True
-
-    def validate(self):
-        if not self.beta > 0:
-            raise UldError("beta must be positive")
 
     def weights(self, nll, reference_nll):
         return npo_token_weights(nll, reference_nll, self.beta)

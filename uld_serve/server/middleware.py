@@ -58,9 +58,16 @@ def resolve(body: dict, state) -> tuple:
     return body, {"forget_set": fs.name if fs is not None else None, "alpha": alpha, "relative_top": relative_top}
 
 
+ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 409: "ConflictError"}
+
+
+def error_body(status: int, message: str) -> dict:
+    """The OpenAI error object, as vLLM's own errors have it."""
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "Error"), "param": None, "code": status}}
+
+
 async def error_response(send, status: int, message: str) -> None:
-    kind = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError"}.get(status, "Error")
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
+    body = json.dumps(error_body(status, message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

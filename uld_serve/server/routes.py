@@ -4,14 +4,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..errors import UldError
+from .middleware import error_body
 from .registry import summary
 
 router = APIRouter()
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    kind = {400: "BadRequestError", 404: "NotFoundError", 409: "ConflictError"}.get(status, "Error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}}, status_code=status)
+    return JSONResponse(error_body(status, message), status_code=status)
 
 
 def _card(name: str, parent, details: dict) -> dict:
