@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from tofu_e2e import PROTOCOLS, uld  # noqa: E402
+from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 
 METHODS = ["ga", "graddiff", "npo", "simnpo", "wga", "tnpo", "wtnpo", "mollm", "soul"]
 BUDGET = {"epochs": 5, "batch_size": 8, "precision": "bf16", "rank": 32, "lora_alpha": 32}
@@ -34,10 +34,6 @@ VALIDATION = {"forget": "tofu:full[200:400]", "retain": "tofu:full[:200]"}
 UTILITY_FLOOR = 0.95
 EVAL_FLAGS = []  # --smoke adds --limit
 VALIDATION_LIMIT = [None]
-
-
-def flags(options):
-    return [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", v)]
 
 
 def validation_scores(target, artifact=None):

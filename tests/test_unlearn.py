@@ -36,6 +36,7 @@ def test_two_steps_and_the_artifact_loads(method, tiny_target, scorer, tmp_path)
     manifest = json.loads((out / "uld.json").read_text())
     assert manifest["kind"] == "weight-level" and manifest["alpha"] == 0.0 and manifest["method"] == method
     assert manifest["result"]["steps"] == 2 and manifest["result"]["trainable_parameters"] > 0
+    assert manifest["result"]["steps_per_epoch"] == 10  # forget01's 40 answers in batches of 4
     fs = scorer.add_forget_set(method, out)
     assert fs.settings(alpha=1.0) == (0.0, 0.01)  # weight-level sets are served with alpha 0
     ids, mask = batch(scorer)

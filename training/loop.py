@@ -123,4 +123,4 @@ def run_training(
             if step >= total:
                 break
     bar.close()
-    return {"steps": step, "wall_s": round(time.time() - started, 2), "history": history}
+    return {"steps": step, "steps_per_epoch": steps_per_epoch, "wall_s": round(time.time() - started, 2), "history": history}
