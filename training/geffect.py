@@ -44,11 +44,13 @@ class Probe:
             return
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
-        objective = method.objective_gradient(method.terms(Step(model, self.forget, self.retain, reference)), params)
+        step = Step(model, self.forget, self.retain, reference)
+        # the risks reuse the objective's forward passes, so its graph is kept for them
+        objective = method.objective_gradient(method.terms(step), params, retain_graph=True)
         record = {"step": step_index}
-        for which, batch in (("forget", self.forget), ("retain", self.retain)):
-            risk = mean_nll(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
-            risk_grad = torch.autograd.grad(risk, params, allow_unused=True)
+        for which in ("forget", "retain"):
+            risk = mean_nll(step.logits(which), step.labels(which))
+            risk_grad = torch.autograd.grad(risk, params, retain_graph=which == "forget", allow_unused=True)
             by_group = {}
             for (name, _), g_obj, g_risk in zip(named, objective, risk_grad):
                 if g_risk is not None:

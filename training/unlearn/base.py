@@ -112,9 +112,9 @@ class Method:
     def backward(self, terms: dict, params: list, step_index: int, step: Step):
         terms["loss"].backward()
 
-    def objective_gradient(self, terms: dict, params: list) -> list:
+    def objective_gradient(self, terms: dict, params: list, retain_graph: bool = False) -> list:
         """The gradient the update follows, one tensor per parameter (G-effect diagnostics)."""
-        grads = torch.autograd.grad(terms["loss"], params, allow_unused=True)
+        grads = torch.autograd.grad(terms["loss"], params, retain_graph=retain_graph, allow_unused=True)
         return [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
 
 

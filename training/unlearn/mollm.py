@@ -32,12 +32,13 @@ class MOLLM(Method):
         kl = kl_to_reference(step.logits("retain"), step.reference_logits("retain"), step.labels("retain"))
         return {"loss": forget + retain + kl, "forget": forget, "retain": retain, "kl": kl}
 
-    def objective_gradient(self, terms, params):
+    def objective_gradient(self, terms, params, retain_graph=False):
         """-d, d the common descent direction: the optimizer subtracts what it is given."""
         objectives = [terms["forget"], terms["retain"], terms["kl"]]
         grads = []
         for i, objective in enumerate(objectives):
-            parts = torch.autograd.grad(objective, params, retain_graph=i < len(objectives) - 1, allow_unused=True)
+            keep = retain_graph or i < len(objectives) - 1
+            parts = torch.autograd.grad(objective, params, retain_graph=keep, allow_unused=True)
             grads.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(parts, params)]))
         direction, self.last_weights = common_descent_direction(grads)
         flat = (-direction).split([p.numel() for p in params])
