@@ -8,28 +8,20 @@ Random weights; target logits drawn peaked (N(0, 4^2)), so the filter keeps abou
 candidates per row, as it does on a language model's logits.
 """
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from kernel_bench import cpu_ms, gpu_ms  # noqa: E402
 from uld_kernels.sparse_head import assistant_logits_on_candidates  # noqa: E402
 
 MODELS = {"SmolLM2-135M": (576, 49152), "Llama-3-8B": (4096, 128256)}
 
 
 def timed_ms(fn, device):
-    if device == "cuda":
-        from triton.testing import do_bench
-
-        return do_bench(fn, warmup=5, rep=50)
-    fn()
-    started = time.perf_counter()
-    for _ in range(3):
-        fn()
-    return (time.perf_counter() - started) / 3 * 1e3
+    return gpu_ms(fn) if device == "cuda" else cpu_ms(fn, repeat=3)
 
 
 def main():
