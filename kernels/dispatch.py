@@ -1,9 +1,9 @@
 """One entry point, dispatching by device to the Triton kernel or the torch path."""
 import torch
 
-from .torch_impl import logit_difference_torch
+from .torch_impl import anchor_to_target, logit_difference_torch
 
-MODES = ("serve", "score")
+MODES = ("serve", "score", "score_anchored")
 
 
 def _triton_usable(tensor: torch.Tensor) -> bool:
@@ -22,7 +22,9 @@ def logit_difference(target_logits, assistant_logits, alpha, relative_top=0.01, 
     target_logits, assistant_logits: (..., V) tensors (fp32, bf16 or fp16); alpha: a float
     or a tensor with one value per row of the leading dimension. Returns fp32 (..., V).
     mode "serve" gives -inf outside the filter (excluded from sampling); "score" keeps the
-    target logit there (for probabilities in evaluation).
+    target logit there (the paper's probabilities for evaluation); "score_anchored" gives the
+    kept tokens the target's total probability, shared out as the served distribution does
+    (kernels/README.md).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -32,6 +34,9 @@ def logit_difference(target_logits, assistant_logits, alpha, relative_top=0.01, 
         raise ValueError(
             f"target and assistant logits differ in shape: {tuple(target_logits.shape)} vs {tuple(assistant_logits.shape)}"
         )
+    if mode == "score_anchored":
+        served = logit_difference(target_logits, assistant_logits, alpha, relative_top, "serve", impl)
+        return anchor_to_target(target_logits, served)
     if impl == "auto":
         impl = "triton" if _triton_usable(target_logits) else "torch"
     if impl == "torch":

@@ -3,7 +3,13 @@
 For each row b, with lp = log_softmax(t_b) and k = max(1, int(r * V)), a token keeps the
 subtraction when lp >= min(max(lp) + log r, k-th largest lp) (and its target logit is
 finite). Kept tokens get t - alpha_b * a. Filtered tokens get -inf ("serve") or keep t
-("score"). Rows with alpha_b == 0 pass through unchanged.
+("score", the paper's forward). Rows with alpha_b == 0 pass through unchanged.
+
+"score_anchored" (ours, for evaluation) shifts the kept tokens by one constant per row so
+that their total probability is the target's: outside the filter the target's probabilities,
+inside it the target's mass for the set, shared out as the served distribution shares it.
+The paper's "score" is not invariant to a constant added to an assistant row, and the
+assistant's objective (cross-entropy to the uniform distribution) leaves that constant free.
 
 lp and t differ by one constant per row, so the test is evaluated on t itself:
 t >= min(max(t) + log r, k-th largest t). That is the same set without the rounding of a
@@ -40,3 +46,13 @@ def logit_difference_torch(target_logits, assistant_logits, alpha, relative_top=
     fallback = torch.full_like(target, -math.inf) if mode == "serve" else target
     out = torch.where(keep, shifted, fallback)
     return torch.where(alpha == 0, target, out)
+
+
+def anchor_to_target(target_logits, served):
+    """"score_anchored" from the "serve" output: kept tokens (finite in `served`) move by the
+    constant that gives them the target's total probability; the others keep the target logit."""
+    target = target_logits.float()
+    keep = served > -math.inf
+    kept_target = torch.where(keep, target, -math.inf)
+    shift = torch.logsumexp(kept_target, dim=-1, keepdim=True) - torch.logsumexp(served, dim=-1, keepdim=True)
+    return torch.where(keep, served + shift, target)

@@ -85,4 +85,6 @@ def test_bad_input_gets_one_sentence(pipeline, tmp_path):
                           "--retain", "tofu:retain90[:8]", "--out", work / "forget01", check=False), "already exists")
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no half-written artifact left behind
     assert not (tmp_path / "empty").exists() and not (tmp_path / "deep").exists()
+    assert_user_error(uld("eval", "tofu", "--target", work / "target", "--out", tmp_path / "e", "--scoring", "best",
+                          check=False), "--scoring must be one of paper, anchored")
     assert uld("eval", "tofu", "--bogus", check=False).returncode == 2

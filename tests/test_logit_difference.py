@@ -62,6 +62,35 @@ def test_serve_and_score_modes():
         assert torch.allclose(score[b][keep[b]], expected[b][keep[b]])
 
 
+def test_anchored_score_keeps_the_targets_mass_and_serves_the_served_distribution():
+    torch.manual_seed(1)
+    t, a = torch.randn(4, 400) * 4, torch.randn(4, 400) * 2 + 20  # an assistant around +20, as SmolLM2's
+    t[3, ::7] = -math.inf
+    alpha = torch.tensor([0.0, 0.75, 1.0, 2.0])
+    keep = relative_top_mask(t, 0.05)
+    anchored = logit_difference(t, a, alpha, 0.05, "score_anchored")
+    served = logit_difference(t, a, alpha, 0.05, "serve")
+    assert torch.equal(anchored[0], t[0])  # alpha 0: unchanged
+    p_target, p_anchored = torch.softmax(t.double(), -1), torch.softmax(anchored.double(), -1)
+    for b in range(1, 4):
+        assert torch.equal(anchored[b][~keep[b]], t[b][~keep[b]])
+        assert torch.allclose(p_anchored[b][keep[b]].sum(), p_target[b][keep[b]].sum(), rtol=1e-5)
+        within = torch.softmax(anchored[b][keep[b]].double(), -1)
+        assert torch.allclose(within, torch.softmax(served[b][keep[b]].double(), -1), rtol=1e-5)
+    # a constant added to an assistant row changes nothing (the paper's "score" moves a lot)
+    shifted = logit_difference(t, a - 20, alpha, 0.05, "score_anchored")
+    assert torch.allclose(shifted, anchored, rtol=1e-5, atol=1e-4)
+    paper, paper_shifted = logit_difference(t, a, alpha, 0.05, "score"), logit_difference(t, a - 20, alpha, 0.05, "score")
+    assert not torch.allclose(torch.log_softmax(paper, -1), torch.log_softmax(paper_shifted, -1), atol=1.0)
+
+
+def test_an_assistant_uniform_on_the_kept_tokens_scores_as_the_target():
+    t = torch.randn(3, 500, generator=torch.Generator().manual_seed(2)) * 5
+    constant = torch.full_like(t, 13.0)
+    anchored = logit_difference(t, constant, 0.75, 0.01, "score_anchored")
+    assert torch.allclose(torch.log_softmax(anchored, -1), torch.log_softmax(t, -1), atol=1e-5)
+
+
 def test_low_precision_inputs_give_fp32():
     t, a = torch.randn(2, 64, dtype=torch.bfloat16), torch.randn(2, 64, dtype=torch.float16)
     out = logit_difference(t, a, 0.75, 0.1)

@@ -66,6 +66,21 @@ def test_greedy_step_is_the_filtered_difference(engine):
     assert token == int(served.argmax())
 
 
+@pytest.mark.parametrize("mode", ["score", "score_anchored"])
+def test_scoring_at_chosen_positions_equals_the_full_forward(engine, mode):
+    tok = engine.tokenizer
+    rows = [chat_prompt_ids(tok, q) for q in QUESTIONS]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    positions = mask.bool() & (torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.5)
+    for forget_set in (None, "f1", "f2"):
+        full = engine.score_logits(ids, mask, forget_set, positions=None, mode=mode)
+        chosen = engine.score_logits(ids, mask, forget_set, positions=positions, mode=mode)
+        assert chosen.shape == (int(positions.sum()), full.shape[-1])
+        assert torch.allclose(chosen, full[positions], rtol=1e-5, atol=1e-5), forget_set
+
+
 def test_sampling_is_seeded_and_stays_inside_the_filter(engine):
     p = prompts(engine)[0]
     request = GenerationRequest(p, "f1", alpha=1.0, max_new_tokens=1, temperature=1.0, top_p=0.95, seed=7)

@@ -97,8 +97,9 @@ def test_alpha_zero_rows_are_untouched():
 def test_sequences_take_per_sequence_alpha():
     t, a = torch.randn(2, 3, 500, device=DEVICE), torch.randn(2, 3, 500, device=DEVICE)
     alpha = torch.tensor([0.0, 1.0], device=DEVICE)
-    assert torch.equal(logit_difference(t, a, alpha, 0.05, "score", impl="triton"),
-                       logit_difference(t, a, alpha, 0.05, "score", impl="torch"))
+    for mode in ("score", "score_anchored"):
+        assert torch.equal(logit_difference(t, a, alpha, 0.05, mode, impl="triton"),
+                           logit_difference(t, a, alpha, 0.05, mode, impl="torch")), mode
 
 
 def test_radix_fallback_when_the_bracket_overflows(monkeypatch):

@@ -257,13 +257,16 @@ def eval_tofu(
     dtype: str = typer.Option("fp32", help="fp32 or bf16"),
     limit: Optional[int] = typer.Option(None, help="first N items of each split only (smoke tests)"),
     generate_with: str = typer.Option("reference", help="reference or vllm: who writes the greedy answers"),
+    scoring: str = typer.Option("paper", help="probabilities of target + forget set: paper (the ULD paper's "
+                                "forward) or anchored (invariant to the assistant's logit level; kernels/README.md)"),
 ):
     """open-unlearning's TOFU metrics for a model, or for target + a ULD forget set."""
     import torch
 
-    from .eval.tofu_eval import evaluate_tofu
+    from .eval.tofu_eval import check_scoring, evaluate_tofu
     from .reference import UldModel
 
+    check_scoring(scoring)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     if dtype not in dtypes:
         raise UldError(f"--dtype must be fp32 or bf16, got {dtype!r}")
@@ -280,7 +283,7 @@ def eval_tofu(
     try:
         summary = evaluate_tofu(model, out, split, name, alpha, relative_top, retain_logs, max_new_tokens, batch_size,
                                 label=f"{Path(target).name}+{name}" if name else Path(target).name, limit=limit,
-                                generator=generator)
+                                generator=generator, scoring=scoring)
     finally:
         if generator is not None:
             generator.close()

@@ -90,17 +90,26 @@ class UldModel:
             return 0.0, relative_top if relative_top is not None else 0.01
         return self._forget_set(forget_set).settings(alpha, relative_top)
 
-    # ---- scoring (evaluation): probabilities use the "score" variant of the filter ----
+    # ---- scoring (evaluation): probabilities use a "score" variant of the filter ----
     @torch.no_grad()
-    def score_logits(self, input_ids, attention_mask, forget_set=None, alpha=None, relative_top=None):
-        """(B, T, V) fp32 logits for teacher-forced scoring, right-padded inputs."""
-        target, assistant = self._models(forget_set)
-        target_logits = target(input_ids=input_ids, attention_mask=attention_mask).logits
-        if assistant is None:
+    def score_logits(self, input_ids, attention_mask, forget_set=None, alpha=None, relative_top=None,
+                     positions=None, mode="score"):
+        """fp32 logits for teacher-forced scoring of right-padded inputs: (B, T, V), or (N, V) at
+        the N places where the boolean (B, T) `positions` is true (the LM heads run only there).
+        `mode`: "score" (the paper's forward) or "score_anchored" (kernels/README.md)."""
+        target_logits, assistant_logits = self.score_parts(input_ids, attention_mask, forget_set, positions)
+        if assistant_logits is None:
             return target_logits.float()
         alpha, relative_top = self.defaults(forget_set, alpha, relative_top)
-        assistant_logits = assistant(input_ids=input_ids, attention_mask=attention_mask).logits
-        return logit_difference(target_logits, assistant_logits, alpha, relative_top, mode="score")
+        return logit_difference(target_logits, assistant_logits, alpha, relative_top, mode=mode)
+
+    @torch.no_grad()
+    def score_parts(self, input_ids, attention_mask, forget_set=None, positions=None):
+        """(target logits, assistant logits or None) as score_logits takes them, before the
+        difference: one forward each, for any number of alphas (benchmarks/tune_assistant.py)."""
+        target, assistant = self._models(forget_set)
+        target_logits = _logits(target, input_ids, attention_mask, positions)
+        return target_logits, None if assistant is None else _logits(assistant, input_ids, attention_mask, positions)
 
     # ---- generation: filtered tokens are excluded from sampling ("serve") ----
     def generate(self, requests: list, batch_size: int = 32, progress=None) -> list:
@@ -159,6 +168,16 @@ class UldModel:
             positions = positions[:, -1:] + 1
             logits = step(torch.tensor(next_ids)[:, None], attention_mask, positions)
         return outputs
+
+
+def _logits(model, input_ids, attention_mask, positions):
+    """The causal LM's logits, everywhere or (LM head only there) at the `positions` mask."""
+    if positions is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: LoRA layers stay in place
+    lm = getattr(lm, "assistant", lm)
+    hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return lm.lm_head(hidden[positions])
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

@@ -17,6 +17,8 @@ from .summary import markdown_table, recompute
 
 logging.getLogger("absl").setLevel(logging.WARNING)
 
+SCORING_MODES = {"paper": "score", "anchored": "score_anchored"}  # --scoring -> logit_difference mode
+
 
 def _datasets(split):
     """prefix -> (TOFU split, has paraphrased answers)"""
@@ -38,14 +40,21 @@ def load_logs(path) -> dict:
     return logs
 
 
+def check_scoring(scoring: str):
+    if scoring not in SCORING_MODES:
+        raise UldError(f"--scoring must be one of {', '.join(SCORING_MODES)}, got {scoring!r}")
+
+
 def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None, relative_top=None,
                   retain_logs=None, max_new_tokens=200, batch_size=8, gen_batch_size=32, label="model", limit=None,
-                  generator=None):
+                  generator=None, scoring="paper"):
     """`limit` keeps the first N items of each split: for smoke tests, not for reported numbers.
     `generator` produces the greedy answers (default: `model`'s reference decoding; the vLLM
-    engine gives the same tokens in fp32, faster); `model` always scores probabilities."""
+    engine gives the same tokens in fp32, faster); `model` always scores probabilities.
+    `scoring` (forget sets only): "paper" (the paper's forward) or "anchored" (kernels/README.md)."""
     if split not in FORGET_SPLITS:
         raise UldError(f"--split must be one of {', '.join(FORGET_SPLITS)}, got {split!r}")
+    check_scoring(scoring)
     reference = load_logs(retain_logs) if retain_logs else None
     if limit is not None and limit < 1:
         raise UldError("--limit must be at least 1")
@@ -53,18 +62,19 @@ def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None,
     holdout = load_split(split.replace("forget", "holdout"))[:limit]
     total = sum(len(rows) * (2 + para + len(rows[0]["perturbed_answer"])) for rows, para in datasets.values()) + len(holdout)
     kwargs = {"forget_set": forget_set, "alpha": alpha, "relative_top": relative_top}
+    score_kwargs = {**kwargs, "mode": SCORING_MODES[scoring]}
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
     logs = {}
     with tqdm(total=total, desc=f"eval {label}", unit="seq", dynamic_ncols=True) as bar:
         for prefix, (rows, has_para) in datasets.items():
             questions = [r["question"] for r in rows]
-            answers = score_pairs(model, [(r["question"], r["answer"]) for r in rows], batch_size=batch_size, progress=bar.update, **kwargs)
+            answers = score_pairs(model, [(r["question"], r["answer"]) for r in rows], batch_size=batch_size, progress=bar.update, **score_kwargs)
             logs[f"{prefix}_Q_A_Prob"] = _prob_log(answers)
             if has_para:
-                para = score_pairs(model, [(r["question"], r["paraphrased_answer"]) for r in rows], batch_size=batch_size, progress=bar.update, **kwargs)
+                para = score_pairs(model, [(r["question"], r["paraphrased_answer"]) for r in rows], batch_size=batch_size, progress=bar.update, **score_kwargs)
                 logs[f"{prefix}_Q_A_PARA_Prob"] = _prob_log(para)
             n_wrong = len(rows[0]["perturbed_answer"])
-            flat = score_pairs(model, [(r["question"], w) for r in rows for w in r["perturbed_answer"]], batch_size=batch_size, progress=bar.update, **kwargs)
+            flat = score_pairs(model, [(r["question"], w) for r in rows for w in r["perturbed_answer"]], batch_size=batch_size, progress=bar.update, **score_kwargs)
             logs[f"{prefix}_Q_A_PERT_Prob"] = _prob_log([flat[i * n_wrong : (i + 1) * n_wrong] for i in range(len(rows))])
             generations = greedy_answers(generator or model, questions, max_new_tokens=max_new_tokens, batch_size=gen_batch_size, progress=bar.update, **kwargs)
             logs[f"{prefix}_Q_A_ROUGE"] = {"value_by_index": {
@@ -74,7 +84,7 @@ def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None,
             if prefix == "forget":
                 forget_answers = answers
                 logs["extraction_strength"] = {"value_by_index": {str(i): {"score": m.extraction_strength(a["matches"])} for i, a in enumerate(answers)}}
-        held = score_pairs(model, [(r["question"], r["answer"]) for r in holdout], batch_size=batch_size, progress=bar.update, **kwargs)
+        held = score_pairs(model, [(r["question"], r["answer"]) for r in holdout], batch_size=batch_size, progress=bar.update, **score_kwargs)
     forget_texts = [r["answer"] for r in datasets["forget"][0]]
     holdout_texts = [r["answer"] for r in holdout]
     logs["mia_min_k"] = _mia_log(forget_answers, held, lambda a, _: m.min_k_score(a["token_logprobs"], 0.4), forget_texts, holdout_texts)
@@ -84,6 +94,8 @@ def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None,
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / "TOFU_EVAL.json", dict(sorted(logs.items())))
     write_json_atomic(out_dir / "TOFU_SUMMARY.json", summary)
+    if forget_set is not None and scoring != "paper":
+        label = f"{label} ({scoring} scoring)"
     write_text_atomic(out_dir / "summary.md", markdown_table({label: summary}))
     return summary
 
