@@ -12,8 +12,10 @@ validation split, authors 10-19 of the target's 20 retained authors (tofu:full[2
 with authors 0-9 (tofu:full[:200]) as retain data. The rule: among candidates whose mean
 answer probability on real authors + world facts stays >= 95% of the target's, the one with
 the lowest probability on the validation forget answers (else the one with the best
-utility). ULD keeps its paper defaults, untuned. The target, retain reference, their
-evaluations and the ULD assistant come from tofu_e2e.py's cache (run it first).
+utility). ULD appears with its paper defaults (tofu_e2e.py) and, once
+tune_assistant.py has run, with settings chosen on the same split by the same rule. The
+target, retain reference, their evaluations and the ULD assistants come from those
+scripts' caches (run tofu_e2e.py first).
 """
 import argparse
 import json
@@ -115,9 +117,11 @@ def main():
 
 def rows(work):
     """(label, TOFU_EVAL.json, artifact directory) for ULD and every method evaluated so far."""
-    out = []
-    if (work / "eval-uld" / "TOFU_EVAL.json").exists():
-        out.append(("ULD (assistant)", work / "eval-uld" / "TOFU_EVAL.json", work / "forget10"))
+    uld_rows = [("ULD, paper settings", "eval-uld", "forget10"),
+                ("ULD, paper settings, anchored scoring", "eval-uld-anchored", "forget10"),
+                ("ULD, tuned, anchored scoring", "eval-uld-tuned-anchored", "forget10-tuned")]
+    out = [(label, work / logs / "TOFU_EVAL.json", work / artifact) for label, logs, artifact in uld_rows
+           if (work / logs / "TOFU_EVAL.json").exists()]
     for method in METHODS:
         logs = work / "eval-methods" / method / "TOFU_EVAL.json"
         if logs.exists():
