@@ -1,5 +1,6 @@
 """End-to-end ULD benchmark on SmolLM2: fine-tune the target and the retain reference,
-train the forget10 assistant, evaluate all three, and write the table and plot.
+train the forget10 assistant, evaluate all three (target + ULD with the paper's and the
+anchored probability scoring), and write the table and plot.
 
     python benchmarks/tofu_e2e.py                 # tofu-mini protocol (this 2-core CPU)
     python benchmarks/tofu_e2e.py --protocol full # TOFU as published (hours here)
@@ -24,7 +25,7 @@ PROTOCOLS = {
     "mini": {"target": "tofu-mini:target", "retain_model": "tofu-mini:retain", "assistant_retain": "tofu:full[:400]"},
     "full": {"target": "tofu:full", "retain_model": "tofu:retain90", "assistant_retain": "tofu:retain90"},
 }
-STAGES = ["finetune_target", "finetune_retain", "eval_retain", "eval_target", "train_assistant", "eval_uld"]
+STAGES = ["finetune_target", "finetune_retain", "eval_retain", "eval_target", "train_assistant", "eval_uld", "eval_uld_anchored"]
 FINETUNE = {"epochs": 5, "lr": 1e-4, "batch_size": 8, "precision": "bf16"}
 ASSISTANT = {"epochs": 10, "lr": 1e-3, "batch_size": 8, "precision": "bf16"}
 # greedy answers from the engine: on the tofu-mini target its TOFU_EVAL.json was identical
@@ -72,7 +73,8 @@ def main():
     except Stop:
         pass
     evals = {label: work / folder / "TOFU_EVAL.json" for label, folder in
-             (("retain reference", "eval-retain"), ("target", "eval-target"), ("target + ULD", "eval-uld"))}
+             (("retain reference", "eval-retain"), ("target", "eval-target"), ("target + ULD", "eval-uld"),
+              ("target + ULD, anchored scoring", "eval-uld-anchored"))}
     evals = {label: path for label, path in evals.items() if path.exists()}
     if "retain reference" in evals:
         write_results(args.protocol, work, timings, evals, evals["retain reference"])
@@ -96,8 +98,9 @@ def run_stages(stage, protocol, work, seed):
     forget_set = stage("train_assistant", work / "forget10", "train-assistant", "--target", target,
                        "--forget", "tofu:forget10", "--retain", protocol["assistant_retain"],
                        "--out", work / "forget10", *flags(ASSISTANT), *seed)
-    stage("eval_uld", work / "eval-uld" / "TOFU_EVAL.json", "eval", "tofu", "--target", target,
-          "--forget-set", f"forget10={forget_set}", "--out", work / "eval-uld", "--retain-logs", retain_eval, *VLLM)
+    for name, folder, scoring in (("eval_uld", "eval-uld", "paper"), ("eval_uld_anchored", "eval-uld-anchored", "anchored")):
+        stage(name, work / folder / "TOFU_EVAL.json", "eval", "tofu", "--target", target, "--forget-set", f"forget10={forget_set}",
+              "--out", work / folder, "--retain-logs", retain_eval, "--scoring", scoring, *VLLM)
 
 
 def write_results(protocol, work, timings, evals, retain_eval):
@@ -132,7 +135,8 @@ def record(protocol, text, timings, config):
 
 
 def table(summaries, timings):
-    walls = {"retain reference": timings.get("eval_retain"), "target": timings.get("eval_target"), "target + ULD": timings.get("eval_uld")}
+    walls = {"retain reference": timings.get("eval_retain"), "target": timings.get("eval_target"), "target + ULD": timings.get("eval_uld"),
+             "target + ULD, anchored scoring": timings.get("eval_uld_anchored")}
     lines = ["| model | forget quality | model utility | forget ROUGE-L | forget truth ratio | privleak | eval wall s |",
              "|---|---|---|---|---|---|---|"]
     for label, s in summaries.items():
