@@ -119,6 +119,11 @@ def record(work, sweeps, choice):
     from uld_serve.eval.summary import recompute
     from uld_serve.eval.tofu_eval import load_logs
 
+    out = REPO / "benchmarks" / "results" / "tune-assistant-mini"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({"training": TRAINING, "alphas": ALPHAS, "budget": BUDGET, "validation": VALIDATION,
+                                                 "utility_floor": UTILITY_FLOOR, "scoring": "anchored", "seed": 0}, indent=2) + "\n")
+    (out / "validation.json").write_text(json.dumps({"sweeps": sweeps, "choice": choice}, indent=2) + "\n")
     lines = ["| training | alpha | validation forget prob | real authors + world facts prob | chosen |", "|---|---|---|---|---|"]
     for name, sweep in sweeps.items():
         for alpha, s in sweep.items():
