@@ -38,11 +38,19 @@ EVAL_FLAGS = []  # --smoke adds --limit
 VALIDATION_LIMIT = [None]
 
 
+def validation_pairs(limit=None) -> dict:
+    """The (question, answer) pairs the rule scores: the validation forget split's, and
+    real authors + world facts' (the utility side)."""
+    from uld_serve.tofu import load_qa, load_split
+
+    utility = [(r["question"], r["answer"]) for s in ("real_authors", "world_facts") for r in load_split(s)]
+    return {"forget": [(qa.question, qa.answer) for qa in load_qa(VALIDATION["forget"])][:limit], "utility": utility[:limit]}
+
+
 def validation_scores(target, artifact=None):
     """Mean answer probability on the validation forget split and on real authors + world facts."""
     from uld_serve.eval.scoring import score_pairs
     from uld_serve.reference import UldModel
-    from uld_serve.tofu import load_qa, load_split
 
     model = UldModel(target, {"m": artifact} if artifact else {})
     name = "m" if artifact else None
@@ -51,10 +59,8 @@ def validation_scores(target, artifact=None):
         rows = score_pairs(model, pairs, forget_set=name)
         return sum(2.718281828459045 ** -r["avg_loss"] for r in rows) / len(rows)
 
-    utility = [(r["question"], r["answer"]) for s in ("real_authors", "world_facts") for r in load_split(s)]
-    n = VALIDATION_LIMIT[0]
-    return {"forget_prob": mean_prob([(qa.question, qa.answer) for qa in load_qa(VALIDATION["forget"])][:n]),
-            "utility_prob": mean_prob(utility[:n])}
+    pairs = validation_pairs(VALIDATION_LIMIT[0])
+    return {"forget_prob": mean_prob(pairs["forget"]), "utility_prob": mean_prob(pairs["utility"])}
 
 
 def choose_lr(method, work, target, target_scores):

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from compare_methods import UTILITY_FLOOR, VALIDATION  # noqa: E402
+from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 
 TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "retain_weight": 1.0}}
@@ -30,13 +30,6 @@ ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0]  # 0.0 is the target itself: the 
 BUDGET = {"epochs": 5, "batch_size": 8, "precision": "bf16"}
 SMOKE = {"max_steps": 2, "precision": "fp32"}
 EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
-
-
-def validation_pairs(limit=None):
-    from uld_serve.tofu import load_qa, load_split
-
-    utility = [(r["question"], r["answer"]) for s in ("real_authors", "world_facts") for r in load_split(s)]
-    return {"forget": [(qa.question, qa.answer) for qa in load_qa(VALIDATION["forget"])][:limit], "utility": utility[:limit]}
 
 
 def alpha_sweep(target, artifact, limit=None) -> dict:
