@@ -32,20 +32,32 @@ def filter_union_mask(target_logits: torch.Tensor, r_min: float, r_max: float) -
     vocab = t.shape[-1]
     k = min(vocab, max(1, int(r_max * vocab)))
     kth_largest = t.topk(k, dim=-1).values[..., -1:]
-    relative = t.max(dim=-1, keepdim=True).values + math.log(r_min)
-    threshold = torch.minimum(relative, kth_largest)
-    return (t >= threshold) & (t > -math.inf)
+    relative = t.amax(dim=-1, keepdim=True) + math.log(r_min)
+    # Clamped to the lowest finite value, so that -inf entries never count as kept (one pass).
+    threshold = torch.minimum(relative, kth_largest).clamp_min(torch.finfo(t.dtype).min)
+    return t >= threshold
 
 
 def logit_difference_torch(target_logits, assistant_logits, alpha, relative_top=0.01, mode="serve"):
-    target = target_logits.float()
+    """Works on the rows with alpha != 0 only and writes just their kept entries: the filter
+    keeps about r x V tokens, so a full-width `where` would cost more than all of this."""
+    shape = target_logits.shape
+    target = target_logits.float().reshape(-1, shape[-1])
+    assistant = assistant_logits.reshape(-1, shape[-1])
     alpha = torch.as_tensor(alpha, dtype=torch.float32, device=target.device)
-    alpha = alpha.reshape(-1, *([1] * (target.dim() - 1))) if alpha.dim() else alpha
-    keep = relative_top_mask(target, relative_top)
-    shifted = target - alpha * assistant_logits.float()
-    fallback = torch.full_like(target, -math.inf) if mode == "serve" else target
-    out = torch.where(keep, shifted, fallback)
-    return torch.where(alpha == 0, target, out)
+    row_alpha = alpha.expand(target.shape[0]) if alpha.dim() == 0 else alpha.reshape(-1).repeat_interleave(target.shape[0] // alpha.numel())
+    out = target.clone()
+    active = (row_alpha != 0).nonzero().squeeze(1)
+    if active.numel():
+        every_row = active.numel() == target.shape[0]
+        t = target if every_row else target[active]
+        a = assistant if every_row else assistant[active]
+        rows, cols = relative_top_mask(t, relative_top).nonzero(as_tuple=True)
+        values = t[rows, cols] - row_alpha[active][rows] * a[rows, cols].float()
+        if mode == "serve":
+            out.index_fill_(0, active, -math.inf)
+        out[active[rows], cols] = values
+    return out.reshape(shape)
 
 
 def anchor_to_target(target_logits, served):

@@ -25,3 +25,13 @@ def test_grouped_products_equal_tokenwise_ones():
     expected[:, 5:25] = tokenwise(shrunk, b, idx)
     cpu_lora.bgmv_expand_slice(shrunk, b, out, idx, 5, 20, add_inputs=False)
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_a_batch_on_one_adapter_takes_that_adapters_weights():
+    g = torch.Generator().manual_seed(1)
+    x, a = torch.randn(5, 16, generator=g), torch.randn(3, 1, 8, 16, generator=g)
+    for slot in (1, -1):
+        idx = torch.full((5,), slot)
+        shrunk = torch.zeros(5, 8)
+        cpu_lora.bgmv_shrink(x, a, shrunk, idx, 2.0)
+        assert torch.allclose(shrunk, 2.0 * tokenwise(x, a, idx), atol=1e-5)
