@@ -7,22 +7,29 @@ adapter does the same arithmetic without the copies: on SmolLM2 with a forget se
 every request this doubled ULD decode throughput (BENCHMARKS.md). The plugin installs
 these in place of the three token-wise ops on the CPU platform only; the results are the
 same products, summed in another order.
+
+Index -1 marks a token without an adapter. vLLM's token-wise ops index the last slot with
+it (`weights[-1]`), which gives such tokens the adapter that happens to sit in the last
+slot; harmless for ULD forget sets (rows without one have alpha 0), wrong for weight-level
+ones, which change the target itself. Here such tokens get no LoRA term.
 """
 import torch
 
 
 def gathered_products(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype) -> torch.Tensor:
-    """Row t of the result is inputs[t] @ weights[indices[t]].T (index -1 means the last slot,
-    as in vLLM's indexing), computed with one matmul per distinct index."""
+    """Row t of the result is inputs[t] @ weights[indices[t]].T, or zeros where indices[t] is -1
+    (no adapter), computed with one matmul per distinct index."""
     if weights.dim() == 4:
         weights = weights.squeeze(1)
     inputs = inputs.to(dtype)
     indices = indices[: inputs.shape[0]]
     lowest, highest = indices.aminmax()
-    if lowest == highest:  # the usual decode batch: every row on one adapter
+    if lowest == highest and lowest >= 0:  # the usual decode batch: every row on one adapter
         return inputs @ weights[lowest].to(dtype).T
-    out = torch.empty(inputs.shape[0], weights.shape[1], dtype=dtype, device=inputs.device)
+    out = torch.zeros(inputs.shape[0], weights.shape[1], dtype=dtype, device=inputs.device)
     for slot in torch.unique(indices).tolist():
+        if slot < 0:
+            continue
         rows = (indices == slot).nonzero().squeeze(1)
         out[rows] = inputs[rows] @ weights[slot].to(dtype).T
     return out
