@@ -1,7 +1,7 @@
 """Decode throughput of vLLM + ULD against plain vLLM and against the paper-style
 two-model loop (our reference decoding), on SmolLM2, in one run.
 
-    python benchmarks/engine_throughput.py [--target DIR --forget-set DIR] [--prompts 32 --tokens 128]
+    python benchmarks/engine_throughput.py [--target DIR --forget-set DIR] [--prompts 32 --tokens 128 --rounds 3]
 
 Without --forget-set, a forget set is trained for a few steps on the target (speed does
 not depend on how well it unlearns) and cached under $ULD_HOME/bench/throughput.
@@ -11,6 +11,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ def main():
     parser.add_argument("--forget-set", type=Path, default=None)
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of the vLLM engines")
     parser.add_argument("--skip-reference", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # the same settings UldEngine uses
@@ -57,38 +59,40 @@ def main():
     def requests(forget):
         return [GenerationRequest(p, forget, max_new_tokens=args.tokens, ignore_eos=True) for p in prompts]
 
-    rows = {}
-
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
+
+    from uld_serve.engine.llm import UldEngine
 
     plain = LLM(model=str(target), dtype="float32", max_model_len=1024, seed=0)
     params = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
     token_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-    plain.generate(token_prompts[:2], params, use_tqdm=False)  # warm-up
-    plain_out, seconds = timed(lambda: plain.generate(token_prompts, params, use_tqdm=False))
-    rows["plain vLLM (target only)"] = seconds
-    plain_tokens = [list(o.outputs[0].token_ids) for o in plain_out]
-    plain.llm_engine.engine_core.shutdown()
-    del plain
-    gc.collect()
-
-    from uld_serve.engine.llm import UldEngine
-
     engine = UldEngine(target, {"forget10": forget_set}, max_model_len=1024)
-    engine.generate(requests("forget10")[:2], use_tqdm=False)
-    uld_out, rows["vLLM + ULD (every request with a forget set)"] = timed(lambda: engine.generate(requests("forget10"), use_tqdm=False))
-    none_out, rows["vLLM + ULD wrapper, no forget set (assistant skipped)"] = timed(lambda: engine.generate(requests(None), use_tqdm=False))
-    engine.close()
-    del engine
-    gc.collect()
-
     sparse = UldEngine(target, {"forget10": forget_set}, max_model_len=1024, sparse_head=True)
-    sparse.generate(requests("forget10")[:2], use_tqdm=False)
-    sparse_out, rows["vLLM + ULD, sparse assistant LM head"] = timed(lambda: sparse.generate(requests("forget10"), use_tqdm=False))
-    sparse.close()
-    del sparse
+    runs = {
+        "plain vLLM (target only)": lambda: [list(o.outputs[0].token_ids) for o in plain.generate(token_prompts, params, use_tqdm=False)],
+        "vLLM + ULD (every request with a forget set)": lambda: engine.generate(requests("forget10"), use_tqdm=False),
+        "vLLM + ULD wrapper, no forget set (assistant skipped)": lambda: engine.generate(requests(None), use_tqdm=False),
+        "vLLM + ULD, sparse assistant LM head": lambda: sparse.generate(requests("forget10"), use_tqdm=False),
+    }
+    for run in runs.values():
+        run()  # warm-up
+    # Rounds interleave the engines, so that a slow spell of this shared machine hits all of them.
+    seconds = {name: [] for name in runs}
+    outputs = {}
+    for _ in range(args.rounds):
+        for name, run in runs.items():
+            outputs[name], elapsed = timed(run)
+            seconds[name].append(elapsed)
+    plain_tokens, uld_out, none_out, sparse_out = outputs.values()
+    for e in (engine, sparse):
+        e.close()
+    plain.llm_engine.engine_core.shutdown()
+    del plain, engine, sparse
     gc.collect()
+    rows = {name: statistics.median(s) for name, s in seconds.items()}
+    baseline_runs = seconds["plain vLLM (target only)"]
+    round_ratios = {name: statistics.median(b / x for b, x in zip(baseline_runs, s)) for name, s in seconds.items()}
 
     exact = None
     if not args.skip_reference:
@@ -97,15 +101,15 @@ def main():
         _, rows["reference: target only (Hugging Face style loop)"] = timed(lambda: reference.generate(requests(None)))
         exact = sum(a == b for a, b in zip(ref_out, uld_out))
 
-    baseline = rows["plain vLLM (target only)"]
     paper = rows.get("reference: two-model loop in PyTorch (paper style)")
-    print(f"\n{args.prompts} prompts x {args.tokens} greedy tokens, fp32, {os.cpu_count()} cores")
+    print(f"\n{args.prompts} prompts x {args.tokens} greedy tokens, fp32, {os.cpu_count()} cores; vLLM engines: "
+          f"median of {args.rounds} interleaved rounds (vs plain vLLM: median of the per-round ratios), reference loops: one run")
     print("| engine | seconds | tokens/s | vs plain vLLM | vs paper-style loop |")
     print("|---|---|---|---|---|")
-    for name, seconds in rows.items():
-        tps = total / seconds
-        vs_paper = f"{paper / seconds:.2f}x" if paper else "n/a"
-        print(f"| {name} | {seconds:.1f} | {tps:.0f} | {baseline / seconds:.2f}x | {vs_paper} |")
+    for name, elapsed in rows.items():
+        vs_plain = round_ratios.get(name, rows["plain vLLM (target only)"] / elapsed)
+        vs_paper = f"{paper / elapsed:.2f}x" if paper else "n/a"
+        print(f"| {name} | {elapsed:.1f} | {total / elapsed:.0f} | {vs_plain:.2f}x | {vs_paper} |")
     print(f"\nsparse and dense assistant heads give the same tokens: {sum(a == b for a, b in zip(uld_out, sparse_out))}/{len(prompts)}")
     print(f"no-forget-set rows equal plain vLLM: {sum(a == b for a, b in zip(none_out, plain_tokens))}/{len(prompts)}")
     if exact is not None:

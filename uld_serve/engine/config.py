@@ -92,6 +92,7 @@ class EngineConfig:
                 "uld_assistant_layers": self.num_assistant_layers,
                 "uld_relative_top_range": list(self.relative_top_range),
                 "uld_sparse_head": self.sparse_head,
+                "uld_compile_target": not self.weight_level,
             },
             "enable_lora": True,
             "lora_target_modules": self.lora_modules(),

@@ -12,6 +12,9 @@ filter can keep a token, for any r in the engine's range (`uld_relative_top_rang
 processor never reads the rest (uld_kernels.sparse_head). With tensor parallelism the head
 stays dense.
 
+vLLM compiles the target's LlamaModel (on CPU too, when every forget set is a ULD one:
+plugin.py); the assistant's layers carry the LoRA and run eagerly.
+
 A step in which no request has a forget set skips the assistant: it returns the target's
 hidden states alone, so logits are V wide and the processor passes them through. Those
 requests never read assistant KV, and prefix-cache keys include the LoRA, so a request

@@ -1,5 +1,5 @@
 """vLLM general plugin (entry point `vllm.general_plugins`, run in every vLLM process):
-registers the ULD wrapper model and, on CPU, the grouped LoRA products."""
+registers the ULD wrapper model and, on CPU, the grouped LoRA products and a compiled target."""
 
 ARCHITECTURE = "UldLlamaForCausalLM"
 
@@ -14,3 +14,26 @@ def register() -> None:
         from .cpu_lora import install
 
         install()
+        _compile_target_despite_lora(type(current_platform))
+
+
+def _compile_target_despite_lora(platform) -> None:
+    """vLLM's CPU platform turns compilation off whenever LoRA is enabled, because its CPU
+    LoRA ops do not trace. ULD forget sets put LoRA on the assistant's layers only, which
+    run outside the compiled module (the target's LlamaModel), so the wrapper asks for the
+    target to stay compiled (`uld_compile_target`, set when no forget set is weight-level)."""
+    if getattr(platform, "_uld_patched", False):
+        return
+    from vllm.config import CompilationMode
+
+    original = platform.check_and_update_config.__func__
+
+    def check_and_update_config(cls, vllm_config):
+        requested = vllm_config.compilation_config.mode
+        original(cls, vllm_config)
+        hf_config = getattr(vllm_config.model_config, "hf_config", None)
+        if requested == CompilationMode.VLLM_COMPILE and getattr(hf_config, "uld_compile_target", False):
+            vllm_config.compilation_config.mode = CompilationMode.DYNAMO_TRACE_ONCE
+
+    platform.check_and_update_config = classmethod(check_and_update_config)
+    platform._uld_patched = True
