@@ -5,6 +5,7 @@ and one scatter plot in BENCHMARKS.md.
 
     python benchmarks/compare_methods.py                      # every method
     python benchmarks/compare_methods.py --methods npo,simnpo # a subset (stages are cached)
+    python benchmarks/compare_methods.py --report-only        # the table from what is evaluated so far
 
 Hyperparameters start from each paper's defaults (the methods' own defaults); only the
 learning rate is chosen, and never on forget10: each candidate is trained to forget a
@@ -85,6 +86,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the table from the methods evaluated so far")
     parser.add_argument("--smoke", action="store_true",
                         help="2 training steps and 4 items per eval split: checks the script, reports nothing")
     args = parser.parse_args()
@@ -102,6 +105,8 @@ def main():
     target, retain_logs = work / "target", work / "eval-retain" / "TOFU_EVAL.json"
     if not (target.exists() and retain_logs.exists()):
         sys.exit("error: run benchmarks/tofu_e2e.py first (it trains the target and evaluates the retain reference)")
+    if args.report_only:
+        return write_results(work)
     protocol = PROTOCOLS["mini"]
     target_scores_path = work / "validation" / "target-scores.json"
     if not target_scores_path.exists():
