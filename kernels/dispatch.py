@@ -34,6 +34,10 @@ def logit_difference(target_logits, assistant_logits, alpha, relative_top=0.01, 
         raise ValueError(
             f"target and assistant logits differ in shape: {tuple(target_logits.shape)} vs {tuple(assistant_logits.shape)}"
         )
+    alpha_values = torch.as_tensor(alpha)
+    rows = target_logits.shape[0] if target_logits.dim() > 1 else 1
+    if alpha_values.dim() and alpha_values.numel() not in (1, rows):
+        raise ValueError(f"alpha needs one value per row ({rows}) or a single value, got {alpha_values.numel()}")
     if mode == "score_anchored":
         served = logit_difference(target_logits, assistant_logits, alpha, relative_top, "serve", impl)
         return anchor_to_target(target_logits, served)

@@ -114,6 +114,8 @@ def test_bad_arguments():
         logit_difference(t, torch.randn(2, 11), 1.0)
     with pytest.raises(ValueError, match="relative_top"):
         logit_difference(t, t, 1.0, relative_top=0.0)
+    with pytest.raises(ValueError, match="alpha needs one value per row"):
+        logit_difference(t, t, torch.ones(3))
 
 
 def test_union_mask_covers_every_filter_in_the_range():
