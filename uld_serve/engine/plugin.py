@@ -21,9 +21,8 @@ def _compile_target_despite_lora(platform) -> None:
     """vLLM's CPU platform turns compilation off whenever LoRA is enabled, because its CPU
     LoRA ops do not trace. ULD forget sets put LoRA on the assistant's layers only, which
     run outside the compiled module (the target's LlamaModel), so the wrapper asks for the
-    target to stay compiled (`uld_compile_target`, set when no forget set is weight-level)."""
-    if getattr(platform, "_uld_patched", False):
-        return
+    target to stay compiled (`uld_compile_target`, set when no forget set is weight-level).
+    vLLM runs general plugins once per process, so this wraps the method once."""
     from vllm.config import CompilationMode
 
     original = platform.check_and_update_config.__func__
@@ -36,4 +35,3 @@ def _compile_target_despite_lora(platform) -> None:
             vllm_config.compilation_config.mode = CompilationMode.DYNAMO_TRACE_ONCE
 
     platform.check_and_update_config = classmethod(check_and_update_config)
-    platform._uld_patched = True
