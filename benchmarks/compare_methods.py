@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from mini_workdir import FORGET_SETS, default_workdir, eval_logs  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 
 METHODS = ["ga", "graddiff", "npo", "simnpo", "wga", "tnpo", "wtnpo", "mollm", "soul"]
@@ -95,14 +96,12 @@ def main():
         BUDGET.update(max_steps=2, precision="fp32")
         EVAL_FLAGS.extend(["--limit", "4", "--max-new-tokens", "8"])
         VALIDATION_LIMIT[0] = 4
-    from uld_serve.models import uld_home
-
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         sys.exit(f"error: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    work = args.workdir or uld_home() / "bench" / "tofu-mini"
-    target, retain_logs = work / "target", work / "eval-retain" / "TOFU_EVAL.json"
+    work = args.workdir or default_workdir()
+    target, retain_logs = work / "target", eval_logs(work, "retain reference")
     if not (target.exists() and retain_logs.exists()):
         sys.exit("error: run benchmarks/tofu_e2e.py first (it trains the target and evaluates the retain reference)")
     if args.report_only:
@@ -120,21 +119,24 @@ def main():
             uld("unlearn", "--method", method, "--target", target, "--forget", "tofu:forget10",
                 "--retain", protocol["assistant_retain"], "--out", artifact, "--lr", lr, *flags(BUDGET))
         (work / "methods" / f"{method}.validation.json").write_text(json.dumps({"chosen_lr": lr, "scores": scores, "target": target_scores}, indent=2))
-        if not (work / "eval-methods" / method / "TOFU_EVAL.json").exists():
-            uld("eval", "tofu", "--target", target, "--forget-set", f"{method}={artifact}", "--out", work / "eval-methods" / method,
+        if not method_logs(work, method).exists():
+            uld("eval", "tofu", "--target", target, "--forget-set", f"{method}={artifact}", "--out", method_logs(work, method).parent,
                 "--retain-logs", retain_logs, "--generate-with", "vllm", *EVAL_FLAGS)
     write_results(work, publish=not args.smoke)
 
 
+def method_logs(work, method) -> Path:
+    return work / "eval-methods" / method / "TOFU_EVAL.json"
+
+
 def rows(work):
     """(label, TOFU_EVAL.json, artifact directory) for ULD and every method evaluated so far."""
-    uld_rows = [("ULD, paper settings", "eval-uld", "forget10"),
-                ("ULD, paper settings, anchored scoring", "eval-uld-anchored", "forget10"),
-                ("ULD, tuned, anchored scoring", "eval-uld-tuned-anchored", "forget10-tuned")]
-    out = [(label, work / logs / "TOFU_EVAL.json", work / artifact) for label, logs, artifact in uld_rows
-           if (work / logs / "TOFU_EVAL.json").exists()]
+    uld_rows = [("ULD, paper settings, paper scoring", "paper settings"), ("ULD, paper settings, anchored scoring", "paper settings"),
+                ("ULD, tuned, anchored scoring", "tuned")]
+    out = [(label, eval_logs(work, label), work / FORGET_SETS[assistant]) for label, assistant in uld_rows
+           if eval_logs(work, label).exists()]
     for method in METHODS:
-        logs = work / "eval-methods" / method / "TOFU_EVAL.json"
+        logs = method_logs(work, method)
         if logs.exists():
             out.append((method, logs, work / "methods" / method))
     return out
@@ -162,8 +164,8 @@ def write_results(work, publish=True):
     from uld_serve.eval.summary import recompute
     from uld_serve.eval.tofu_eval import load_logs
 
-    reference = load_logs(work / "eval-retain" / "TOFU_EVAL.json")
-    target = recompute(load_logs(work / "eval-target" / "TOFU_EVAL.json"), reference)
+    reference = load_logs(eval_logs(work, "retain reference"))
+    target = recompute(load_logs(eval_logs(work, "target")), reference)
     lines = ["| model | forget quality | model utility | forget ROUGE-L | privleak | train s | train s per epoch | trainable params | peak RSS MiB | lr |",
              "|---|---|---|---|---|---|---|---|---|---|",
              f"| target (no unlearning) | {target['forget_quality']:.3g} | {target['model_utility']:.4f} | "

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import BUDGET  # noqa: E402
+from mini_workdir import default_workdir  # noqa: E402
 from tofu_e2e import ASSISTANT, PROTOCOLS, flags, uld  # noqa: E402
 
 
@@ -39,9 +40,7 @@ def main():
     parser.add_argument("--target", type=Path, default=None)
     parser.add_argument("--no-record", action="store_true", help="print the table only")
     args = parser.parse_args()
-    from uld_serve.models import uld_home
-
-    target = args.target or uld_home() / "bench" / "tofu-mini" / "target"
+    target = args.target or default_workdir() / "target"
     if not target.exists():
         sys.exit(f"error: no target at {target}; run benchmarks/tofu_e2e.py first or pass --target")
     data = ["--target", target, "--forget", "tofu:forget10", "--retain", PROTOCOLS["mini"]["assistant_retain"]]

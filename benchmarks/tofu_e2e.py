@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from mini_workdir import FORGET_SETS, default_workdir, eval_logs, evaluated  # noqa: E402
+
 PROTOCOLS = {
     # target learns the first 20 authors (the questions of retain_perturbed) and forget10;
     # the retain reference learns the first 20 authors only.
@@ -31,6 +33,9 @@ ASSISTANT = {"epochs": 10, "lr": 1e-3, "batch_size": 8, "precision": "bf16"}
 # greedy answers from the engine: on the tofu-mini target its TOFU_EVAL.json was identical
 # to the reference decoding's (BENCHMARKS.md), and generation is the part it speeds up
 VLLM = ["--generate-with", "vllm"]
+ULD_EVALS = {"ULD, paper settings, paper scoring": "paper", "ULD, paper settings, anchored scoring": "anchored"}  # label -> --scoring
+EVAL_STAGES = {"retain reference": "eval_retain", "target": "eval_target",
+               "ULD, paper settings, paper scoring": "eval_uld", "ULD, paper settings, anchored scoring": "eval_uld_anchored"}
 
 
 def uld(*args):
@@ -52,10 +57,8 @@ def main():
     parser.add_argument("--until", choices=STAGES, default=STAGES[-1],
                         help="stop after this stage and record what has been evaluated so far")
     args = parser.parse_args()
-    from uld_serve.models import uld_home
-
     protocol = PROTOCOLS[args.protocol]
-    work = args.workdir or uld_home() / "bench" / f"tofu-{args.protocol}"
+    work = args.workdir or default_workdir(args.protocol)
     work.mkdir(parents=True, exist_ok=True)
     timings_path = work / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
@@ -72,10 +75,7 @@ def main():
         run_stages(stage, protocol, work, ["--seed", args.seed])
     except Stop:
         pass
-    evals = {label: work / folder / "TOFU_EVAL.json" for label, folder in
-             (("retain reference", "eval-retain"), ("target", "eval-target"), ("target + ULD", "eval-uld"),
-              ("target + ULD, anchored scoring", "eval-uld-anchored"))}
-    evals = {label: path for label, path in evals.items() if path.exists()}
+    evals = evaluated(work, EVAL_STAGES)
     if "retain reference" in evals:
         write_results(args.protocol, work, timings, evals, evals["retain reference"])
 
@@ -91,16 +91,17 @@ def run_stages(stage, protocol, work, seed):
                    "--data", protocol["retain_model"], "--out", work / "retain", *flags(FINETUNE), *seed)
     # The baselines are evaluated before the assistant is trained, so that an interrupted
     # run has already produced the target-vs-retain numbers.
-    retain_eval = stage("eval_retain", work / "eval-retain" / "TOFU_EVAL.json", "eval", "tofu", "--target", retain,
-                        "--out", work / "eval-retain", *VLLM)
-    stage("eval_target", work / "eval-target" / "TOFU_EVAL.json", "eval", "tofu", "--target", target,
-          "--out", work / "eval-target", "--retain-logs", retain_eval, *VLLM)
-    forget_set = stage("train_assistant", work / "forget10", "train-assistant", "--target", target,
+    retain_eval = stage("eval_retain", eval_logs(work, "retain reference"), "eval", "tofu", "--target", retain,
+                        "--out", eval_logs(work, "retain reference").parent, *VLLM)
+    stage("eval_target", eval_logs(work, "target"), "eval", "tofu", "--target", target,
+          "--out", eval_logs(work, "target").parent, "--retain-logs", retain_eval, *VLLM)
+    assistant = work / FORGET_SETS["paper settings"]
+    forget_set = stage("train_assistant", assistant, "train-assistant", "--target", target,
                        "--forget", "tofu:forget10", "--retain", protocol["assistant_retain"],
-                       "--out", work / "forget10", *flags(ASSISTANT), *seed)
-    for name, folder, scoring in (("eval_uld", "eval-uld", "paper"), ("eval_uld_anchored", "eval-uld-anchored", "anchored")):
-        stage(name, work / folder / "TOFU_EVAL.json", "eval", "tofu", "--target", target, "--forget-set", f"forget10={forget_set}",
-              "--out", work / folder, "--retain-logs", retain_eval, "--scoring", scoring, *VLLM)
+                       "--out", assistant, *flags(ASSISTANT), *seed)
+    for label, scoring in ULD_EVALS.items():
+        stage(EVAL_STAGES[label], eval_logs(work, label), "eval", "tofu", "--target", target, "--forget-set", f"forget10={forget_set}",
+              "--out", eval_logs(work, label).parent, "--retain-logs", retain_eval, "--scoring", scoring, *VLLM)
 
 
 def write_results(protocol, work, timings, evals, retain_eval):
@@ -113,7 +114,7 @@ def write_results(protocol, work, timings, evals, retain_eval):
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "protocol": protocol, "data": PROTOCOLS[protocol], "finetune": FINETUNE, "assistant": ASSISTANT,
-        "assistant_manifest": json.loads((work / "forget10" / "uld.json").read_text()) if (work / "forget10").exists() else None,
+        "assistant_manifest": json.loads(manifest.read_text()) if (manifest := work / FORGET_SETS["paper settings"] / "uld.json").exists() else None,
         "models": {name: json.loads((work / name / "uld_model.json").read_text())["config"] for name in ("target", "retain")},
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -135,8 +136,7 @@ def record(protocol, text, timings, config):
 
 
 def table(summaries, timings):
-    walls = {"retain reference": timings.get("eval_retain"), "target": timings.get("eval_target"), "target + ULD": timings.get("eval_uld"),
-             "target + ULD, anchored scoring": timings.get("eval_uld_anchored")}
+    walls = {label: timings.get(stage) for label, stage in EVAL_STAGES.items()}
     lines = ["| model | forget quality | model utility | forget ROUGE-L | forget truth ratio | privleak | eval wall s |",
              "|---|---|---|---|---|---|---|"]
     for label, s in summaries.items():

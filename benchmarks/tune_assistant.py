@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
+from mini_workdir import FORGET_SETS, EVALS, default_workdir, eval_logs, evaluated  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 
 TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "retain_weight": 1.0}}
@@ -73,10 +74,8 @@ def main():
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--smoke", action="store_true", help="2 training steps, 4 items per split; reports nothing")
     args = parser.parse_args()
-    from uld_serve.models import uld_home
-
-    work = args.workdir or uld_home() / "bench" / "tofu-mini"
-    target, retain_logs = work / "target", work / "eval-retain" / "TOFU_EVAL.json"
+    work = args.workdir or default_workdir()
+    target, retain_logs = work / "target", eval_logs(work, "retain reference")
     if not (target.exists() and retain_logs.exists()):
         sys.exit("error: run benchmarks/tofu_e2e.py first (it trains the target and evaluates the retain reference)")
     budget = {**BUDGET, **(SMOKE if args.smoke else {})}
@@ -94,14 +93,14 @@ def main():
     choice = choose(sweeps)
     (tune / "choice.json").write_text(json.dumps(choice, indent=2))
     print(json.dumps(choice, indent=2))
-    final = work / "forget10-tuned"
+    final = work / FORGET_SETS["tuned"]
     if not final.exists():
         uld("train-assistant", "--target", target, "--forget", "tofu:forget10", "--retain", PROTOCOLS["mini"]["assistant_retain"],
             "--out", final, "--alpha", choice["alpha"], *flags(TRAINING[choice["training"]]), *flags(budget))
     for scoring in ("anchored", "paper"):
-        out = work / f"eval-uld-tuned-{scoring}"
-        if not (out / "TOFU_EVAL.json").exists():
-            uld("eval", "tofu", "--target", target, "--forget-set", f"forget10={final}", "--out", out, "--retain-logs", retain_logs,
+        logs = eval_logs(work, f"ULD, tuned, {scoring} scoring")
+        if not logs.exists():
+            uld("eval", "tofu", "--target", target, "--forget-set", f"forget10={final}", "--out", logs.parent, "--retain-logs", retain_logs,
                 "--generate-with", "vllm", "--scoring", scoring, *(EVAL_SMOKE if args.smoke else []))
     if not args.smoke:
         record(work, sweeps, choice)
@@ -122,17 +121,13 @@ def record(work, sweeps, choice):
         for alpha, s in sweep.items():
             mark = "yes" if (name, alpha) == (choice["training"], choice["alpha"]) else ""
             lines.append(f"| {name} {TRAINING[name]} | {alpha:g} | {s['forget_prob']:.4f} | {s['utility_prob']:.4f} | {mark} |")
-    reference = load_logs(work / "eval-retain" / "TOFU_EVAL.json")
-    rows = [("target", "eval-target"), ("ULD, paper settings, paper scoring", "eval-uld"),
-            ("ULD, paper settings, anchored scoring", "eval-uld-anchored"),
-            ("ULD, tuned, anchored scoring", "eval-uld-tuned-anchored"), ("ULD, tuned, paper scoring", "eval-uld-tuned-paper")]
+    reference = load_logs(eval_logs(work, "retain reference"))
     table = ["| model | forget quality | model utility | forget ROUGE-L | forget Q_A_Prob | retain Q_A_Prob | privleak |",
              "|---|---|---|---|---|---|---|"]
-    for label, folder in rows:
-        if (work / folder / "TOFU_EVAL.json").exists():
-            s = recompute(load_logs(work / folder / "TOFU_EVAL.json"), reference)
-            table.append(f"| {label} | {s['forget_quality']:.3g} | {s['model_utility']:.4f} | {s['forget_Q_A_ROUGE']:.4f} | "
-                         f"{s['forget_Q_A_Prob']:.4f} | {s['retain_Q_A_Prob']:.4f} | {s['privleak']:.2f} |")
+    for label, logs in evaluated(work, [label for label in EVALS if label != "retain reference"]).items():
+        s = recompute(load_logs(logs), reference)
+        table.append(f"| {label} | {s['forget_quality']:.3g} | {s['model_utility']:.4f} | {s['forget_Q_A_ROUGE']:.4f} | "
+                     f"{s['forget_Q_A_Prob']:.4f} | {s['retain_Q_A_Prob']:.4f} | {s['privleak']:.2f} |")
     write_section("tune-assistant:mini", "Tuning the ULD assistant on a validation split (tofu-mini)",
                   "python benchmarks/tune_assistant.py",
                   f"Budget {BUDGET}, seed 0. Validation candidates (anchored scoring; alpha 0 is the target; "

@@ -1,0 +1,32 @@
+"""The working directory that the TOFU benchmark scripts share (tofu_e2e.py fills it,
+tune_assistant.py, compare_methods.py and forget_quality_vs_alpha.py add to it): one
+place names its folders. Default: <uld home>/bench/tofu-<protocol>."""
+from pathlib import Path
+
+# ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings", tune_assistant.py "tuned")
+FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned"}
+
+# TOFU evaluations: label -> folder holding TOFU_EVAL.json
+EVALS = {
+    "retain reference": "eval-retain",
+    "target": "eval-target",
+    "ULD, paper settings, paper scoring": "eval-uld",
+    "ULD, paper settings, anchored scoring": "eval-uld-anchored",
+    "ULD, tuned, anchored scoring": "eval-uld-tuned-anchored",
+    "ULD, tuned, paper scoring": "eval-uld-tuned-paper",
+}
+
+
+def default_workdir(protocol: str = "mini") -> Path:
+    from uld_serve.models import uld_home
+
+    return uld_home() / "bench" / f"tofu-{protocol}"
+
+
+def eval_logs(work: Path, label: str) -> Path:
+    return Path(work) / EVALS[label] / "TOFU_EVAL.json"
+
+
+def evaluated(work: Path, labels) -> dict:
+    """label -> TOFU_EVAL.json for those of `labels` that have been evaluated."""
+    return {label: eval_logs(work, label) for label in labels if eval_logs(work, label).exists()}
