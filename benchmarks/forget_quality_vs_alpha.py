@@ -12,6 +12,7 @@ table is chosen on the test metric and must not be reported as a result.
 """
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -26,23 +27,23 @@ from tune_assistant import ALPHAS  # noqa: E402
 MODES = {"anchored": "score_anchored", "paper": "score"}
 
 
-def answer_losses(model, name, pairs, progress) -> dict:
-    """{(mode, alpha): per-pair mean answer-token loss} from one forward of each model."""
+def answer_losses(model, name, pairs, progress, variants) -> dict:
+    """{(scoring, alpha): per-pair mean answer-token loss} for each of `variants`, from one
+    forward of each model."""
     import torch
 
     from uld_kernels import logit_difference
     from uld_serve.eval.scoring import answer_batches
 
     relative_top = model.forget_sets[name].settings()[1]
-    losses = {(mode, alpha): [None] * len(pairs) for mode in MODES for alpha in ALPHAS}
+    losses = {variant: [None] * len(pairs) for variant in variants}
     for chunk, ids, mask, positions, tokens, counts in answer_batches(model.tokenizer, pairs):
         t, a = model.score_parts(ids, mask, name, positions)
-        for mode, kernel_mode in MODES.items():
-            for alpha in ALPHAS:
-                logits = logit_difference(t, a, alpha, relative_top, mode=kernel_mode)
-                token_lp = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
-                for i, lp in zip(chunk, token_lp.split(counts)):
-                    losses[(mode, alpha)][i] = float(-lp.mean())
+        for scoring, alpha in variants:
+            logits = logit_difference(t, a, alpha, relative_top, mode=MODES[scoring])
+            token_lp = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
+            for i, lp in zip(chunk, token_lp.split(counts)):
+                losses[(scoring, alpha)][i] = float(-lp.mean())
         progress(len(chunk))
     return losses
 
@@ -55,7 +56,11 @@ def reference_truth_ratios(retain_logs) -> np.ndarray:
     return m.truth_ratios(para, pert)
 
 
-def sweep(target, artifact, limit=None) -> dict:
+def variant_key(scoring, alpha) -> str:
+    return f"{scoring}:{alpha:g}"
+
+
+def sweep(target, artifact, variants, limit=None) -> dict:
     from tqdm import tqdm
 
     from uld_serve.eval import metrics as m
@@ -72,16 +77,15 @@ def sweep(target, artifact, limit=None) -> dict:
         "retain_qa": [(r["question"], r["answer"]) for r in retain],
     }
     with tqdm(total=sum(map(len, sets.values())), desc=f"score {artifact.name}", unit="seq") as bar:
-        losses = {key: answer_losses(model, "a", pairs, bar.update) for key, pairs in sets.items()}
+        losses = {key: answer_losses(model, "a", pairs, bar.update, variants) for key, pairs in sets.items()}
     out = {}
-    for mode in MODES:
-        for alpha in ALPHAS:
-            pert = np.asarray(losses["forget_pert"][(mode, alpha)]).reshape(len(forget), n_wrong)
-            out[f"{mode}:{alpha:g}"] = {
-                "truth_ratios": m.truth_ratios(losses["forget_para"][(mode, alpha)], pert).tolist(),
-                "forget_prob": float(np.mean(np.exp(-np.asarray(losses["forget_qa"][(mode, alpha)])))),
-                "retain_prob": float(np.mean(np.exp(-np.asarray(losses["retain_qa"][(mode, alpha)])))),
-            }
+    for mode, alpha in variants:
+        pert = np.asarray(losses["forget_pert"][(mode, alpha)]).reshape(len(forget), n_wrong)
+        out[variant_key(mode, alpha)] = {
+            "truth_ratios": m.truth_ratios(losses["forget_para"][(mode, alpha)], pert).tolist(),
+            "forget_prob": float(np.mean(np.exp(-np.asarray(losses["forget_qa"][(mode, alpha)])))),
+            "retain_prob": float(np.mean(np.exp(-np.asarray(losses["retain_qa"][(mode, alpha)])))),
+        }
     return out
 
 
@@ -90,14 +94,25 @@ def main():
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--limit", type=int, default=None, help="first N items per split (smoke runs; reports nothing)")
     parser.add_argument("--forget-sets", default="tuned", help=f"comma-separated, of: {', '.join(FORGET_SETS)}")
+    parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS), help="comma-separated")
+    parser.add_argument("--scorings", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
     args = parser.parse_args()
     from report import write_section
     from uld_serve.eval import metrics as m
     from uld_serve.eval.tofu_eval import load_logs
+
     work = args.workdir or default_workdir()
     reference = reference_truth_ratios(load_logs(eval_logs(work, "retain reference")))
     results = {}
     labels = [label.strip() for label in args.forget_sets.split(",")]
+    scorings = [x.strip() for x in args.scorings.split(",")]
+    if unknown := [x for x in scorings if x not in MODES]:
+        sys.exit(f"error: unknown scoring {unknown[0]!r}; choose from {', '.join(MODES)}")
+    try:
+        alphas = [float(x) for x in args.alphas.split(",")]
+    except ValueError:
+        sys.exit(f"error: --alphas must be comma-separated numbers, got {args.alphas!r}")
+    variants = [(scoring, alpha) for scoring in scorings for alpha in alphas]
     if unknown := [label for label in labels if label not in FORGET_SETS]:
         sys.exit(f"error: unknown forget set {unknown[0]!r}; choose from {', '.join(FORGET_SETS)}")
     for label in labels:
@@ -105,10 +120,12 @@ def main():
         if not (work / folder).exists():
             sys.exit(f"error: {work / folder} does not exist; run tofu_e2e.py and tune_assistant.py first")
         cache = work / "fq-vs-alpha" / f"{folder}{'' if args.limit is None else f'-limit{args.limit}'}.json"
-        if not cache.exists():
+        cached = json.loads(cache.read_text()) if cache.exists() else {}
+        if missing := [v for v in variants if variant_key(*v) not in cached]:
+            cached.update(sweep(work / "target", work / folder, missing, args.limit))
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(sweep(work / "target", work / folder, args.limit)))
-        results[label] = json.loads(cache.read_text())
+            cache.write_text(json.dumps(cached))
+        results[label] = {variant_key(*v): cached[variant_key(*v)] for v in variants}
     lines = ["| assistant | scoring | alpha | forget quality | forget truth ratio (median) | forget answer prob | retain answer prob |",
              "|---|---|---|---|---|---|---|"]
     for label, rows in results.items():
@@ -122,7 +139,7 @@ def main():
     print("\n".join(lines))
     if args.limit is None:
         write_section("fq-vs-alpha:mini", "Forget quality against alpha (diagnostic, tofu-mini)",
-                      f"python benchmarks/forget_quality_vs_alpha.py --forget-sets '{args.forget_sets}'", "\n".join(lines))
+                      " ".join(["python", "benchmarks/forget_quality_vs_alpha.py", *map(shlex.quote, sys.argv[1:])]), "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@ tune_assistant.py, compare_methods.py and forget_quality_vs_alpha.py add to it):
 place names its folders. Default: <uld home>/bench/tofu-<protocol>."""
 from pathlib import Path
 
-# ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings", tune_assistant.py "tuned")
-FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned"}
+# ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings", tune_assistant.py
+# "tuned"; "tuned at K=15" is tuned's settings at 15 layers, trained by hand: BENCHMARKS.md)
+FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned at K=15": "forget10-tuned-k15"}
 
 # TOFU evaluations: label -> folder holding TOFU_EVAL.json
 EVALS = {
