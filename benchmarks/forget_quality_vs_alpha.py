@@ -22,38 +22,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from mini_workdir import FORGET_SETS, default_workdir, eval_logs  # noqa: E402
-from tune_assistant import ALPHAS  # noqa: E402
-
-MODES = {"anchored": "score_anchored", "paper": "score"}
-
-
-def answer_losses(model, name, pairs, progress, variants) -> dict:
-    """{(scoring, alpha): per-pair mean answer-token loss} for each of `variants`, from one
-    forward of each model."""
-    import torch
-
-    from uld_kernels import logit_difference
-    from uld_serve.eval.scoring import answer_batches
-
-    relative_top = model.forget_sets[name].settings()[1]
-    losses = {variant: [None] * len(pairs) for variant in variants}
-    for chunk, ids, mask, positions, tokens, counts in answer_batches(model.tokenizer, pairs):
-        t, a = model.score_parts(ids, mask, name, positions)
-        for scoring, alpha in variants:
-            logits = logit_difference(t, a, alpha, relative_top, mode=MODES[scoring])
-            token_lp = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
-            for i, lp in zip(chunk, token_lp.split(counts)):
-                losses[(scoring, alpha)][i] = float(-lp.mean())
-        progress(len(chunk))
-    return losses
+from tune_assistant import ALPHAS, answer_losses  # noqa: E402
+from uld_serve.eval.tofu_eval import SCORING_MODES  # noqa: E402
 
 
 def reference_truth_ratios(retain_logs) -> np.ndarray:
-    from uld_serve.eval import metrics as m
+    """The retain reference's forget truth ratios, as forget quality compares against them."""
+    from uld_serve.eval.summary import recompute
 
-    para = [v["avg_loss"] for v in retain_logs["forget_Q_A_PARA_Prob"]["value_by_index"].values()]
-    pert = [v["avg_loss"] for v in retain_logs["forget_Q_A_PERT_Prob"]["value_by_index"].values()]
-    return m.truth_ratios(para, pert)
+    recompute(retain_logs)
+    return np.asarray([v["score"] for v in retain_logs["forget_truth_ratio"]["value_by_index"].values()])
 
 
 def variant_key(scoring, alpha) -> str:
@@ -77,7 +55,7 @@ def sweep(target, artifact, variants, limit=None) -> dict:
         "retain_qa": [(r["question"], r["answer"]) for r in retain],
     }
     with tqdm(total=sum(map(len, sets.values())), desc=f"score {artifact.name}", unit="seq") as bar:
-        losses = {key: answer_losses(model, "a", pairs, bar.update, variants) for key, pairs in sets.items()}
+        losses = {key: answer_losses(model, "a", pairs, variants, bar.update) for key, pairs in sets.items()}
     out = {}
     for mode, alpha in variants:
         pert = np.asarray(losses["forget_pert"][(mode, alpha)]).reshape(len(forget), n_wrong)
@@ -95,7 +73,7 @@ def main():
     parser.add_argument("--limit", type=int, default=None, help="first N items per split (smoke runs; reports nothing)")
     parser.add_argument("--forget-sets", default="tuned", help=f"comma-separated, of: {', '.join(FORGET_SETS)}")
     parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS), help="comma-separated")
-    parser.add_argument("--scorings", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
+    parser.add_argument("--scorings", default=",".join(SCORING_MODES), help=f"comma-separated, of: {', '.join(SCORING_MODES)}")
     args = parser.parse_args()
     from report import write_section
     from uld_serve.eval import metrics as m
@@ -106,8 +84,8 @@ def main():
     results = {}
     labels = [label.strip() for label in args.forget_sets.split(",")]
     scorings = [x.strip() for x in args.scorings.split(",")]
-    if unknown := [x for x in scorings if x not in MODES]:
-        sys.exit(f"error: unknown scoring {unknown[0]!r}; choose from {', '.join(MODES)}")
+    if unknown := [x for x in scorings if x not in SCORING_MODES]:
+        sys.exit(f"error: unknown scoring {unknown[0]!r}; choose from {', '.join(SCORING_MODES)}")
     try:
         alphas = [float(x) for x in args.alphas.split(",")]
     except ValueError:

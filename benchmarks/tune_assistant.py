@@ -33,29 +33,40 @@ SMOKE = {"max_steps": 2, "precision": "fp32"}
 EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
 
 
-def alpha_sweep(target, artifact, limit=None) -> dict:
-    """{alpha: {"forget_prob", "utility_prob"}}: mean answer probabilities of target + assistant."""
+def answer_losses(model, name, pairs, variants, progress=None) -> dict:
+    """{(scoring, alpha): per-pair mean answer-token loss} of target + forget set `name`, for
+    each (`uld eval tofu --scoring` value, alpha) of `variants`, from one forward of each model."""
     import torch
 
     from uld_kernels import logit_difference
     from uld_serve.eval.scoring import answer_batches
+    from uld_serve.eval.tofu_eval import SCORING_MODES
+
+    relative_top = model.forget_sets[name].settings()[1]
+    losses = {variant: [None] * len(pairs) for variant in variants}
+    for chunk, ids, mask, positions, tokens, counts in answer_batches(model.tokenizer, pairs):
+        t, a = model.score_parts(ids, mask, name, positions)
+        for scoring, alpha in variants:
+            logits = logit_difference(t, a, alpha, relative_top, mode=SCORING_MODES[scoring])
+            token_lp = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
+            for i, lp in zip(chunk, token_lp.split(counts)):
+                losses[(scoring, alpha)][i] = float(-lp.mean())
+        if progress is not None:
+            progress(len(chunk))
+    return losses
+
+
+def alpha_sweep(target, artifact, limit=None) -> dict:
+    """{alpha: {"forget_prob", "utility_prob"}}: mean answer probabilities of target + assistant."""
     from uld_serve.reference import UldModel
 
     model = UldModel(target, {"a": artifact})
-    relative_top = model.forget_sets["a"].settings()[1]
-    sums = {alpha: {} for alpha in ALPHAS}
+    variants = [("anchored", alpha) for alpha in ALPHAS]
+    means = {}
     for name, pairs in validation_pairs(limit).items():
-        for alpha in ALPHAS:
-            sums[alpha][name] = 0.0
-        for _, ids, mask, positions, tokens, counts in answer_batches(model.tokenizer, pairs):
-            t, a = model.score_parts(ids, mask, "a", positions)
-            for alpha in ALPHAS:
-                logits = logit_difference(t, a, alpha, relative_top, mode="score_anchored")
-                token_lp = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
-                sums[alpha][name] += sum(math.exp(float(lp.mean())) for lp in token_lp.split(counts))
-        for alpha in ALPHAS:
-            sums[alpha][name] /= len(pairs)
-    return {alpha: {"forget_prob": s["forget"], "utility_prob": s["utility"]} for alpha, s in sums.items()}
+        losses = answer_losses(model, "a", pairs, variants)
+        means[name] = {alpha: sum(math.exp(-x) for x in losses[("anchored", alpha)]) / len(pairs) for alpha in ALPHAS}
+    return {alpha: {"forget_prob": means["forget"][alpha], "utility_prob": means["utility"][alpha]} for alpha in ALPHAS}
 
 
 def choose(sweeps: dict) -> dict:
