@@ -135,6 +135,9 @@ def rows(work):
                 ("ULD, tuned, anchored scoring", "tuned")]
     out = [(label, eval_logs(work, label), work / FORGET_SETS[assistant]) for label, assistant in uld_rows
            if eval_logs(work, label).exists()]
+    calibrated = "ULD, tuned, calibrated alpha, anchored scoring"  # tune_assistant.py names its forget set
+    if eval_logs(work, calibrated).exists():
+        out.append((calibrated, eval_logs(work, calibrated), work / json.loads((work / "tune-assistant" / "choice.json").read_text())["final"]))
     for method in METHODS:
         logs = method_logs(work, method)
         if logs.exists():

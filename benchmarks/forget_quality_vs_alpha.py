@@ -22,8 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from mini_workdir import FORGET_SETS, default_workdir, eval_logs  # noqa: E402
-from tune_assistant import ALPHAS, answer_losses  # noqa: E402
 from uld_serve.eval.tofu_eval import SCORING_MODES  # noqa: E402
+
+ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
 
 
 def reference_truth_ratios(retain_logs) -> np.ndarray:
@@ -42,6 +43,7 @@ def sweep(target, artifact, variants, limit=None) -> dict:
     from tqdm import tqdm
 
     from uld_serve.eval import metrics as m
+    from uld_serve.eval.alpha_curve import AlphaCurve
     from uld_serve.reference import UldModel
     from uld_serve.tofu import load_split
 
@@ -55,14 +57,14 @@ def sweep(target, artifact, variants, limit=None) -> dict:
         "retain_qa": [(r["question"], r["answer"]) for r in retain],
     }
     with tqdm(total=sum(map(len, sets.values())), desc=f"score {artifact.name}", unit="seq") as bar:
-        losses = {key: answer_losses(model, "a", pairs, variants, bar.update) for key, pairs in sets.items()}
+        curves = {key: AlphaCurve(model, "a", pairs, progress=bar.update) for key, pairs in sets.items()}
     out = {}
     for mode, alpha in variants:
-        pert = np.asarray(losses["forget_pert"][(mode, alpha)]).reshape(len(forget), n_wrong)
+        pert = np.asarray(curves["forget_pert"].losses(alpha, mode)).reshape(len(forget), n_wrong)
         out[variant_key(mode, alpha)] = {
-            "truth_ratios": m.truth_ratios(losses["forget_para"][(mode, alpha)], pert).tolist(),
-            "forget_prob": float(np.mean(np.exp(-np.asarray(losses["forget_qa"][(mode, alpha)])))),
-            "retain_prob": float(np.mean(np.exp(-np.asarray(losses["retain_qa"][(mode, alpha)])))),
+            "truth_ratios": m.truth_ratios(curves["forget_para"].losses(alpha, mode), pert).tolist(),
+            "forget_prob": curves["forget_qa"].mean_probability(alpha, mode),
+            "retain_prob": curves["retain_qa"].mean_probability(alpha, mode),
         }
     return out
 

@@ -3,9 +3,10 @@ tune_assistant.py, compare_methods.py and forget_quality_vs_alpha.py add to it):
 place names its folders. Default: <uld home>/bench/tofu-<protocol>."""
 from pathlib import Path
 
-# ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings", tune_assistant.py
-# "tuned"; "tuned at K=15" is tuned's settings at 15 layers, trained by hand: BENCHMARKS.md)
-FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned at K=15": "forget10-tuned-k15"}
+# ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings", tune_assistant.py the
+# "tuned ..." one whose training settings win on the validation split)
+FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned at K=15": "forget10-tuned-k15",
+               "tuned with the paper's settings": "forget10-tuned-paper"}
 
 # TOFU evaluations: label -> folder holding TOFU_EVAL.json
 EVALS = {
@@ -15,6 +16,7 @@ EVALS = {
     "ULD, paper settings, anchored scoring": "eval-uld-anchored",
     "ULD, tuned, anchored scoring": "eval-uld-tuned-anchored",
     "ULD, tuned, paper scoring": "eval-uld-tuned-paper",
+    "ULD, tuned, calibrated alpha, anchored scoring": "eval-uld-calibrated-anchored",
 }
 
 

@@ -23,9 +23,10 @@ from mini_workdir import FORGET_SETS, default_workdir, eval_logs, evaluated  # n
 
 PROTOCOLS = {
     # target learns the first 20 authors (the questions of retain_perturbed) and forget10;
-    # the retain reference learns the first 20 authors only.
-    "mini": {"target": "tofu-mini:target", "retain_model": "tofu-mini:retain", "assistant_retain": "tofu:full[:400]"},
-    "full": {"target": "tofu:full", "retain_model": "tofu:retain90", "assistant_retain": "tofu:retain90"},
+    # the retain reference learns the first 20 authors only; authors 20-29 stay unseen by both.
+    "mini": {"target": "tofu-mini:target", "retain_model": "tofu-mini:retain", "assistant_retain": "tofu:full[:400]",
+             "unseen": "tofu:full[400:600]"},
+    "full": {"target": "tofu:full", "retain_model": "tofu:retain90", "assistant_retain": "tofu:retain90", "unseen": None},
 }
 STAGES = ["finetune_target", "finetune_retain", "eval_retain", "eval_target", "train_assistant", "eval_uld", "eval_uld_anchored"]
 FINETUNE = {"epochs": 5, "lr": 1e-4, "batch_size": 8, "precision": "bf16"}

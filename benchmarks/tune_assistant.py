@@ -1,21 +1,25 @@
-"""Choose the ULD assistant's settings on a validation split, then train and evaluate the
-tofu-mini forget10 assistant with them.
+"""Choose the ULD assistant's settings on a validation split, then train the tofu-mini forget10
+assistant with them, calibrate its alpha on its own forget set, and evaluate it.
 
     python benchmarks/tune_assistant.py          # after tofu_e2e.py (target, retain reference)
     python benchmarks/tune_assistant.py --smoke  # 2 steps, 4 items per split: checks the script
 
-Validation split and rule are compare_methods.py's: each candidate assistant learns to
-remember authors 10-19 of the target's 20 retained authors (tofu:full[200:400]) and to know
-nothing of authors 0-9 (tofu:full[:200]); among the candidates whose mean answer
-probability on real authors + world facts stays >= 95% of the target's, the one with the
-lowest mean probability on the validation forget answers wins. Candidates: the training
-settings below x alpha (alpha needs no retraining: one forward of each model per batch
-serves every alpha). Probabilities use the anchored scoring (kernels/README.md). forget10,
-the test split, is not looked at before the choice. Every stage is cached in the workdir.
+The rule, in two steps, never looks at forget quality or the retain reference:
+1. Training settings, on compare_methods.py's validation split: each candidate assistant learns
+   to remember authors 10-19 of the target's 20 retained authors (tofu:full[200:400]) and to
+   know nothing of authors 0-9 (tofu:full[:200]). Its alpha is calibrated (`uld
+   calibrate-alpha`): the smallest alpha at which the validation forget answers are no more
+   likely than the target finds answers about authors it never learned (tofu:full[400:600]:
+   the tofu-mini target saw only full[:400] and forget10). Among the candidates whose mean
+   answer probability on real authors + world facts stays >= 95% of the target's at that
+   alpha, the one with the highest such probability wins.
+2. The forget10 assistant is trained with those settings, and its alpha is calibrated the same
+   way on forget10's own answers (its training data; what an operator holds) against the same
+   unseen authors. Evaluation uses that alpha.
+Probabilities use the anchored scoring (kernels/README.md). Every stage is cached in the workdir.
 """
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -23,61 +27,59 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from mini_workdir import FORGET_SETS, EVALS, default_workdir, eval_logs, evaluated  # noqa: E402
+from mini_workdir import EVALS, FORGET_SETS, default_workdir, eval_logs, evaluated  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 
-TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "retain_weight": 1.0}}
-ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0]  # 0.0 is the target itself: the utility floor's base
+# candidate training settings -> the FORGET_SETS label of the forget10 assistant trained with them
+TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "retain_weight": 1.0},
+            "fast-k15": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15}}
+FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15"}
+CALIBRATED = "ULD, tuned, calibrated alpha, anchored scoring"
 BUDGET = {"epochs": 5, "batch_size": 8, "precision": "bf16"}
 SMOKE = {"max_steps": 2, "precision": "fp32"}
 EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
 
 
-def answer_losses(model, name, pairs, variants, progress=None) -> dict:
-    """{(scoring, alpha): per-pair mean answer-token loss} of target + forget set `name`, for
-    each (`uld eval tofu --scoring` value, alpha) of `variants`, from one forward of each model."""
-    import torch
+def unseen_level(target, limit=None) -> float:
+    """The target's mean answer probability on authors it never learned."""
+    from uld_serve.eval.calibrate import unseen_probability
+    from uld_serve.reference import UldModel
+    from uld_serve.tofu import load_qa
 
-    from uld_kernels import logit_difference
-    from uld_serve.eval.scoring import answer_batches
-    from uld_serve.eval.tofu_eval import SCORING_MODES
-
-    relative_top = model.forget_sets[name].settings()[1]
-    losses = {variant: [None] * len(pairs) for variant in variants}
-    for chunk, ids, mask, positions, tokens, counts in answer_batches(model.tokenizer, pairs):
-        t, a = model.score_parts(ids, mask, name, positions)
-        for scoring, alpha in variants:
-            logits = logit_difference(t, a, alpha, relative_top, mode=SCORING_MODES[scoring])
-            token_lp = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
-            for i, lp in zip(chunk, token_lp.split(counts)):
-                losses[(scoring, alpha)][i] = float(-lp.mean())
-        if progress is not None:
-            progress(len(chunk))
-    return losses
+    pairs = [(qa.question, qa.answer) for qa in load_qa(PROTOCOLS["mini"]["unseen"])][:limit]
+    return unseen_probability(UldModel(target), pairs)
 
 
-def alpha_sweep(target, artifact, limit=None) -> dict:
-    """{alpha: {"forget_prob", "utility_prob"}}: mean answer probabilities of target + assistant."""
+def validate(target, artifact, level, limit=None) -> dict:
+    """Step 1 for one candidate: its calibrated alpha on the validation split and the answer
+    probabilities there (validation forget, real authors + world facts; alpha 0 is the target)."""
+    from uld_serve.errors import UldError
+    from uld_serve.eval.alpha_curve import AlphaCurve
+    from uld_serve.eval.calibrate import first_crossing
     from uld_serve.reference import UldModel
 
     model = UldModel(target, {"a": artifact})
-    variants = [("anchored", alpha) for alpha in ALPHAS]
-    means = {}
-    for name, pairs in validation_pairs(limit).items():
-        losses = answer_losses(model, "a", pairs, variants)
-        means[name] = {alpha: sum(math.exp(-x) for x in losses[("anchored", alpha)]) / len(pairs) for alpha in ALPHAS}
-    return {alpha: {"forget_prob": means["forget"][alpha], "utility_prob": means["utility"][alpha]} for alpha in ALPHAS}
+    pairs = validation_pairs(limit)
+    forget, utility = AlphaCurve(model, "a", pairs["forget"]), AlphaCurve(model, "a", pairs["utility"])
+    try:
+        alpha = first_crossing(forget.mean_probability, level)
+    except UldError:
+        alpha = None  # never reaches the level: not a candidate
+    at = alpha if alpha is not None else 0.0
+    return {"alpha": alpha, "forget_prob": forget.mean_probability(at), "utility_prob": utility.mean_probability(at),
+            "target_forget_prob": forget.mean_probability(0.0), "target_utility_prob": utility.mean_probability(0.0)}
 
 
-def choose(sweeps: dict) -> dict:
-    """compare_methods.py's rule over every (training setting, alpha > 0)."""
-    target = next(iter(sweeps.values()))[0.0]
-    floor = UTILITY_FLOOR * target["utility_prob"]
-    candidates = [(name, alpha, s) for name, sweep in sweeps.items() for alpha, s in sweep.items() if alpha > 0]
-    kept = [c for c in candidates if c[2]["utility_prob"] >= floor]
-    name, alpha, scores = (min(kept, key=lambda c: c[2]["forget_prob"]) if kept
-                           else max(candidates, key=lambda c: c[2]["utility_prob"]))
-    return {"training": name, "alpha": alpha, "scores": scores, "target": target, "utility_floor": floor}
+def choose(results: dict) -> dict:
+    """The candidate with the best utility at its calibrated alpha, among those above the floor."""
+    reached = {name: r for name, r in results.items() if r["alpha"] is not None}
+    if not reached:
+        sys.exit("error: no candidate assistant brings the validation forget answers down to the unseen level")
+    floor = UTILITY_FLOOR * next(iter(reached.values()))["target_utility_prob"]
+    kept = {name: r for name, r in reached.items() if r["utility_prob"] >= floor} or reached
+    name = max(kept, key=lambda n: kept[n]["utility_prob"])
+    return {"training": name, "validation_alpha": reached[name]["alpha"], "utility_floor": floor,
+            "above_floor": reached[name]["utility_prob"] >= floor, "final": FORGET_SETS[FINAL[name]]}
 
 
 def main():
@@ -91,47 +93,63 @@ def main():
         sys.exit("error: run benchmarks/tofu_e2e.py first (it trains the target and evaluates the retain reference)")
     budget = {**BUDGET, **(SMOKE if args.smoke else {})}
     limit = 4 if args.smoke else None
-    tune = work / "tune-assistant"
-    sweeps = {}
+    tune = work / ("tune-assistant-smoke" if args.smoke else "tune-assistant")  # a smoke run touches no real result
+    level = cached(tune / "unseen.json", lambda: {"unseen": PROTOCOLS["mini"]["unseen"], "prob": unseen_level(target, limit)})["prob"]
+    results = {}
     for name, settings in TRAINING.items():
-        artifact, sweep_path = tune / name / "artifact", tune / name / "sweep.json"
+        artifact = tune / name / "artifact"
         if not artifact.exists():
             uld("train-assistant", "--target", target, "--forget", VALIDATION["forget"], "--retain", VALIDATION["retain"],
                 "--out", artifact, *flags(settings), *flags(budget))
-        if not sweep_path.exists():
-            sweep_path.write_text(json.dumps(alpha_sweep(target, artifact, limit), indent=2))
-        sweeps[name] = {float(a): s for a, s in json.loads(sweep_path.read_text()).items()}
-    choice = choose(sweeps)
-    (tune / "choice.json").write_text(json.dumps(choice, indent=2))
-    print(json.dumps(choice, indent=2))
-    final = work / FORGET_SETS["tuned"]
+        results[name] = cached(tune / name / "validation.json", lambda: validate(target, artifact, level, limit))
+    choice = choose(results)
+    final = tune / "final" if args.smoke else work / choice["final"]
     if not final.exists():
         uld("train-assistant", "--target", target, "--forget", "tofu:forget10", "--retain", PROTOCOLS["mini"]["assistant_retain"],
-            "--out", final, "--alpha", choice["alpha"], *flags(TRAINING[choice["training"]]), *flags(budget))
-    for scoring in ("anchored", "paper"):
-        logs = eval_logs(work, f"ULD, tuned, {scoring} scoring")
-        if not logs.exists():
-            uld("eval", "tofu", "--target", target, "--forget-set", f"forget10={final}", "--out", logs.parent, "--retain-logs", retain_logs,
-                "--generate-with", "vllm", "--scoring", scoring, *(EVAL_SMOKE if args.smoke else []))
+            "--out", final, "--alpha", choice["validation_alpha"], *flags(TRAINING[choice["training"]]), *flags(budget))
+    manifest = json.loads((final / "uld.json").read_text())
+    if manifest.get("calibration", {}).get("unseen") != PROTOCOLS["mini"]["unseen"]:
+        uld("calibrate-alpha", "--target", target, "--forget-set", final, "--unseen", PROTOCOLS["mini"]["unseen"], "--write")
+        manifest = json.loads((final / "uld.json").read_text())
+    choice["calibration"] = manifest["calibration"]
+    (tune / "choice.json").write_text(json.dumps(choice, indent=2))
+    print(json.dumps(choice, indent=2))
+    logs = tune / "eval" / "TOFU_EVAL.json" if args.smoke else eval_logs(work, CALIBRATED)
+    evaluated_with = logs.parent / "forget_set.json"
+    this_run = {"forget_set": choice["final"], "alpha": manifest["alpha"]}
+    if not (logs.exists() and evaluated_with.exists() and json.loads(evaluated_with.read_text()) == this_run):
+        uld("eval", "tofu", "--target", target, "--forget-set", f"forget10={final}", "--out", logs.parent, "--retain-logs", retain_logs,
+            "--generate-with", "vllm", "--scoring", "anchored", *(EVAL_SMOKE if args.smoke else []))
+        evaluated_with.write_text(json.dumps(this_run))
     if not args.smoke:
-        record(work, sweeps, choice)
+        record(work, level, results, choice)
 
 
-def record(work, sweeps, choice):
+def cached(path: Path, compute) -> dict:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(compute(), indent=2))
+    return json.loads(path.read_text())
+
+
+def record(work, level, results, choice):
     from report import write_section
     from uld_serve.eval.summary import recompute
     from uld_serve.eval.tofu_eval import load_logs
 
     out = REPO / "benchmarks" / "results" / "tune-assistant-mini"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"training": TRAINING, "alphas": ALPHAS, "budget": BUDGET, "validation": VALIDATION,
-                                                 "utility_floor": UTILITY_FLOOR, "scoring": "anchored", "seed": 0}, indent=2) + "\n")
-    (out / "validation.json").write_text(json.dumps({"sweeps": sweeps, "choice": choice}, indent=2) + "\n")
-    lines = ["| training | alpha | validation forget prob | real authors + world facts prob | chosen |", "|---|---|---|---|---|"]
-    for name, sweep in sweeps.items():
-        for alpha, s in sweep.items():
-            mark = "yes" if (name, alpha) == (choice["training"], choice["alpha"]) else ""
-            lines.append(f"| {name} {TRAINING[name]} | {alpha:g} | {s['forget_prob']:.4f} | {s['utility_prob']:.4f} | {mark} |")
+    (out / "config.json").write_text(json.dumps({"training": TRAINING, "budget": BUDGET, "validation": VALIDATION,
+                                                 "unseen": PROTOCOLS["mini"]["unseen"], "utility_floor": UTILITY_FLOOR,
+                                                 "scoring": "anchored", "seed": 0}, indent=2) + "\n")
+    (out / "validation.json").write_text(json.dumps({"unseen_prob": level, "candidates": results, "choice": choice}, indent=2) + "\n")
+    lines = ["| training | calibrated alpha | validation forget prob | real authors + world facts prob | chosen |",
+             "|---|---|---|---|---|"]
+    for name, r in results.items():
+        alpha = "not reached" if r["alpha"] is None else f"{r['alpha']:g}"
+        lines.append(f"| {name} {TRAINING[name]} | {alpha} | {r['forget_prob']:.4f} | {r['utility_prob']:.6f} | "
+                     f"{'yes' if name == choice['training'] else ''} |")
+    calibration = choice["calibration"]
     reference = load_logs(eval_logs(work, "retain reference"))
     table = ["| model | forget quality | model utility | forget ROUGE-L | forget Q_A_Prob | retain Q_A_Prob | privleak |",
              "|---|---|---|---|---|---|---|"]
@@ -141,10 +159,14 @@ def record(work, sweeps, choice):
                      f"{s['forget_Q_A_Prob']:.4f} | {s['retain_Q_A_Prob']:.4f} | {s['privleak']:.2f} |")
     write_section("tune-assistant:mini", "Tuning the ULD assistant on a validation split (tofu-mini)",
                   "python benchmarks/tune_assistant.py",
-                  f"Budget {BUDGET}, seed 0. Validation candidates (anchored scoring; alpha 0 is the target; "
-                  f"utility floor {choice['utility_floor']:.4f}):\n\n" + "\n".join(lines) +
-                  "\n\nforget10 with the chosen settings, against the paper-settings assistant (10 epochs) of the "
-                  "end-to-end section:\n\n" + "\n".join(table))
+                  f"Budget {BUDGET}, seed 0. The target's mean answer probability on authors it never learned "
+                  f"({PROTOCOLS['mini']['unseen']}): {level:.4f}. Validation candidates at their calibrated alpha "
+                  f"(anchored scoring; utility floor {choice['utility_floor']:.6f}):\n\n" + "\n".join(lines) +
+                  f"\n\nThe forget10 assistant ({choice['final']}) calibrated on forget10's own answers: alpha "
+                  f"{calibration['alpha']:g} (forget answer probability {calibration['forget_prob_at_0']:.4f} -> "
+                  f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}). forget10, "
+                  "every ULD evaluation in the workdir (rows other than the calibrated one use the alpha in their "
+                  "manifest at the time, BENCHMARKS.md text):\n\n" + "\n".join(table))
 
 
 if __name__ == "__main__":

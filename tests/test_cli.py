@@ -88,3 +88,22 @@ def test_bad_input_gets_one_sentence(pipeline, tmp_path):
     assert_user_error(uld("eval", "tofu", "--target", work / "target", "--out", tmp_path / "e", "--scoring", "best",
                           check=False), "--scoring must be one of paper, anchored")
     assert uld("eval", "tofu", "--bogus", check=False).returncode == 2
+
+
+def test_calibrate_alpha_writes_the_default_and_how_it_was_found(pipeline, tmp_path):
+    import shutil
+
+    work = pipeline
+    artifact = tmp_path / "forget01"
+    shutil.copytree(work / "forget01", artifact)
+    out = uld("calibrate-alpha", "--target", work / "target", "--forget-set", artifact, "--unseen", "tofu:retain90[100:104]",
+              "--scoring", "paper", "--write")
+    result = json.loads(out.stdout)
+    manifest = json.loads((artifact / "uld.json").read_text())
+    assert manifest["alpha"] == result["alpha"] and manifest["calibration"] == result
+    assert result["forget"] == "tofu:forget01" and result["forget_prob"] <= result["unseen_prob"]
+    assert_user_error(uld("calibrate-alpha", "--target", work / "target", "--forget-set", artifact, "--unseen", "tofu:nope",
+                          check=False), "unknown TOFU split 'nope'")
+    assert_user_error(uld("calibrate-alpha", "--target", work / "retain", "--forget-set", artifact,
+                          "--unseen", "tofu:retain90[:4]", check=False), "was trained for base model")
+    assert json.loads((artifact / "uld.json").read_text()) == manifest  # failed runs leave the artifact as it was

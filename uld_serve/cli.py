@@ -76,6 +76,43 @@ def train_assistant(
     print(run(target, forget, retain, out, _train_config(lr, epochs, batch_size, seed, max_steps, precision, save_every), cfg))
 
 
+@app.command("calibrate-alpha")
+def calibrate_alpha(
+    target: str = typer.Option(..., help="the target checkpoint directory"),
+    forget_set: Path = typer.Option(..., help="the ULD forget-set artifact to calibrate"),
+    unseen: str = typer.Option(..., help="data spec of QA about entities the target never learned "
+                               "(tofu-mini: tofu:full[400:600])"),
+    forget: Optional[str] = typer.Option(None, help="data spec of the forget answers (default: the artifact's forget set)"),
+    scoring: str = typer.Option("anchored", help="anchored or paper, as `uld eval tofu --scoring`"),
+    write: bool = typer.Option(False, help="make the alpha the artifact's default (its manifest records how it was found)"),
+):
+    """Find the smallest alpha at which the forget answers are no more likely than unseen ones."""
+    from tqdm import tqdm
+
+    from .artifact import MANIFEST, read_manifest
+    from .atomic import write_json_atomic
+    from .eval.calibrate import calibrate
+    from .eval.tofu_eval import check_scoring
+    from .reference import UldModel
+    from .tofu import load_qa
+
+    check_scoring(scoring)
+    manifest = read_manifest(forget_set)
+    if manifest["kind"] != "uld-assistant":
+        raise UldError(f"{forget_set} is a {manifest['kind']} forget set, served with alpha 0; only ULD assistants take an alpha")
+    forget = forget or manifest.get("forget", {}).get("spec")
+    if not forget:
+        raise UldError(f"{forget_set}'s manifest names no forget data; pass --forget")
+    forget_pairs = [(qa.question, qa.answer) for qa in load_qa(forget)]
+    unseen_pairs = [(qa.question, qa.answer) for qa in load_qa(unseen)]
+    model = UldModel(target, {"forget": str(forget_set)})
+    with tqdm(total=len(forget_pairs) + len(unseen_pairs), desc="calibrate alpha", unit="answer") as bar:
+        result = {**calibrate(model, "forget", forget_pairs, unseen_pairs, scoring, bar.update), "forget": forget, "unseen": unseen}
+    if write:
+        write_json_atomic(forget_set / MANIFEST, {**manifest, "alpha": result["alpha"], "calibration": result})
+    print(json.dumps(result, indent=2))
+
+
 def _parse_params(items: List[str]) -> dict:
     params = {}
     for item in items:
