@@ -34,9 +34,9 @@ ASSISTANT = {"epochs": 10, "lr": 1e-3, "batch_size": 8, "precision": "bf16"}
 # greedy answers from the engine: on the tofu-mini target its TOFU_EVAL.json was identical
 # to the reference decoding's (BENCHMARKS.md), and generation is the part it speeds up
 VLLM = ["--generate-with", "vllm"]
-ULD_EVALS = {"ULD, paper settings, paper scoring": "paper", "ULD, paper settings, anchored scoring": "anchored"}  # label -> --scoring
-EVAL_STAGES = {"retain reference": "eval_retain", "target": "eval_target",
-               "ULD, paper settings, paper scoring": "eval_uld", "ULD, paper settings, anchored scoring": "eval_uld_anchored"}
+ULD_EVALS = {"ULD, paper settings, paper scoring": ("eval_uld", "paper"),  # label -> (stage, --scoring)
+             "ULD, paper settings, anchored scoring": ("eval_uld_anchored", "anchored")}
+EVAL_STAGES = {"retain reference": "eval_retain", "target": "eval_target", **{label: stage for label, (stage, _) in ULD_EVALS.items()}}
 
 
 def uld(*args):
@@ -100,8 +100,8 @@ def run_stages(stage, protocol, work, seed):
     forget_set = stage("train_assistant", assistant, "train-assistant", "--target", target,
                        "--forget", "tofu:forget10", "--retain", protocol["assistant_retain"],
                        "--out", assistant, *flags(ASSISTANT), *seed)
-    for label, scoring in ULD_EVALS.items():
-        stage(EVAL_STAGES[label], eval_logs(work, label), "eval", "tofu", "--target", target, "--forget-set", f"forget10={forget_set}",
+    for label, (name, scoring) in ULD_EVALS.items():
+        stage(name, eval_logs(work, label), "eval", "tofu", "--target", target, "--forget-set", f"forget10={forget_set}",
               "--out", eval_logs(work, label).parent, "--retain-logs", retain_eval, "--scoring", scoring, *VLLM)
 
 
