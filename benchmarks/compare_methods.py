@@ -14,7 +14,8 @@ with authors 0-9 (tofu:full[:200]) as retain data. The rule: among candidates wh
 answer probability on real authors + world facts stays >= 95% of the target's, the one with
 the lowest probability on the validation forget answers (else the one with the best
 utility). ULD appears with its paper defaults (tofu_e2e.py) and, once
-tune_assistant.py has run, with settings chosen on the same split by the same rule. The
+tune_assistant.py has run, with training settings chosen on the same split and its alpha
+calibrated against authors the target never learned (that script's docstring). The
 target, retain reference, their evaluations and the ULD assistants come from those
 scripts' caches (run tofu_e2e.py first).
 """
