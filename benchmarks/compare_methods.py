@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from mini_workdir import FORGET_SETS, default_workdir, eval_logs  # noqa: E402
+from mini_workdir import CALIBRATED, FORGET_SETS, TUNE, default_workdir, eval_logs  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 
 METHODS = ["ga", "graddiff", "npo", "simnpo", "wga", "tnpo", "wtnpo", "mollm", "soul"]
@@ -52,18 +52,14 @@ def validation_pairs(limit=None) -> dict:
 
 def validation_scores(target, artifact=None):
     """Mean answer probability on the validation forget split and on real authors + world facts."""
-    from uld_serve.eval.scoring import score_pairs
+    from uld_serve.eval.scoring import mean_answer_probability
     from uld_serve.reference import UldModel
 
     model = UldModel(target, {"m": artifact} if artifact else {})
     name = "m" if artifact else None
-
-    def mean_prob(pairs):
-        rows = score_pairs(model, pairs, forget_set=name)
-        return sum(2.718281828459045 ** -r["avg_loss"] for r in rows) / len(rows)
-
     pairs = validation_pairs(VALIDATION_LIMIT[0])
-    return {"forget_prob": mean_prob(pairs["forget"]), "utility_prob": mean_prob(pairs["utility"])}
+    return {"forget_prob": mean_answer_probability(model, pairs["forget"], name),
+            "utility_prob": mean_answer_probability(model, pairs["utility"], name)}
 
 
 def choose_lr(method, work, target, target_scores):
@@ -136,9 +132,8 @@ def rows(work):
                 ("ULD, tuned, anchored scoring", "tuned")]
     out = [(label, eval_logs(work, label), work / FORGET_SETS[assistant]) for label, assistant in uld_rows
            if eval_logs(work, label).exists()]
-    calibrated = "ULD, tuned, calibrated alpha, anchored scoring"  # tune_assistant.py names its forget set
-    if eval_logs(work, calibrated).exists():
-        out.append((calibrated, eval_logs(work, calibrated), work / json.loads((work / "tune-assistant" / "choice.json").read_text())["final"]))
+    if eval_logs(work, CALIBRATED).exists():
+        out.append((CALIBRATED, eval_logs(work, CALIBRATED), work / json.loads((work / TUNE / "choice.json").read_text())["final"]))
     for method in METHODS:
         logs = method_logs(work, method)
         if logs.exists():

@@ -8,6 +8,10 @@ from pathlib import Path
 FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned at K=15": "forget10-tuned-k15",
                "tuned with the paper's settings": "forget10-tuned-paper"}
 
+# tune_assistant.py's folder (its choice.json names the forget set it chose) and its result's label
+TUNE = "tune-assistant"
+CALIBRATED = "ULD, tuned, calibrated alpha, anchored scoring"
+
 # TOFU evaluations: label -> folder holding TOFU_EVAL.json
 EVALS = {
     "retain reference": "eval-retain",
@@ -16,7 +20,7 @@ EVALS = {
     "ULD, paper settings, anchored scoring": "eval-uld-anchored",
     "ULD, tuned, anchored scoring": "eval-uld-tuned-anchored",
     "ULD, tuned, paper scoring": "eval-uld-tuned-paper",
-    "ULD, tuned, calibrated alpha, anchored scoring": "eval-uld-calibrated-anchored",
+    CALIBRATED: "eval-uld-calibrated-anchored",
 }
 
 

@@ -27,14 +27,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from mini_workdir import EVALS, FORGET_SETS, default_workdir, eval_logs, evaluated  # noqa: E402
+from mini_workdir import CALIBRATED, EVALS, FORGET_SETS, TUNE, default_workdir, eval_logs, evaluated  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 
 # candidate training settings -> the FORGET_SETS label of the forget10 assistant trained with them
 TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "retain_weight": 1.0},
             "fast-k15": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15}}
 FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15"}
-CALIBRATED = "ULD, tuned, calibrated alpha, anchored scoring"
 BUDGET = {"epochs": 5, "batch_size": 8, "precision": "bf16"}
 SMOKE = {"max_steps": 2, "precision": "fp32"}
 EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
@@ -42,12 +41,12 @@ EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
 
 def unseen_level(target, limit=None) -> float:
     """The target's mean answer probability on authors it never learned."""
-    from uld_serve.eval.calibrate import unseen_probability
+    from uld_serve.eval.scoring import mean_answer_probability
     from uld_serve.reference import UldModel
     from uld_serve.tofu import load_qa
 
     pairs = [(qa.question, qa.answer) for qa in load_qa(PROTOCOLS["mini"]["unseen"])][:limit]
-    return unseen_probability(UldModel(target), pairs)
+    return mean_answer_probability(UldModel(target), pairs)
 
 
 def validate(target, artifact, level, limit=None) -> dict:
@@ -93,7 +92,7 @@ def main():
         sys.exit("error: run benchmarks/tofu_e2e.py first (it trains the target and evaluates the retain reference)")
     budget = {**BUDGET, **(SMOKE if args.smoke else {})}
     limit = 4 if args.smoke else None
-    tune = work / ("tune-assistant-smoke" if args.smoke else "tune-assistant")  # a smoke run touches no real result
+    tune = work / (f"{TUNE}-smoke" if args.smoke else TUNE)  # a smoke run touches no real result
     level = cached(tune / "unseen.json", lambda: {"unseen": PROTOCOLS["mini"]["unseen"], "prob": unseen_level(target, limit)})["prob"]
     results = {}
     for name, settings in TRAINING.items():

@@ -16,7 +16,7 @@ import torch
 
 from uld_kernels import relative_top_mask
 
-from .scoring import answer_batches
+from .scoring import answer_batches, mean_probability
 
 SCORINGS = ("anchored", "paper")
 
@@ -45,8 +45,7 @@ class AlphaCurve:
         return out
 
     def mean_probability(self, alpha: float, scoring: str = "anchored") -> float:
-        """open-unlearning's Q_A_Prob: the mean over pairs of exp(-mean answer-token loss)."""
-        return sum(math.exp(-x) for x in self.losses(alpha, scoring)) / self.num_pairs
+        return mean_probability(self.losses(alpha, scoring))
 
 
 def _compress(t, a, tokens, relative_top) -> dict:

@@ -9,39 +9,32 @@ training data), with no retain model and no truth ratios, so forget quality is n
 from ..artifact import ALPHA_RANGE
 from ..errors import UldError
 from .alpha_curve import AlphaCurve
-from .scoring import score_pairs
+from .scoring import mean_answer_probability
 
 GRID_STEP = 0.05  # the first crossing is bracketed on this grid, then bisected
 TOLERANCE = 0.005
 
 
-def unseen_probability(model, pairs, progress=None) -> float:
-    """The target's mean answer probability (open-unlearning's Q_A_Prob) on `pairs`."""
-    import math
-
-    rows = score_pairs(model, pairs, progress=progress)
-    return sum(math.exp(-r["avg_loss"]) for r in rows) / len(rows)
-
-
 def first_crossing(probability, level: float, max_alpha: float = ALPHA_RANGE[1]) -> float:
-    """The smallest alpha (to TOLERANCE, rounded up) with probability(alpha) <= level."""
+    """The smallest alpha (to TOLERANCE) with probability(alpha) <= level: always a point where
+    that was checked, so the returned alpha meets the level."""
     if probability(0.0) <= level:
         return 0.0
     low = 0.0
     for step in range(1, int(round(max_alpha / GRID_STEP)) + 1):
-        high = step * GRID_STEP
+        high = round(step * GRID_STEP, 6)  # 0.15, not 0.15000000000000002
         if probability(high) <= level:
             while high - low > TOLERANCE:
                 middle = (low + high) / 2
                 low, high = (low, middle) if probability(middle) <= level else (middle, high)
-            return round(high, 3)
+            return high
         low = high
     raise UldError(f"even alpha {max_alpha:g} leaves the forget answers more likely ({probability(max_alpha):.3g}) "
                    f"than unseen answers ({level:.3g}); the assistant has not learned the forget set")
 
 
 def calibrate(model, name, forget_pairs, unseen_pairs, scoring="anchored", progress=None) -> dict:
-    level = unseen_probability(model, unseen_pairs, progress)
+    level = mean_answer_probability(model, unseen_pairs, progress=progress)
     curve = AlphaCurve(model, name, forget_pairs, progress=progress)
     alpha = first_crossing(lambda a: curve.mean_probability(a, scoring), level)
     return {"alpha": alpha, "scoring": scoring, "unseen_prob": level,

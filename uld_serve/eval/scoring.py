@@ -1,4 +1,6 @@
 """Per-sample statistics from model forward passes and greedy answers."""
+import math
+
 import torch
 
 from ..reference import GenerationRequest
@@ -45,6 +47,16 @@ def score_pairs(model, pairs, forget_set=None, alpha=None, relative_top=None, ba
         if progress is not None:
             progress(len(chunk))
     return results
+
+
+def mean_probability(losses) -> float:
+    """open-unlearning's Q_A_Prob over pairs: the mean of exp(-mean answer-token loss)."""
+    return sum(math.exp(-x) for x in losses) / len(losses)
+
+
+def mean_answer_probability(model, pairs, forget_set=None, progress=None) -> float:
+    """Q_A_Prob of a model (or target + forget set, at its default alpha) on `pairs`."""
+    return mean_probability([r["avg_loss"] for r in score_pairs(model, pairs, forget_set, progress=progress)])
 
 
 def greedy_answers(generator, questions, forget_set=None, alpha=None, relative_top=None, max_new_tokens=200, batch_size=32, progress=None):
