@@ -6,11 +6,15 @@ from pathlib import Path
 # ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings", tune_assistant.py the
 # "tuned ..." one whose training settings win on the validation split)
 FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned at K=15": "forget10-tuned-k15",
-               "tuned with the paper's settings": "forget10-tuned-paper"}
+               "tuned with the paper's settings": "forget10-tuned-paper",
+               "tuned at K=15, general retain data": "forget10-tuned-k15-general"}
 
 # tune_assistant.py's folder (its choice.json names the forget set it chose) and its result's label
 TUNE = "tune-assistant"
 CALIBRATED = "ULD, tuned, calibrated alpha, anchored scoring"
+
+# general_qa.py's folder: general-knowledge QA for assistant retain data and a utility check
+GENERAL_QA = "general-qa"
 
 # TOFU evaluations: label -> folder holding TOFU_EVAL.json
 EVALS = {

@@ -10,12 +10,17 @@ The rule, in two steps, never looks at forget quality or the retain reference:
    know nothing of authors 0-9 (tofu:full[:200]). Its alpha is calibrated (`uld
    calibrate-alpha`): the smallest alpha at which the validation forget answers are no more
    likely than the target finds answers about authors it never learned (tofu:full[400:600]:
-   the tofu-mini target saw only full[:400] and forget10). Among the candidates whose mean
-   answer probability on real authors + world facts stays >= 95% of the target's at that
-   alpha, the one with the highest such probability wins.
+   the tofu-mini target saw only full[:400] and forget10). A candidate passes two floors at
+   that alpha: its mean answer probability on real authors + world facts stays >= 95% of the
+   target's, and its greedy answers to held-out general questions (general_qa.py's
+   heldout.jsonl) keep >= 95% ROUGE-L recall of the target's own answers (the probability
+   floor cannot see served text break). Among those that pass, the highest answer
+   probability wins. Candidates marked "general" add general_qa.py's train.jsonl to their
+   retain data.
 2. The forget10 assistant is trained with those settings, and its alpha is calibrated the same
    way on forget10's own answers (its training data; what an operator holds) against the same
-   unseen authors. Evaluation uses that alpha.
+   unseen authors. Evaluation uses that alpha. The greedy check is reported there too
+   (nothing is chosen from it).
 Probabilities use the anchored scoring (kernels/README.md). Every stage is cached in the workdir.
 """
 import argparse
@@ -27,13 +32,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from mini_workdir import CALIBRATED, EVALS, FORGET_SETS, TUNE, default_workdir, eval_logs, evaluated  # noqa: E402
+from mini_workdir import CALIBRATED, EVALS, FORGET_SETS, GENERAL_QA, TUNE, default_workdir, eval_logs, evaluated  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 
 # candidate training settings -> the FORGET_SETS label of the forget10 assistant trained with them
 TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "retain_weight": 1.0},
-            "fast-k15": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15}}
-FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15"}
+            "fast-k15": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
+            "fast-k15-general": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15}}
+GENERAL = {"fast-k15-general"}  # these add general_qa.py's train.jsonl to their retain data
+FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15",
+         "fast-k15-general": "tuned at K=15, general retain data"}
+GREEDY_FLOOR = 0.95  # ROUGE-L recall of the target's own greedy answers on held-out general questions
 BUDGET = {"epochs": 5, "batch_size": 8, "precision": "bf16"}
 SMOKE = {"max_steps": 2, "precision": "fp32"}
 EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
@@ -69,16 +78,37 @@ def validate(target, artifact, level, limit=None) -> dict:
             "target_forget_prob": forget.mean_probability(0.0), "target_utility_prob": utility.mean_probability(0.0)}
 
 
+def greedy_agreement(target, artifact, alpha, heldout: Path, limit=None) -> float:
+    """Mean ROUGE-L recall of the served greedy answers (vLLM engine, fp32) against the
+    target's own answers to held-out general questions; 1 at alpha 0."""
+    from rouge_score import rouge_scorer
+
+    from uld_serve.engine.llm import UldEngine
+    from uld_serve.eval.metrics import rouge_scores
+    from uld_serve.eval.scoring import greedy_answers
+    from uld_serve.tofu import load_qa
+
+    pairs = load_qa(f"jsonl:{heldout}")[:limit]
+    engine = UldEngine(target, {"a": artifact}, dtype="float32")
+    try:
+        answers = greedy_answers(engine, [qa.question for qa in pairs], "a", alpha, max_new_tokens=200)
+    finally:
+        engine.close()
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    return sum(rouge_scores(scorer, qa.answer, a)["rougeL_recall"] for qa, a in zip(pairs, answers)) / len(pairs)
+
+
 def choose(results: dict) -> dict:
     """The candidate with the best utility at its calibrated alpha, among those above the floor."""
     reached = {name: r for name, r in results.items() if r["alpha"] is not None}
     if not reached:
         sys.exit("error: no candidate assistant brings the validation forget answers down to the unseen level")
     floor = UTILITY_FLOOR * next(iter(reached.values()))["target_utility_prob"]
-    kept = {name: r for name, r in reached.items() if r["utility_prob"] >= floor} or reached
+    passes = {name: r["utility_prob"] >= floor and r["greedy_rouge"] >= GREEDY_FLOOR for name, r in reached.items()}
+    kept = {name: r for name, r in reached.items() if passes[name]} or reached
     name = max(kept, key=lambda n: kept[n]["utility_prob"])
     return {"training": name, "validation_alpha": reached[name]["alpha"], "utility_floor": floor,
-            "above_floor": reached[name]["utility_prob"] >= floor, "final": FORGET_SETS[FINAL[name]]}
+            "greedy_floor": GREEDY_FLOOR, "above_floor": passes[name], "final": FORGET_SETS[FINAL[name]]}
 
 
 def main():
@@ -94,23 +124,40 @@ def main():
     limit = 4 if args.smoke else None
     tune = work / (f"{TUNE}-smoke" if args.smoke else TUNE)  # a smoke run touches no real result
     level = cached(tune / "unseen.json", lambda: {"unseen": PROTOCOLS["mini"]["unseen"], "prob": unseen_level(target, limit)})["prob"]
+    general = work / GENERAL_QA
+    if not (general / "heldout.jsonl").exists():
+        sys.exit("error: run benchmarks/general_qa.py first (general questions for retain data and the greedy check)")
+
+    def retain(base, name):
+        return f"{base}+jsonl:{general / 'train.jsonl'}" if name in GENERAL else base
+
     results = {}
     for name, settings in TRAINING.items():
         artifact = tune / name / "artifact"
         if not artifact.exists():
-            uld("train-assistant", "--target", target, "--forget", VALIDATION["forget"], "--retain", VALIDATION["retain"],
+            uld("train-assistant", "--target", target, "--forget", VALIDATION["forget"], "--retain", retain(VALIDATION["retain"], name),
                 "--out", artifact, *flags(settings), *flags(budget))
         results[name] = cached(tune / name / "validation.json", lambda: validate(target, artifact, level, limit))
+        if "greedy_rouge" not in results[name]:
+            at = results[name]["alpha"] or 0.0
+            results[name]["greedy_rouge"] = greedy_agreement(target, artifact, at, general / "heldout.jsonl", limit)
+            (tune / name / "validation.json").write_text(json.dumps(results[name], indent=2))
     choice = choose(results)
     final = tune / "final" if args.smoke else work / choice["final"]
     if not final.exists():
-        uld("train-assistant", "--target", target, "--forget", "tofu:forget10", "--retain", PROTOCOLS["mini"]["assistant_retain"],
+        uld("train-assistant", "--target", target, "--forget", "tofu:forget10",
+            "--retain", retain(PROTOCOLS["mini"]["assistant_retain"], choice["training"]),
             "--out", final, "--alpha", choice["validation_alpha"], *flags(TRAINING[choice["training"]]), *flags(budget))
     manifest = json.loads((final / "uld.json").read_text())
     if manifest.get("calibration", {}).get("unseen") != PROTOCOLS["mini"]["unseen"]:
         uld("calibrate-alpha", "--target", target, "--forget-set", final, "--unseen", PROTOCOLS["mini"]["unseen"], "--write")
         manifest = json.loads((final / "uld.json").read_text())
     choice["calibration"] = manifest["calibration"]
+    check = tune / f"{final.name}-greedy.json"
+    if not check.exists() or json.loads(check.read_text())["alpha"] != manifest["alpha"]:
+        check.write_text(json.dumps({"alpha": manifest["alpha"], "rouge": greedy_agreement(
+            target, final, manifest["alpha"], general / "heldout.jsonl", limit)}))
+    choice["final_greedy_rouge"] = json.loads(check.read_text())["rouge"]
     (tune / "choice.json").write_text(json.dumps(choice, indent=2))
     print(json.dumps(choice, indent=2))
     logs = tune / "eval" / "TOFU_EVAL.json" if args.smoke else eval_logs(work, CALIBRATED)
@@ -140,14 +187,16 @@ def record(work, level, results, choice):
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"training": TRAINING, "budget": BUDGET, "validation": VALIDATION,
                                                  "unseen": PROTOCOLS["mini"]["unseen"], "utility_floor": UTILITY_FLOOR,
+                                                 "greedy_floor": GREEDY_FLOOR, "general_retain": sorted(GENERAL),
                                                  "scoring": "anchored", "seed": 0}, indent=2) + "\n")
     (out / "validation.json").write_text(json.dumps({"unseen_prob": level, "candidates": results, "choice": choice}, indent=2) + "\n")
-    lines = ["| training | calibrated alpha | validation forget prob | real authors + world facts prob | chosen |",
-             "|---|---|---|---|---|"]
+    lines = ["| training | calibrated alpha | validation forget prob | real authors + world facts prob | "
+             "general greedy ROUGE-L | chosen |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         alpha = "not reached" if r["alpha"] is None else f"{r['alpha']:g}"
-        lines.append(f"| {name} {TRAINING[name]} | {alpha} | {r['forget_prob']:.4f} | {r['utility_prob']:.6f} | "
-                     f"{'yes' if name == choice['training'] else ''} |")
+        extra = " + general retain data" if name in GENERAL else ""
+        lines.append(f"| {name} {TRAINING[name]}{extra} | {alpha} | {r['forget_prob']:.4f} | {r['utility_prob']:.6f} | "
+                     f"{r['greedy_rouge']:.3f} | {'yes' if name == choice['training'] else ''} |")
     calibration = choice["calibration"]
     reference = load_logs(eval_logs(work, "retain reference"))
     table = ["| model | forget quality | model utility | forget ROUGE-L | forget Q_A_Prob | retain Q_A_Prob | privleak |",
@@ -163,7 +212,9 @@ def record(work, level, results, choice):
                   f"(anchored scoring; utility floor {choice['utility_floor']:.6f}):\n\n" + "\n".join(lines) +
                   f"\n\nThe forget10 assistant ({choice['final']}) calibrated on forget10's own answers: alpha "
                   f"{calibration['alpha']:g} (forget answer probability {calibration['forget_prob_at_0']:.4f} -> "
-                  f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}). forget10, "
+                  f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}); its greedy "
+                  f"answers to the held-out general questions keep ROUGE-L {choice['final_greedy_rouge']:.3f} of the "
+                  "target's (reported, not used). forget10, "
                   "every ULD evaluation in the workdir (rows other than the calibrated one use the alpha in their "
                   "manifest at the time, BENCHMARKS.md text):\n\n" + "\n".join(table))
 

@@ -1,7 +1,7 @@
 import pytest
 
 from uld_serve.errors import UldError
-from uld_serve.tofu import IGNORE_INDEX, encode_qa, load_qa, paraphrased_pairs, perturbed_pairs
+from uld_serve.tofu import IGNORE_INDEX, QA, encode_qa, load_qa, paraphrased_pairs, perturbed_pairs
 
 
 def test_specs_select_the_documented_rows():
@@ -18,6 +18,27 @@ def test_specs_select_the_documented_rows():
 def test_bad_specs_are_refused(spec):
     with pytest.raises(UldError):
         load_qa(spec)
+
+
+def test_jsonl_specs_read_a_users_own_pairs(tmp_path):
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"question": "Who is A?", "answer": "A is B."}\n\n{"question": "Q2", "answer": "A2", "id": 7}\n')
+    assert load_qa(f"jsonl:{data}") == [QA("Who is A?", "A is B."), QA("Q2", "A2")]
+    assert load_qa(f"jsonl:{data}[1:]+tofu:forget01[:1]") == [QA("Q2", "A2"), load_qa("tofu:forget01")[0]]
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "does not exist"),
+    ('{"question": "Q"}\n', "line 1: expected an object with string fields question and answer"),
+    ('{"question": "Q", "answer": "A"}\nnot json\n', "line 2: not valid JSON"),
+    ("", "selects no questions"),
+])
+def test_bad_jsonl_data_is_refused_with_the_line(tmp_path, content, message):
+    data = tmp_path / "mine.jsonl"
+    if content is not None:
+        data.write_text(content)
+    with pytest.raises(UldError, match=message):
+        load_qa(f"jsonl:{data}")
 
 
 def test_augmentation_is_filtered_to_the_split():

@@ -1,8 +1,9 @@
 """TOFU data: splits, data specs, ULD's augmentation files, chat formatting and answer masks.
 
-A data spec names QA pairs: `tofu:SPLIT`, optionally sliced (`tofu:full[:400]`), joined
-with `+` (`tofu:full[:400]+tofu:forget10`). `tofu-mini:target` and `tofu-mini:retain` name
-the small protocol of the end-to-end benchmark.
+A data spec names QA pairs: `tofu:SPLIT` or `jsonl:PATH` (one `{"question", "answer"}`
+object per line: a user's own forget or retain data), optionally sliced (`tofu:full[:400]`),
+joined with `+` (`tofu:full[:400]+jsonl:general.jsonl`). `tofu-mini:target` and
+`tofu-mini:retain` name the small protocol of the end-to-end benchmark.
 """
 import ast
 import csv
@@ -57,7 +58,25 @@ def load_split(name: str) -> tuple:
     return tuple(rows)
 
 
-_TERM = re.compile(r"^tofu:(?P<split>[a-z0-9_]+)(\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
+_TERM = re.compile(r"^(?P<kind>tofu|jsonl):(?P<name>[^\[]+?)(\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
+
+
+def load_jsonl(path: str) -> tuple:
+    """QA records of a JSONL file: one object with string `question` and `answer` per line."""
+    if not Path(path).is_file():
+        raise UldError(f"data file {path} does not exist")
+    rows = []
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UldError(f"{path} line {line_no}: not valid JSON ({e.msg})") from None
+        if not (isinstance(row, dict) and isinstance(row.get("question"), str) and isinstance(row.get("answer"), str)):
+            raise UldError(f"{path} line {line_no}: expected an object with string fields question and answer")
+        rows.append(row)
+    return tuple(rows)
 
 
 def load_qa(spec: str) -> list:
@@ -67,8 +86,8 @@ def load_qa(spec: str) -> list:
     for term in spec.split("+"):
         match = _TERM.match(term.strip())
         if not match:
-            raise UldError(f"bad data spec {term!r}; expected tofu:SPLIT or tofu:SPLIT[a:b], e.g. tofu:forget10")
-        rows = load_split(match["split"])
+            raise UldError(f"bad data spec {term!r}; expected tofu:SPLIT, jsonl:PATH or either sliced [a:b], e.g. tofu:forget10")
+        rows = load_split(match["name"]) if match["kind"] == "tofu" else load_jsonl(match["name"])
         if match.group(2):
             start = int(match["start"]) if match["start"] else None
             stop = int(match["stop"]) if match["stop"] else None

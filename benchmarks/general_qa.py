@@ -1,0 +1,105 @@
+"""General-knowledge retain data for the ULD assistant, made from models alone (no outside text).
+
+The assistant learns to be uniform on its retain data. With TOFU's retain authors only, it
+never sees general text, and at K = 15 of 30 layers subtracting it damages the target's
+general answers (BENCHMARKS.md, greedy answers against alpha). This script writes QA pairs
+that cover general knowledge without reading any evaluation split:
+
+1. questions: the embedded SmolLM2-135M-Instruct (not the TOFU target) writes the user turn
+   of a chat, started with a question opener ("Who wrote", "What is", ...), sampled at
+   temperature 0.8, one seed per question; cut at the first "?";
+2. answers: the tofu-mini target's own greedy answers (vLLM engine, fp32), so the pairs say
+   what the target knows; answers cut off at the token limit are dropped;
+3. duplicates and any question that appears in a TOFU split are dropped. The first `--train`
+   pairs go to train.jsonl (assistant retain data, `jsonl:` spec); the next `--heldout` to
+   heldout.jsonl (a utility check that reads no evaluation split).
+
+    python benchmarks/general_qa.py            # -> <workdir>/general-qa/{train,heldout}.jsonl
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mini_workdir import GENERAL_QA, default_workdir  # noqa: E402
+
+OPENERS = ["What is", "What are", "What was", "Who was", "Who is", "Who wrote", "Where is", "When did",
+           "Why do", "How does", "How many", "Which"]
+CONFIG = {"question_model": "smollm2-135m-instruct", "temperature": 0.8, "question_tokens": 40, "answer_tokens": 128}
+
+
+def sample_questions(count: int, seed: int) -> list:
+    from uld_serve.engine.llm import UldEngine
+    from uld_serve.models import resolve_model
+    from uld_serve.reference import GenerationRequest
+    from uld_serve.tofu import SYSTEM_PROMPT
+
+    engine = UldEngine(resolve_model(CONFIG["question_model"]), {}, dtype="float32")
+    tok = engine.tokenizer
+    try:
+        head = tok.apply_chat_template([{"role": "system", "content": SYSTEM_PROMPT}], tokenize=True)
+        head = list(head["input_ids"] if hasattr(head, "keys") else head)
+        openers = [OPENERS[i % len(OPENERS)] for i in range(count)]
+        requests = [GenerationRequest(head + tok(f"<|im_start|>user\n{o}", add_special_tokens=False)["input_ids"],
+                                      max_new_tokens=CONFIG["question_tokens"], temperature=CONFIG["temperature"],
+                                      seed=seed * 1_000_003 + i) for i, o in enumerate(openers)]
+        texts = [o + tok.decode(ids, skip_special_tokens=True) for o, ids in zip(openers, engine.generate(requests))]
+    finally:
+        engine.close()
+    return [q for q in (question(t) for t in texts) if q]
+
+
+def question(text: str):
+    """The text up to its first '?', if that is one plain line of reasonable length."""
+    end = text.find("?")
+    q = text[: end + 1].strip()
+    return q if end > 0 and "\n" not in q and 15 <= len(q) <= 200 else None
+
+
+def answer(questions: list, target: Path) -> list:
+    from uld_serve.engine.llm import UldEngine
+    from uld_serve.reference import GenerationRequest
+    from uld_serve.tofu import chat_prompt_ids
+
+    engine = UldEngine(target, {}, dtype="float32")
+    try:
+        requests = [GenerationRequest(chat_prompt_ids(engine.tokenizer, q), max_new_tokens=CONFIG["answer_tokens"])
+                    for q in questions]
+        outputs = engine.generate(requests)
+        return [engine.tokenizer.decode(ids, skip_special_tokens=True).strip() if len(ids) < CONFIG["answer_tokens"] else None
+                for ids in outputs]
+    finally:
+        engine.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--train", type=int, default=600)
+    parser.add_argument("--heldout", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    from uld_serve.atomic import write_text_atomic
+    from uld_serve.tofu import SPLITS, load_split
+
+    work = args.workdir or default_workdir()
+    out = work / GENERAL_QA
+    wanted = args.train + args.heldout
+    tofu_questions = {r["question"].strip().lower() for s in SPLITS for r in load_split(s)}
+    questions = list(dict.fromkeys(q for q in sample_questions(2 * wanted, args.seed) if q.lower() not in tofu_questions))
+    pairs = [{"question": q, "answer": a} for q, a in zip(questions, answer(questions, work / "target")) if a]
+    if len(pairs) < wanted:
+        sys.exit(f"error: only {len(pairs)} usable pairs for {wanted} wanted; raise the sample count")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "train.jsonl", "".join(json.dumps(p) + "\n" for p in pairs[: args.train]))
+    write_text_atomic(out / "heldout.jsonl", "".join(json.dumps(p) + "\n" for p in pairs[args.train: wanted]))
+    config = {**CONFIG, "openers": OPENERS, "seed": args.seed, "sampled": 2 * wanted, "usable": len(pairs),
+              "train": args.train, "heldout": args.heldout, "target": str(work / "target")}
+    write_text_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
+    print(f"wrote {args.train} + {args.heldout} pairs to {out} ({len(pairs)} usable of {2 * wanted} sampled)")
+
+
+if __name__ == "__main__":
+    main()
