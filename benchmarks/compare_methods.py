@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from mini_workdir import CALIBRATED, FORGET_SETS, TUNE, default_workdir, eval_logs  # noqa: E402
+from mini_workdir import FORGET_SETS, calibrated, default_workdir, eval_logs  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 
 METHODS = ["ga", "graddiff", "npo", "simnpo", "wga", "tnpo", "wtnpo", "mollm", "soul"]
@@ -132,8 +132,8 @@ def rows(work):
                 ("ULD, tuned, anchored scoring", "tuned")]
     out = [(label, eval_logs(work, label), work / FORGET_SETS[assistant]) for label, assistant in uld_rows
            if eval_logs(work, label).exists()]
-    if eval_logs(work, CALIBRATED).exists():
-        out.append((CALIBRATED, eval_logs(work, CALIBRATED), work / json.loads((work / TUNE / "choice.json").read_text())["final"]))
+    out += [(calibrated(label), eval_logs(work, calibrated(label)), work / folder) for label, folder in FORGET_SETS.items()
+            if eval_logs(work, calibrated(label)).exists()]
     for method in METHODS:
         logs = method_logs(work, method)
         if logs.exists():

@@ -9,9 +9,8 @@ FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned a
                "tuned with the paper's settings": "forget10-tuned-paper",
                "tuned at K=15, general retain data": "forget10-tuned-k15-general"}
 
-# tune_assistant.py's folder (its choice.json names the forget set it chose) and its result's label
+# tune_assistant.py's folder (its choice.json names the forget set it chose)
 TUNE = "tune-assistant"
-CALIBRATED = "ULD, tuned, calibrated alpha, anchored scoring"
 
 # general_qa.py's folder: general-knowledge QA for assistant retain data and a utility check
 GENERAL_QA = "general-qa"
@@ -24,8 +23,15 @@ EVALS = {
     "ULD, paper settings, anchored scoring": "eval-uld-anchored",
     "ULD, tuned, anchored scoring": "eval-uld-tuned-anchored",
     "ULD, tuned, paper scoring": "eval-uld-tuned-paper",
-    CALIBRATED: "eval-uld-calibrated-anchored",
 }
+
+
+def calibrated(forget_set: str) -> str:
+    """The evaluation label of a FORGET_SETS assistant served at its calibrated alpha (tune_assistant.py)."""
+    return f"ULD, {forget_set}, calibrated alpha, anchored scoring"
+
+
+EVALS.update({calibrated(label): f"eval-{folder}-calibrated" for label, folder in FORGET_SETS.items()})
 
 
 def default_workdir(protocol: str = "mini") -> Path:

@@ -15,8 +15,9 @@ The rule, in two steps, never looks at forget quality or the retain reference:
    target's, and its greedy answers to held-out general questions (general_qa.py's
    heldout.jsonl) keep >= 95% ROUGE-L recall of the target's own answers (the probability
    floor cannot see served text break). Among those that pass, the highest answer
-   probability wins. Candidates marked "general" add general_qa.py's train.jsonl to their
-   retain data.
+   probability wins; if none passes, the best greedy agreement wins (served text is what a
+   user gets). Candidates marked "general" add general_qa.py's train.jsonl to their retain
+   data.
 2. The forget10 assistant is trained with those settings, and its alpha is calibrated the same
    way on forget10's own answers (its training data; what an operator holds) against the same
    unseen authors. Evaluation uses that alpha. The greedy check is reported there too
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from mini_workdir import CALIBRATED, EVALS, FORGET_SETS, GENERAL_QA, TUNE, default_workdir, eval_logs, evaluated  # noqa: E402
+from mini_workdir import EVALS, FORGET_SETS, GENERAL_QA, TUNE, calibrated, default_workdir, eval_logs, evaluated  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 
 # candidate training settings -> the FORGET_SETS label of the forget10 assistant trained with them
@@ -105,8 +106,8 @@ def choose(results: dict) -> dict:
         sys.exit("error: no candidate assistant brings the validation forget answers down to the unseen level")
     floor = UTILITY_FLOOR * next(iter(reached.values()))["target_utility_prob"]
     passes = {name: r["utility_prob"] >= floor and r["greedy_rouge"] >= GREEDY_FLOOR for name, r in reached.items()}
-    kept = {name: r for name, r in reached.items() if passes[name]} or reached
-    name = max(kept, key=lambda n: kept[n]["utility_prob"])
+    kept = {name: r for name, r in reached.items() if passes[name]}
+    name = max(kept, key=lambda n: kept[n]["utility_prob"]) if kept else max(reached, key=lambda n: reached[n]["greedy_rouge"])
     return {"training": name, "validation_alpha": reached[name]["alpha"], "utility_floor": floor,
             "greedy_floor": GREEDY_FLOOR, "above_floor": passes[name], "final": FORGET_SETS[FINAL[name]]}
 
@@ -160,7 +161,7 @@ def main():
     choice["final_greedy_rouge"] = json.loads(check.read_text())["rouge"]
     (tune / "choice.json").write_text(json.dumps(choice, indent=2))
     print(json.dumps(choice, indent=2))
-    logs = tune / "eval" / "TOFU_EVAL.json" if args.smoke else eval_logs(work, CALIBRATED)
+    logs = tune / "eval" / "TOFU_EVAL.json" if args.smoke else eval_logs(work, calibrated(FINAL[choice["training"]]))
     evaluated_with = logs.parent / "forget_set.json"
     this_run = {"forget_set": choice["final"], "alpha": manifest["alpha"]}
     if not (logs.exists() and evaluated_with.exists() and json.loads(evaluated_with.read_text()) == this_run):
