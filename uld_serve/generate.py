@@ -14,6 +14,7 @@ from tqdm import tqdm
 from .artifact import ALPHA_RANGE
 from .atomic import write_text_atomic
 from .errors import UldError
+from .jsonl import read_objects
 from .reference import GenerationRequest
 from .tofu import SYSTEM_PROMPT
 
@@ -31,18 +32,8 @@ def _number(line_no, row, key, default, low=None, high=None, integer=False):
 
 
 def parse_requests(path: Path, tokenizer, known_forget_sets, default_max_tokens=256) -> list:
-    if not Path(path).is_file():
-        raise UldError(f"input file {path} does not exist")
     requests = []
-    for line_no, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UldError(f"line {line_no}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise UldError(f"line {line_no}: expected a JSON object")
+    for line_no, row in read_objects(path):
         unknown = set(row) - FIELDS
         if unknown:
             raise UldError(f"line {line_no}: unknown field(s) {', '.join(sorted(unknown))}")

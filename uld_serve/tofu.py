@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import UldError
+from .jsonl import read_objects
 
 DATA_DIR = Path(os.environ.get("ULD_DATA_DIR", Path(__file__).resolve().parent.parent / "data"))
 IGNORE_INDEX = -100
@@ -63,17 +64,9 @@ _TERM = re.compile(r"^(?P<kind>tofu|jsonl):(?P<name>[^\[]+?)(\[(?P<start>-?\d*):
 
 def load_jsonl(path: str) -> tuple:
     """QA records of a JSONL file: one object with string `question` and `answer` per line."""
-    if not Path(path).is_file():
-        raise UldError(f"data file {path} does not exist")
     rows = []
-    for line_no, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UldError(f"{path} line {line_no}: not valid JSON ({e.msg})") from None
-        if not (isinstance(row, dict) and isinstance(row.get("question"), str) and isinstance(row.get("answer"), str)):
+    for line_no, row in read_objects(path, missing="data file", where=f"{path} "):
+        if not (isinstance(row.get("question"), str) and isinstance(row.get("answer"), str)):
             raise UldError(f"{path} line {line_no}: expected an object with string fields question and answer")
         rows.append(row)
     return tuple(rows)
