@@ -24,25 +24,21 @@ def main():
     parser.add_argument("--alphas", default="0,0.475,0.6,0.7,0.75,0.803")
     parser.add_argument("--limit", type=int, default=100, help="first N questions of each split")
     args = parser.parse_args()
-    from rouge_score import rouge_scorer
-
     from uld_serve.engine.llm import UldEngine
-    from uld_serve.eval.metrics import rouge_scores
+    from uld_serve.eval.metrics import mean_rouge_l_recall
     from uld_serve.eval.scoring import greedy_answers
     from uld_serve.tofu import load_split
 
     work = args.workdir or default_workdir()
     alphas = [float(a) for a in args.alphas.split(",")]
     engine = UldEngine(work / "target", {"f": work / FORGET_SETS[args.forget_set]}, dtype="float32")
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
     table = {}
     try:
         for split in SPLITS:
             rows = load_split(split)[: args.limit]
             for alpha in alphas:
                 answers = greedy_answers(engine, [r["question"] for r in rows], "f", alpha, max_new_tokens=200)
-                recall = [rouge_scores(scorer, r["answer"], a)["rougeL_recall"] for r, a in zip(rows, answers)]
-                table.setdefault(split, {})[alpha] = sum(recall) / len(recall)
+                table.setdefault(split, {})[alpha] = mean_rouge_l_recall([r["answer"] for r in rows], answers)
     finally:
         engine.close()
     print("| split | " + " | ".join(f"alpha {a:g}" for a in alphas) + " |")

@@ -82,10 +82,8 @@ def validate(target, artifact, level, limit=None) -> dict:
 def greedy_agreement(target, artifact, alpha, heldout: Path, limit=None) -> float:
     """Mean ROUGE-L recall of the served greedy answers (vLLM engine, fp32) against the
     target's own answers to held-out general questions; 1 at alpha 0."""
-    from rouge_score import rouge_scorer
-
     from uld_serve.engine.llm import UldEngine
-    from uld_serve.eval.metrics import rouge_scores
+    from uld_serve.eval.metrics import mean_rouge_l_recall
     from uld_serve.eval.scoring import greedy_answers
     from uld_serve.tofu import load_qa
 
@@ -95,12 +93,12 @@ def greedy_agreement(target, artifact, alpha, heldout: Path, limit=None) -> floa
         answers = greedy_answers(engine, [qa.question for qa in pairs], "a", alpha, max_new_tokens=200)
     finally:
         engine.close()
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-    return sum(rouge_scores(scorer, qa.answer, a)["rougeL_recall"] for qa, a in zip(pairs, answers)) / len(pairs)
+    return mean_rouge_l_recall([qa.answer for qa in pairs], answers)
 
 
 def choose(results: dict) -> dict:
-    """The candidate with the best utility at its calibrated alpha, among those above the floor."""
+    """The candidate with the best utility at its calibrated alpha among those above both floors;
+    if none is, the one with the best greedy agreement."""
     reached = {name: r for name, r in results.items() if r["alpha"] is not None}
     if not reached:
         sys.exit("error: no candidate assistant brings the validation forget answers down to the unseen level")

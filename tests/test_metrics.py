@@ -51,6 +51,11 @@ def test_rouge_recall_by_hand():
     assert s["rouge1_recall"] == pytest.approx(3 / 6)
 
 
+def test_mean_rouge_l_recall_uses_the_stemmed_scorer():
+    # "cats" stems to "cat": 2 of 3 words in order, then a perfect match
+    assert m.mean_rouge_l_recall(["the cat sat", "a dog"], ["the cats", "a dog"]) == pytest.approx((2 / 3 + 1) / 2)
+
+
 def synthetic_logs(seed, n=30):
     """A TOFU_EVAL.json in open-unlearning's layout with random per-sample values."""
     rng = np.random.default_rng(seed)

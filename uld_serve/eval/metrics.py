@@ -99,6 +99,20 @@ def extraction_strength(matches) -> float:
     return 1 - k / n
 
 
+def rouge_scorer():
+    """open-unlearning's ROUGE setup: rouge1 and rougeL, Porter stemmer."""
+    from rouge_score import rouge_scorer as rs
+
+    return rs.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+
+
+def mean_rouge_l_recall(ground_truths, generations) -> float:
+    """Mean ROUGE-L recall of generations against their ground truths."""
+    scorer = rouge_scorer()
+    recall = [rouge_scores(scorer, t, g)["rougeL_recall"] for t, g in zip(ground_truths, generations)]
+    return sum(recall) / len(recall)
+
+
 def rouge_scores(scorer, ground_truth: str, generation: str) -> dict:
     s = scorer.score(ground_truth, generation)
     return {"rouge1_recall": s["rouge1"].recall, "rougeL_f1": s["rougeL"].fmeasure, "rougeL_recall": s["rougeL"].recall}

@@ -4,7 +4,6 @@ import logging
 import math
 from pathlib import Path
 
-from rouge_score import rouge_scorer
 from tqdm import tqdm
 
 from ..artifact import read_json
@@ -63,7 +62,7 @@ def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None,
     total = sum(len(rows) * (2 + para + len(rows[0]["perturbed_answer"])) for rows, para in datasets.values()) + len(holdout)
     kwargs = {"forget_set": forget_set, "alpha": alpha, "relative_top": relative_top}
     score_kwargs = {**kwargs, "mode": SCORING_MODES[scoring]}
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    scorer = m.rouge_scorer()
     logs = {}
     with tqdm(total=total, desc=f"eval {label}", unit="seq", dynamic_ncols=True) as bar:
         for prefix, (rows, has_para) in datasets.items():
