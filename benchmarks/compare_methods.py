@@ -33,7 +33,7 @@ from mini_workdir import FORGET_SETS, calibrated, default_workdir, eval_logs  # 
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 
 METHODS = ["ga", "graddiff", "npo", "simnpo", "wga", "tnpo", "wtnpo", "mollm", "soul"]
-BUDGET = {"epochs": 5, "batch_size": 8, "precision": "bf16", "rank": 32, "lora_alpha": 32}
+BUDGET = {"epochs": 5, "batch_size": 8, "precision": "auto", "rank": 32, "lora_alpha": 32}
 LEARNING_RATES = [1e-4, 1e-3]
 VALIDATION = {"forget": "tofu:full[200:400]", "retain": "tofu:full[:200]"}
 UTILITY_FLOOR = 0.95

@@ -29,8 +29,8 @@ PROTOCOLS = {
     "full": {"target": "tofu:full", "retain_model": "tofu:retain90", "assistant_retain": "tofu:retain90", "unseen": None},
 }
 STAGES = ["finetune_target", "finetune_retain", "eval_retain", "eval_target", "train_assistant", "eval_uld", "eval_uld_anchored"]
-FINETUNE = {"epochs": 5, "lr": 1e-4, "batch_size": 8, "precision": "bf16"}
-ASSISTANT = {"epochs": 10, "lr": 1e-3, "batch_size": 8, "precision": "bf16"}
+FINETUNE = {"epochs": 5, "lr": 1e-4, "batch_size": 8, "precision": "auto"}
+ASSISTANT = {"epochs": 10, "lr": 1e-3, "batch_size": 8, "precision": "auto"}
 # greedy answers from the engine: on the tofu-mini target its TOFU_EVAL.json was identical
 # to the reference decoding's (BENCHMARKS.md), and generation is the part it speeds up
 VLLM = ["--generate-with", "vllm"]

@@ -44,7 +44,7 @@ GENERAL = {"fast-k15-general"}  # these add general_qa.py's train.jsonl to their
 FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15",
          "fast-k15-general": "tuned at K=15, general retain data"}
 GREEDY_FLOOR = 0.95  # ROUGE-L recall of the target's own greedy answers on held-out general questions
-BUDGET = {"epochs": 5, "batch_size": 8, "precision": "bf16"}
+BUDGET = {"epochs": 5, "batch_size": 8, "precision": "auto"}
 SMOKE = {"max_steps": 2, "precision": "fp32"}
 EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
 

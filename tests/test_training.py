@@ -3,7 +3,7 @@ import torch
 
 from uld_serve.errors import UldError
 from uld_training.assistant import uniform_cross_entropy
-from uld_training.loop import TrainConfig, run_training
+from uld_training.loop import TrainConfig, bf16_is_fast, run_training
 
 
 def test_uniform_cross_entropy_by_hand():
@@ -19,7 +19,7 @@ class Crash(Exception):
     pass
 
 
-def _train(tmp_path, crash_at=None, steps=6):
+def _train(tmp_path, crash_at=None, steps=6, precision="fp32"):
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.zeros(3))
     data = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
@@ -32,7 +32,7 @@ def _train(tmp_path, crash_at=None, steps=6):
         loss = ((weight - batch) ** 2).sum()
         return loss, {"loss": loss.item()}
 
-    config = TrainConfig(lr=0.1, epochs=3, batch_size=1, max_steps=steps, save_every=2, precision="fp32")
+    config = TrainConfig(lr=0.1, epochs=3, batch_size=1, max_steps=steps, save_every=2, precision=precision)
     summary = run_training([weight], 2, lambda e: [data[(2 * e) % 4], data[(2 * e + 1) % 4]], loss_fn, config,
                            tmp_path, lambda: {"w": weight.detach().clone()}, lambda s: weight.data.copy_(s["w"]), "test")
     return weight.detach(), summary, calls
@@ -53,3 +53,13 @@ def test_bad_training_settings():
         TrainConfig(precision="fp8").validate()
     with pytest.raises(UldError, match="--max-steps"):
         TrainConfig(max_steps=0).validate()
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(tmp_path):
+    # On AVX2-only CPUs bf16 autocast ran ~100x slower than fp32 (BENCHMARKS.md), so the
+    # default must not pick it there; the run records what it actually used.
+    assert TrainConfig().precision == "auto"
+    _, summary, _ = _train(tmp_path, steps=2, precision="auto")
+    assert summary["precision"] == ("bf16" if bf16_is_fast() else "fp32")
+    _, summary, _ = _train(tmp_path / "b", steps=2, precision="fp32")
+    assert summary["precision"] == "fp32"

@@ -130,6 +130,7 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
                          "retain_weight": assistant.retain_weight, "lora_target_modules": LORA_TARGET_MODULES},
             "seed": config.seed,
             "result": {"steps": summary["steps"], "steps_per_epoch": summary["steps_per_epoch"], "wall_s": summary["wall_s"],
+                       "precision": summary["precision"],
                        "trainable_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
                        "peak_rss_mib": peak_rss_mib(),
                        **{k_: v for k_, v in last.items() if k_ not in ("step", "epoch", "wall_s")}},

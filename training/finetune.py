@@ -58,6 +58,7 @@ def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
             "num_examples": len(pairs),
             "config": config.as_dict(),
             "steps": summary["steps"],
+            "precision": summary["precision"],
             "wall_s": summary["wall_s"],
             "final_loss": summary["history"][-1]["loss"] if summary["history"] else None,
             "history": summary["history"],

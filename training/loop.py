@@ -13,7 +13,20 @@ from tqdm import tqdm
 
 from uld_serve.errors import UldError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def bf16_is_fast() -> bool:
+    """Whether oneDNN has a native bf16 path on this CPU (AVX-512 or AMX). Without one (AVX2-only
+    machines) bf16 autocast fell back to a path about 100x slower than fp32 (BENCHMARKS.md)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` is bf16 autocast where this CPU runs it natively, fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_is_fast() else "fp32"
 
 
 def peak_rss_mib() -> float:
@@ -28,7 +41,7 @@ class TrainConfig:
     batch_size: int = 8
     seed: int = 0
     max_steps: Optional[int] = None
-    precision: str = "bf16"
+    precision: str = "auto"
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     save_every: int = 50
@@ -91,7 +104,10 @@ def run_training(
         step, history = saved["step"], saved["history"]
     started = time.time() - (history[-1]["wall_s"] if history else 0.0)
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    precision = resolve_precision(config.precision)
+    if precision == "bf16" and not bf16_is_fast():
+        tqdm.write("warning: this CPU has no native bf16 path; bf16 autocast runs far slower than fp32 here (use --precision auto)")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
         for batch in epoch_batches(epoch)[offset:]:
@@ -123,4 +139,4 @@ def run_training(
             if step >= total:
                 break
     bar.close()
-    return {"steps": step, "steps_per_epoch": steps_per_epoch, "wall_s": round(time.time() - started, 2), "history": history}
+    return {"steps": step, "steps_per_epoch": steps_per_epoch, "precision": precision, "wall_s": round(time.time() - started, 2), "history": history}

@@ -41,7 +41,7 @@ def finetune(
     out: Path = typer.Option(...),
     lr: float = 1e-4, epochs: int = 5, batch_size: int = 8, seed: int = 0,
     max_steps: Optional[int] = None,
-    precision: str = typer.Option("bf16", help="bf16 (autocast, fp32 master weights) or fp32"),
+    precision: str = typer.Option("auto", help="auto (bf16 where this CPU runs it natively, else fp32), bf16 (autocast, fp32 master weights) or fp32"),
     save_every: int = typer.Option(50, help="steps between resumable checkpoints"),
     force: bool = False,
 ):
@@ -61,7 +61,7 @@ def train_assistant(
     layers: Optional[int] = typer.Option(None, help="K, the assistant's depth (default: a quarter of the target's)"),
     rank: int = 32, lora_alpha: int = 32, retain_weight: float = 6.5,
     lr: float = 1e-3, epochs: int = 10, batch_size: int = 8, seed: int = 0,
-    max_steps: Optional[int] = None, precision: str = "bf16", save_every: int = 50,
+    max_steps: Optional[int] = None, precision: str = "auto", save_every: int = 50,
     alpha: float = typer.Option(0.75, help="default alpha written to the manifest"),
     relative_top: float = typer.Option(0.01, help="default filter r written to the manifest"),
     no_augment: bool = typer.Option(False, help="skip ULD's paraphrase/perturbation augmentation"),
@@ -145,7 +145,7 @@ def unlearn(
     rank: int = 32, lora_alpha: int = 32,
     lr: Optional[float] = typer.Option(None, help="default 1e-4 for a LoRA, 1e-5 for all weights"),
     epochs: int = 5, batch_size: int = 8, seed: int = 0,
-    max_steps: Optional[int] = None, precision: str = "bf16", save_every: int = 50,
+    max_steps: Optional[int] = None, precision: str = "auto", save_every: int = 50,
     force: bool = False,
 ):
     """Weight-level unlearning (the methods ULD is compared with); the artifact is served with alpha 0."""
@@ -169,7 +169,7 @@ def geffect(
     full: bool = False, rank: int = 32, lora_alpha: int = 32,
     lr: Optional[float] = typer.Option(None, help="default 1e-4 for a LoRA, 1e-5 for all weights"),
     epochs: int = 5, batch_size: int = 8, seed: int = 0,
-    max_steps: Optional[int] = None, precision: str = "bf16",
+    max_steps: Optional[int] = None, precision: str = "auto",
     force: bool = False,
 ):
     """G-effect of a method per layer group and step, on forget and on retained data."""

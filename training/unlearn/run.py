@@ -117,6 +117,7 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
                                                                       "lora_target_modules": LORA_TARGET_MODULES})},
         "seed": config.seed,
         "result": {"steps": summary["steps"], "steps_per_epoch": summary["steps_per_epoch"], "wall_s": summary["wall_s"],
+                   "precision": summary["precision"],
                    "trainable_parameters": sum(p.numel() for p in trainable_params),
                    "peak_rss_mib": peak_rss_mib(),
                    **{k: v for k, v in last.items() if k not in ("step", "epoch", "wall_s")}},
