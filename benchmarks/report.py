@@ -8,9 +8,19 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
+def cpu_description() -> str:
+    """The CPU's model name and its widest vector unit: these machines vary (AMX machines ran
+    bf16 7x faster than fp32, AVX2-only ones 11x slower; BENCHMARKS.md)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    unit = next((label for flag, label in (("amx_bf16", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "no AVX2")
+    return f"{name or 'unknown CPU'}, {unit}"
+
+
 def write_section(key: str, heading: str, command: str, text: str) -> None:
     begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
-    machine = f"Run {datetime.date.today()} on {platform.machine()} with {os.cpu_count()} cores, `{command}`."
+    machine = f"Run {datetime.date.today()} on {platform.machine()} ({cpu_description()}) with {os.cpu_count()} cores, `{command}`."
     body = "\n".join([begin, machine, "", text, end])
     current = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
     if begin in current and end in current:

@@ -2,6 +2,9 @@ import os
 import tempfile
 
 os.environ.setdefault("ULD_HOME", tempfile.mkdtemp(prefix="uld-test-home-"))
+# vLLM engines start without warm-up compilation (46 s instead of 71-115 s here); the
+# engine fixture of test_engine.py opts out, so the default compiled path stays tested.
+os.environ.setdefault("ULD_ENFORCE_EAGER", "1")
 
 import pytest  # noqa: E402
 

@@ -24,7 +24,8 @@ def engine(tiny_target, forget_sets):
 
     # a small token budget per step forces chunked prefill of the long prompt
     engine = UldEngine(tiny_target, forget_sets, max_model_len=1024, max_num_batched_tokens=128,
-                       enable_prefix_caching=True, enable_chunked_prefill=True, sparse_head=True)
+                       enable_prefix_caching=True, enable_chunked_prefill=True, sparse_head=True,
+                       enforce_eager=False)  # the compiled default (conftest makes other engines eager)
     yield engine
     engine.close()
 

@@ -104,3 +104,18 @@ def test_unknown_forget_set(engine):
 def test_forget_set_for_another_base_is_refused(tiny_base, forget_sets):
     with pytest.raises(UldError, match="was trained for base model"):
         UldModel(tiny_base, {"f1": forget_sets["f1"]})
+
+
+@pytest.mark.parametrize("mode", ["score", "score_anchored"])
+def test_answers_sharing_a_prompt_score_as_separate_forwards(engine, mode):
+    from uld_serve.eval.scoring import score_pairs
+
+    answers = ["Shakespeare.", "It was written by William Shakespeare around 1600.", "Marlowe", "A"]
+    pairs = [(q, a) for q in QUESTIONS for a in answers] + [("Who wrote Hamlet?", "Once more.")]
+    for forget_set in (None, "f1", "f2"):
+        shared = score_pairs(engine, pairs, forget_set, batch_size=6, mode=mode)
+        separate = score_pairs(engine, pairs, forget_set, batch_size=6, mode=mode, share_prompts=False)
+        for s, p in zip(shared, separate):
+            assert s["avg_loss"] == pytest.approx(p["avg_loss"], rel=1e-5)
+            assert s["token_logprobs"] == pytest.approx(p["token_logprobs"], rel=1e-5, abs=1e-5)
+            assert s["matches"] == p["matches"]

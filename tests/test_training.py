@@ -1,18 +1,41 @@
+import math
+import random
+
 import pytest
 import torch
 
 from uld_serve.errors import UldError
 from uld_training.assistant import uniform_cross_entropy
+from uld_training.batching import answer_loss, collate, encode_pairs, grouped_batches
 from uld_training.loop import TrainConfig, bf16_is_fast, run_training
 
 
 def test_uniform_cross_entropy_by_hand():
-    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [9.0, 9.0, 9.0, 9.0]]])
-    labels = torch.tensor([[-100, 2, -100]])  # only position 0 predicts an answer token
-    assert uniform_cross_entropy(logits, labels).item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
-    labels = torch.tensor([[-100, -100, 3]])  # only position 1: logsumexp([1,0,0,0]) - 1/4
-    expected = torch.logsumexp(torch.tensor([1.0, 0, 0, 0]), 0).item() - 0.25
-    assert uniform_cross_entropy(logits, labels).item() == pytest.approx(expected)
+    z = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])  # answer-token logits, V = 4
+    expected = (math.log(4.0) + torch.logsumexp(torch.tensor([1.0, 0, 0, 0]), 0).item() - 0.25) / 2
+    assert uniform_cross_entropy(z).item() == pytest.approx(expected)
+    assert uniform_cross_entropy(torch.zeros(0, 4)).item() == 0.0
+
+
+def test_answer_loss_equals_the_models_own_loss(tiny_base):
+    from uld_serve.models import load_model, load_tokenizer
+    from uld_serve.tofu import load_qa
+
+    model, tokenizer = load_model(tiny_base), load_tokenizer(tiny_base)
+    batch = collate(encode_pairs(tokenizer, load_qa("tofu:forget01[:5]")), tokenizer.pad_token_id)
+    assert answer_loss(model, batch).item() == pytest.approx(model(**batch).loss.item(), rel=1e-5)
+
+
+def test_grouped_batches_hold_every_example_once_with_less_padding():
+    lengths = random.Random(0).choices(range(40, 150), k=203)
+    examples = [(list(range(n)), [i]) for i, n in enumerate(lengths)]  # the label names the example
+    batches = grouped_batches(examples, 8, random.Random(1))
+    assert sorted(ex[1][0] for b in batches for ex in b) == list(range(203))
+    assert [[ex[1] for ex in b] for b in batches] == [[ex[1] for ex in b] for b in grouped_batches(examples, 8, random.Random(1))]
+    shuffled = random.Random(1).sample(examples, len(examples))
+    plain = [shuffled[i : i + 8] for i in range(0, len(shuffled), 8)]
+    padded = lambda bs: sum(len(b) * max(len(ex[0]) for ex in b) for b in bs)  # noqa: E731
+    assert padded(batches) < 0.85 * padded(plain)
 
 
 class Crash(Exception):

@@ -19,9 +19,9 @@ from uld_serve.assistant import LORA_TARGET_MODULES, build_assistant, default_nu
 from uld_serve.atomic import atomic_dir
 from uld_serve.errors import UldError
 from uld_serve.models import fingerprint, load_model, load_tokenizer, resolve_model
-from uld_serve.tofu import IGNORE_INDEX, load_qa, paraphrased_pairs, perturbed_pairs
+from uld_serve.tofu import load_qa, paraphrased_pairs, perturbed_pairs
 
-from .batching import encode_pairs, paired_batches
+from .batching import answer_logits, answer_loss, encode_pairs, paired_batches
 from .loop import TrainConfig, peak_rss_mib, run_training
 
 
@@ -36,11 +36,10 @@ class AssistantConfig:
     relative_top: float = 0.01
 
 
-def uniform_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over answer tokens of CE(uniform, softmax(z)) = logsumexp(z) - mean(z)."""
-    z = logits[:, :-1][labels[:, 1:] != IGNORE_INDEX].float()
-    if z.numel() == 0:
-        return logits.sum() * 0.0
+def uniform_cross_entropy(z: torch.Tensor) -> torch.Tensor:
+    """Mean over the rows of answer-token logits z (N, V) of CE(uniform, softmax(z)) = logsumexp(z) - mean(z)."""
+    if z.shape[0] == 0:
+        return z.sum() * 0.0
     return (z.logsumexp(-1) - z.mean(-1)).mean()
 
 
@@ -67,6 +66,7 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
     torch.manual_seed(config.seed)
     net = get_peft_model(build_assistant(base, k), lora)
     net.train()
+    lm = net.get_base_model().assistant  # the causal LM, its LoRA layers in place
 
     paraphrases = paraphrased_pairs(forget_pairs) if assistant.augment else {}
     retain_all = retain_pairs + (perturbed_pairs(forget_pairs) if assistant.augment else [])
@@ -84,9 +84,8 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
 
     def loss_fn(batch):
         forget_batch, retain_batch = batch
-        forget_loss = net(**forget_batch).loss
-        retain_logits = net(input_ids=retain_batch["input_ids"], attention_mask=retain_batch["attention_mask"]).logits
-        retain_loss = uniform_cross_entropy(retain_logits, retain_batch["labels"])
+        forget_loss = answer_loss(lm, forget_batch)
+        retain_loss = uniform_cross_entropy(answer_logits(lm, retain_batch)[0])
         loss = forget_loss + assistant.retain_weight * retain_loss
         return loss, {"loss": loss.item(), "forget_ce": forget_loss.item(), "retain_uniform_ce": retain_loss.item()}
 

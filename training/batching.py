@@ -1,7 +1,10 @@
-"""Tokenized QA examples and right-padded batches with answer-only labels."""
+"""Tokenized QA examples, right-padded batches with answer-only labels, and the answer loss."""
 import torch
+import torch.nn.functional as F
 
 from uld_serve.tofu import IGNORE_INDEX, encode_qa
+
+RUN = 16  # batches per length-sorted run
 
 
 def encode_pairs(tokenizer, pairs, max_length=512):
@@ -24,13 +27,36 @@ def answer_token_count(batch) -> int:
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
-def paired_batches(pool, retain, batch_size, rng, pad_id):
-    """Shuffle `pool` with `rng` and cut it into batches, each paired with as many retain
-    examples drawn by the same rng: [(forget_batch, retain_batch), ...]."""
-    pool = list(pool)
+def grouped_batches(examples, batch_size, rng) -> list:
+    """Shuffle `examples` with `rng` and cut them into batches of similar lengths: each run of
+    RUN batches is sorted by length before it is cut (random batches of TOFU QA were 23%
+    padding), and the batches' order is shuffled again."""
+    pool = list(examples)
     rng.shuffle(pool)
     batches = []
-    for s in range(0, len(pool), batch_size):
-        chunk = pool[s : s + batch_size]
-        batches.append((collate(chunk, pad_id), collate(rng.choices(retain, k=len(chunk)), pad_id)))
+    for start in range(0, len(pool), RUN * batch_size):
+        run = sorted(pool[start : start + RUN * batch_size], key=lambda ex: len(ex[0]))
+        batches += [run[i : i + batch_size] for i in range(0, len(run), batch_size)]
+    rng.shuffle(batches)
     return batches
+
+
+def paired_batches(pool, retain, batch_size, rng, pad_id):
+    """Batches of `pool` (grouped_batches), each paired with as many retain examples drawn by
+    the same rng: [(forget_batch, retain_batch), ...]."""
+    forget = grouped_batches(pool, batch_size, rng)
+    drawn = grouped_batches(rng.choices(retain, k=len(forget) * batch_size), batch_size, rng)
+    return [(collate(f, pad_id), collate(r[: len(f)], pad_id)) for f, r in zip(forget, drawn)]
+
+
+def answer_logits(lm, batch) -> tuple:
+    """(logits (N, V), tokens (N,)) at the N places of a right-padded batch whose logit predicts
+    an answer token: the LM head runs only there (half the positions of a TOFU batch)."""
+    positions = batch["labels"][:, 1:] != IGNORE_INDEX
+    hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return lm.lm_head(hidden[:, :-1][positions]).float(), batch["labels"][:, 1:][positions]
+
+
+def answer_loss(lm, batch) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens: what a Hugging Face causal LM returns as .loss."""
+    return F.cross_entropy(*answer_logits(lm, batch))

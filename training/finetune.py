@@ -1,23 +1,21 @@
 """Full fine-tune on TOFU QA: the target (tofu:full) and the retain reference (tofu:retain90)."""
 import json
+import random
 import shutil
 from pathlib import Path
-
-import torch
 
 from uld_serve.atomic import atomic_dir
 from uld_serve.models import fingerprint, load_model, load_tokenizer, resolve_model
 from uld_serve.tofu import load_qa
 
-from .batching import collate, encode_pairs
+from .batching import answer_loss, collate, encode_pairs, grouped_batches
 from .loop import TrainConfig, run_training
 
 MODEL_CARD = "uld_model.json"
 
 
 def shuffled_batches(examples, batch_size, seed, epoch, pad_id):
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-    return [collate([examples[i] for i in order[s : s + batch_size]], pad_id) for s in range(0, len(order), batch_size)]
+    return [collate(b, pad_id) for b in grouped_batches(examples, batch_size, random.Random(seed * 100_003 + epoch))]
 
 
 def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
@@ -33,7 +31,7 @@ def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
     resume_dir = out.parent / f".{out.name}.resume"
 
     def loss_fn(batch):
-        loss = net(**batch).loss
+        loss = answer_loss(net, batch)
         return loss, {"loss": loss.item()}
 
     summary = run_training(

@@ -93,23 +93,24 @@ class UldModel:
     # ---- scoring (evaluation): probabilities use a "score" variant of the filter ----
     @torch.no_grad()
     def score_logits(self, input_ids, attention_mask, forget_set=None, alpha=None, relative_top=None,
-                     positions=None, mode="score"):
+                     positions=None, mode="score", prefix=None):
         """fp32 logits for teacher-forced scoring of right-padded inputs: (B, T, V), or (N, V) at
         the N places where the boolean (B, T) `positions` is true (the LM heads run only there).
+        With a `prefix` (a Prefix), row b continues the prompt prefix.rows[b].
         `mode`: "score" (the paper's forward) or "score_anchored" (kernels/README.md)."""
-        target_logits, assistant_logits = self.score_parts(input_ids, attention_mask, forget_set, positions)
+        target_logits, assistant_logits = self.score_parts(input_ids, attention_mask, forget_set, positions, prefix)
         if assistant_logits is None:
             return target_logits.float()
         alpha, relative_top = self.defaults(forget_set, alpha, relative_top)
         return logit_difference(target_logits, assistant_logits, alpha, relative_top, mode=mode)
 
     @torch.no_grad()
-    def score_parts(self, input_ids, attention_mask, forget_set=None, positions=None):
+    def score_parts(self, input_ids, attention_mask, forget_set=None, positions=None, prefix=None):
         """(target logits, assistant logits or None) as score_logits takes them, before the
         difference: one forward each, for any number of alphas (benchmarks/tune_assistant.py)."""
         target, assistant = self._models(forget_set)
-        target_logits = _logits(target, input_ids, attention_mask, positions)
-        return target_logits, None if assistant is None else _logits(assistant, input_ids, attention_mask, positions)
+        target_logits = _logits(target, input_ids, attention_mask, positions, prefix)
+        return target_logits, None if assistant is None else _logits(assistant, input_ids, attention_mask, positions, prefix)
 
     # ---- generation: filtered tokens are excluded from sampling ("serve") ----
     def generate(self, requests: list, batch_size: int = 32, progress=None) -> list:
@@ -170,14 +171,38 @@ class UldModel:
         return outputs
 
 
-def _logits(model, input_ids, attention_mask, positions):
+@dataclass
+class Prefix:
+    """Right-padded prompts (P, S) that the scored rows continue: row b continues prompt rows[b]."""
+    ids: torch.Tensor
+    mask: torch.Tensor
+    rows: torch.Tensor
+
+
+def _logits(model, input_ids, attention_mask, positions, prefix=None):
     """The causal LM's logits, everywhere or (LM head only there) at the `positions` mask."""
-    if positions is None:
+    if positions is None and prefix is None:
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: LoRA layers stay in place
     lm = getattr(lm, "assistant", lm)
-    hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return lm.lm_head(hidden[positions])
+    if prefix is None:
+        hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    else:
+        hidden = _continue_prompts(lm.model, prefix, input_ids, attention_mask)
+    return lm.lm_head(hidden if positions is None else hidden[positions])
+
+
+def _continue_prompts(body, prefix: Prefix, input_ids, attention_mask):
+    """Hidden states of right-padded continuations of prompts that run once each: rows that
+    continue the same prompt share its KV cache (TOFU scores 7 answers per question)."""
+    cache = DynamicCache()
+    body(input_ids=prefix.ids, attention_mask=prefix.mask, past_key_values=cache, use_cache=True)
+    cache.batch_select_indices(prefix.rows)
+    mask = torch.cat([prefix.mask[prefix.rows], attention_mask], dim=1)
+    start = prefix.mask.sum(-1)[prefix.rows]
+    position_ids = start[:, None] + torch.arange(input_ids.shape[1])
+    return body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                use_cache=True).last_hidden_state
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

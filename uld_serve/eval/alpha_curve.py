@@ -28,8 +28,8 @@ class AlphaCurve:
         relative_top = model.forget_sets[name].settings()[1]
         self.num_pairs = len(pairs)
         self.batches = []
-        for chunk, ids, mask, positions, tokens, counts in answer_batches(model.tokenizer, pairs, batch_size):
-            t, a = model.score_parts(ids, mask, name, positions)
+        for chunk, ids, mask, positions, tokens, counts, prefix in answer_batches(model.tokenizer, pairs, batch_size):
+            t, a = model.score_parts(ids, mask, name, positions, prefix)
             self.batches.append((chunk, counts, _compress(t.float(), a.float(), tokens, relative_top)))
             if progress is not None:
                 progress(len(chunk))

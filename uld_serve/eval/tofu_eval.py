@@ -45,7 +45,7 @@ def check_scoring(scoring: str):
 
 
 def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None, relative_top=None,
-                  retain_logs=None, max_new_tokens=200, batch_size=8, gen_batch_size=32, label="model", limit=None,
+                  retain_logs=None, max_new_tokens=200, batch_size=16, gen_batch_size=32, label="model", limit=None,
                   generator=None, scoring="paper"):
     """`limit` keeps the first N items of each split: for smoke tests, not for reported numbers.
     `generator` produces the greedy answers (default: `model`'s reference decoding; the vLLM
@@ -67,14 +67,18 @@ def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None,
     with tqdm(total=total, desc=f"eval {label}", unit="seq", dynamic_ncols=True) as bar:
         for prefix, (rows, has_para) in datasets.items():
             questions = [r["question"] for r in rows]
-            answers = score_pairs(model, [(r["question"], r["answer"]) for r in rows], batch_size=batch_size, progress=bar.update, **score_kwargs)
+            n, n_wrong = len(rows), len(rows[0]["perturbed_answer"])
+            # one call, so that a question's answer, paraphrase and perturbed answers share its prompt
+            texts = [r["answer"] for r in rows] + [r["paraphrased_answer"] for r in rows if has_para]
+            texts += [w for r in rows for w in r["perturbed_answer"]]
+            owners = list(range(n)) * (2 if has_para else 1) + [i for i in range(n) for _ in range(n_wrong)]
+            scored = score_pairs(model, [(questions[i], t) for i, t in zip(owners, texts)], batch_size=batch_size,
+                                 progress=bar.update, **score_kwargs)
+            answers, flat = scored[:n], scored[len(scored) - n * n_wrong:]
             logs[f"{prefix}_Q_A_Prob"] = _prob_log(answers)
             if has_para:
-                para = score_pairs(model, [(r["question"], r["paraphrased_answer"]) for r in rows], batch_size=batch_size, progress=bar.update, **score_kwargs)
-                logs[f"{prefix}_Q_A_PARA_Prob"] = _prob_log(para)
-            n_wrong = len(rows[0]["perturbed_answer"])
-            flat = score_pairs(model, [(r["question"], w) for r in rows for w in r["perturbed_answer"]], batch_size=batch_size, progress=bar.update, **score_kwargs)
-            logs[f"{prefix}_Q_A_PERT_Prob"] = _prob_log([flat[i * n_wrong : (i + 1) * n_wrong] for i in range(len(rows))])
+                logs[f"{prefix}_Q_A_PARA_Prob"] = _prob_log(scored[n : 2 * n])
+            logs[f"{prefix}_Q_A_PERT_Prob"] = _prob_log([flat[i * n_wrong : (i + 1) * n_wrong] for i in range(n)])
             generations = greedy_answers(generator or model, questions, max_new_tokens=max_new_tokens, batch_size=gen_batch_size, progress=bar.update, **kwargs)
             logs[f"{prefix}_Q_A_ROUGE"] = {"value_by_index": {
                 str(i): {**m.rouge_scores(scorer, r["answer"], g), "input": r["question"], "ground_truth": r["answer"], "generation": g}

@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..engine.config import EngineConfig
-from ..engine.llm import engine_environment
+from ..engine.llm import eager_requested, engine_environment
 from ..errors import UldError
 from ..models import resolve_model, uld_home
 from .registry import Registry, read_entries
@@ -54,6 +54,8 @@ def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, dtype: 
     ])
     for key, value in state.config.vllm_kwargs().items():
         setattr(args, key, value)
+    if eager_requested():
+        args.enforce_eager = True
     args.uld = state
     validate_parsed_serve_args(args)
     uvloop.run(run_server(args))
