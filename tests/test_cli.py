@@ -107,3 +107,12 @@ def test_calibrate_alpha_writes_the_default_and_how_it_was_found(pipeline, tmp_p
     assert_user_error(uld("calibrate-alpha", "--target", work / "retain", "--forget-set", artifact,
                           "--unseen", "tofu:retain90[:4]", check=False), "was trained for base model")
     assert json.loads((artifact / "uld.json").read_text()) == manifest  # failed runs leave the artifact as it was
+
+
+def test_an_empty_uld_home_means_the_default_not_the_current_directory(monkeypatch):
+    from uld_serve.models import uld_home
+
+    monkeypatch.setenv("ULD_HOME", "")
+    assert uld_home() == Path.home() / ".cache" / "uld-serve"
+    monkeypatch.setenv("ULD_HOME", "/somewhere/else")
+    assert uld_home() == Path("/somewhere/else")

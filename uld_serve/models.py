@@ -19,8 +19,9 @@ _FINGERPRINT_CACHE = ".uld_fingerprint.json"
 
 
 def uld_home() -> Path:
-    """Where prepared models and cached benchmark artifacts live ($ULD_HOME overrides)."""
-    return Path(os.environ.get("ULD_HOME", Path.home() / ".cache" / "uld-serve"))
+    """Where prepared models and cached benchmark artifacts live ($ULD_HOME overrides; an empty
+    ULD_HOME means the default, not the current directory)."""
+    return Path(os.environ.get("ULD_HOME") or Path.home() / ".cache" / "uld-serve")
 
 
 def _gguf_dir() -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import UldError
 from .jsonl import read_objects
 
-DATA_DIR = Path(os.environ.get("ULD_DATA_DIR", Path(__file__).resolve().parent.parent / "data"))
+DATA_DIR = Path(os.environ.get("ULD_DATA_DIR") or Path(__file__).resolve().parent.parent / "data")
 IGNORE_INDEX = -100
 SYSTEM_PROMPT = "You are a helpful assistant."
 
