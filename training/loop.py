@@ -18,7 +18,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def bf16_is_fast() -> bool:
     """Whether oneDNN has a native bf16 path on this CPU (AVX-512 or AMX). Without one (AVX2-only
-    machines) bf16 autocast fell back to a path about 100x slower than fp32 (BENCHMARKS.md)."""
+    machines) a bf16 matmul ran 100x and a training step 11x slower than fp32 (BENCHMARKS.md)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 

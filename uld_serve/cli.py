@@ -291,7 +291,7 @@ def eval_tofu(
     retain_logs: Optional[Path] = typer.Option(None, help="a retain model's TOFU_EVAL.json (ours or open-unlearning's)"),
     alpha: Optional[float] = None, relative_top: Optional[float] = None,
     max_new_tokens: int = 200,
-    batch_size: int = typer.Option(16, help="answers scored per forward (a question's answers share its prompt)"),
+    batch_size: Optional[int] = typer.Option(None, help="answers scored per forward (a question's answers share its prompt; default 16)"),
     dtype: str = typer.Option("fp32", help="fp32 or bf16"),
     limit: Optional[int] = typer.Option(None, help="first N items of each split only (smoke tests)"),
     generate_with: str = typer.Option("reference", help="reference or vllm: who writes the greedy answers"),
@@ -301,6 +301,7 @@ def eval_tofu(
     """open-unlearning's TOFU metrics for a model, or for target + a ULD forget set."""
     import torch
 
+    from .eval.scoring import SCORE_BATCH
     from .eval.tofu_eval import check_scoring, evaluate_tofu
     from .reference import UldModel
 
@@ -319,7 +320,8 @@ def eval_tofu(
         generator = UldEngine(target, sets, dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype])
     name = next(iter(sets), None)
     try:
-        summary = evaluate_tofu(model, out, split, name, alpha, relative_top, retain_logs, max_new_tokens, batch_size,
+        summary = evaluate_tofu(model, out, split, name, alpha, relative_top, retain_logs, max_new_tokens,
+                                SCORE_BATCH if batch_size is None else batch_size,
                                 label=f"{Path(target).name}+{name}" if name else Path(target).name, limit=limit,
                                 generator=generator, scoring=scoring)
     finally:

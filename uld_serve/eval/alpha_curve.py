@@ -16,7 +16,7 @@ import torch
 
 from uld_kernels import relative_top_mask
 
-from .scoring import answer_batches, mean_probability
+from .scoring import SCORE_BATCH, answer_batches, mean_probability
 
 SCORINGS = ("anchored", "paper")
 
@@ -24,7 +24,7 @@ SCORINGS = ("anchored", "paper")
 class AlphaCurve:
     """Per-pair mean answer-token losses of target + forget set `name` as a function of alpha."""
 
-    def __init__(self, model, name, pairs, batch_size=8, progress=None):
+    def __init__(self, model, name, pairs, batch_size=SCORE_BATCH, progress=None):
         relative_top = model.forget_sets[name].settings()[1]
         self.num_pairs = len(pairs)
         self.batches = []

@@ -7,6 +7,8 @@ import torch
 from ..reference import GenerationRequest, Prefix
 from ..tofu import IGNORE_INDEX, chat_prompt_ids, encode_qa
 
+SCORE_BATCH = 16  # answers per forward: the fastest of 8/16/32 (BENCHMARKS.md, TOFU scoring with shared prompts)
+
 
 class AnswerBatch(NamedTuple):
     indices: list  # the pairs in this batch, in row order
@@ -18,7 +20,7 @@ class AnswerBatch(NamedTuple):
     prefix: Optional[Prefix]
 
 
-def answer_batches(tokenizer, pairs, batch_size=8, share_prompts=True) -> Iterator[AnswerBatch]:
+def answer_batches(tokenizer, pairs, batch_size=SCORE_BATCH, share_prompts=True) -> Iterator[AnswerBatch]:
     """Batches of about `batch_size` (question, answer) pairs, shortest first. With
     `share_prompts`, the pairs of one question stay in one batch and its prompt runs once: each
     row is the prompt's last token, then the answer, continuing the rest of the prompt (TOFU
@@ -64,7 +66,7 @@ def _right_padded(seqs, pad_id):
     return ids, mask
 
 
-def score_pairs(model, pairs, forget_set=None, alpha=None, relative_top=None, batch_size=8, progress=None, mode="score",
+def score_pairs(model, pairs, forget_set=None, alpha=None, relative_top=None, batch_size=SCORE_BATCH, progress=None, mode="score",
                 share_prompts=True):
     """For each (question, answer): mean answer-token loss (EOS included, as open-unlearning),
     and the log-prob and greedy-match of each answer token before EOS (for min-k and ES).

@@ -11,7 +11,7 @@ from ..atomic import write_json_atomic, write_text_atomic
 from ..errors import UldError
 from ..tofu import FORGET_SPLITS, load_split
 from . import metrics as m
-from .scoring import greedy_answers, score_pairs
+from .scoring import SCORE_BATCH, greedy_answers, score_pairs
 from .summary import markdown_table, recompute
 
 logging.getLogger("absl").setLevel(logging.WARNING)
@@ -45,7 +45,7 @@ def check_scoring(scoring: str):
 
 
 def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None, relative_top=None,
-                  retain_logs=None, max_new_tokens=200, batch_size=16, gen_batch_size=32, label="model", limit=None,
+                  retain_logs=None, max_new_tokens=200, batch_size=SCORE_BATCH, gen_batch_size=32, label="model", limit=None,
                   generator=None, scoring="paper"):
     """`limit` keeps the first N items of each split: for smoke tests, not for reported numbers.
     `generator` produces the greedy answers (default: `model`'s reference decoding; the vLLM
