@@ -26,6 +26,38 @@ def test_answer_loss_equals_the_models_own_loss(tiny_base):
     assert answer_loss(model, batch).item() == pytest.approx(model(**batch).loss.item(), rel=1e-5)
 
 
+def test_unlearning_steps_see_the_full_forwards_answer_rows_with_and_without_lora(tiny_base):
+    import contextlib
+
+    from peft import LoraConfig, get_peft_model
+
+    from uld_serve.models import load_model, load_tokenizer
+    from uld_serve.tofu import load_qa
+    from uld_training.unlearn import Step
+
+    tokenizer = load_tokenizer(tiny_base)
+    forget = collate(encode_pairs(tokenizer, load_qa("tofu:forget01[:3]")), tokenizer.pad_token_id)
+    retain = collate(encode_pairs(tokenizer, load_qa("tofu:full[:4]")), tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(tiny_base), LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+
+    @contextlib.contextmanager
+    def reference():
+        with model.disable_adapter():
+            yield model
+
+    step = Step(model, forget, retain, reference)
+    for which, batch in (("forget", forget), ("retain", retain)):
+        mask = batch["labels"][:, 1:] != -100
+        with torch.no_grad():
+            full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+            with model.disable_adapter():
+                plain = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+        assert torch.allclose(step.logits(which), full, atol=1e-5)
+        assert torch.allclose(step.reference_logits(which), plain, atol=1e-5)
+        assert not torch.allclose(full, plain, atol=1e-3)  # the LoRA is live in one and off in the other
+
+
 def test_grouped_batches_hold_every_example_once_with_less_padding():
     lengths = random.Random(0).choices(range(40, 150), k=203)
     examples = [(list(range(n)), [i]) for i, n in enumerate(lengths)]  # the label names the example

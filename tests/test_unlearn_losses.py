@@ -6,6 +6,7 @@ import torch
 
 from uld_training.unlearn import Step, get_method
 from uld_training.unlearn.mollm import unlearning_cross_entropy
+from uld_training.unlearn.objectives import answer_mask
 
 # One answer of two tokens: position 0 predicts token 0, position 1 predicts token 2.
 LABELS = torch.tensor([[-100, 0, 2]])
@@ -17,6 +18,11 @@ P = [math.e / (math.e + 2), 1 / (math.e**2 + 2)]  # p of each forget answer toke
 NLL = [-math.log(p) for p in P]
 
 
+def packed(logits):
+    """(B, T, V) logits -> the (N, V) rows at answer positions that objectives take."""
+    return logits[:, :-1][answer_mask(LABELS)]
+
+
 def log_sigmoid(x):
     return -math.log1p(math.exp(-x))
 
@@ -24,8 +30,8 @@ def log_sigmoid(x):
 def step(retain_reference=REFERENCE):
     batch = {"labels": LABELS}
     s = Step(model=None, forget=batch, retain=batch, reference=None)
-    s._logits = {"forget": FORGET.clone().requires_grad_(True), "retain": RETAIN.clone().requires_grad_(True)}
-    s._reference_logits = {"forget": REFERENCE, "retain": retain_reference}
+    s._logits = {"forget": packed(FORGET).requires_grad_(True), "retain": packed(RETAIN).requires_grad_(True)}
+    s._reference_logits = {"forget": packed(REFERENCE), "retain": packed(retain_reference)}
     return s
 
 
@@ -77,7 +83,7 @@ def test_wga_value_and_constant_weights():
     logits = FORGET.clone().requires_grad_(True)
     lp = torch.log_softmax(logits, -1)
     (P[0] ** beta * lp[0, 0, 0] / 2 + P[1] ** beta * lp[0, 1, 2] / 2).backward()
-    assert torch.allclose(s._logits["forget"].grad, logits.grad, atol=1e-7)
+    assert torch.allclose(s._logits["forget"].grad, packed(logits.grad), atol=1e-7)
 
 
 @pytest.mark.parametrize("name,extra", [("tnpo", 0.0), ("wtnpo", 1.5)])
@@ -90,7 +96,7 @@ def test_token_wise_npo(name, extra):
 
 def test_unlearning_cross_entropy():
     expected = -(math.log(1 - P[0]) + math.log(1 - P[1])) / 2
-    assert unlearning_cross_entropy(FORGET, LABELS).item() == pytest.approx(expected, rel=1e-6)
+    assert unlearning_cross_entropy(packed(FORGET), LABELS).item() == pytest.approx(expected, rel=1e-6)
     terms = get_method("mollm").terms(step())
     assert set(terms) == {"loss", "forget", "retain", "kl"}
 

@@ -51,7 +51,9 @@ def paired_batches(pool, retain, batch_size, rng, pad_id):
 
 def answer_logits(lm, batch) -> tuple:
     """(logits (N, V), tokens (N,)) at the N places of a right-padded batch whose logit predicts
-    an answer token: the LM head runs only there (half the positions of a TOFU batch)."""
+    an answer token: the LM head runs only there (half the positions of a TOFU batch).
+    `lm` is a causal LM or a peft model around one (its LoRA layers stay active)."""
+    lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
     positions = batch["labels"][:, 1:] != IGNORE_INDEX
     hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     return lm.lm_head(hidden[:, :-1][positions]).float(), batch["labels"][:, 1:][positions]

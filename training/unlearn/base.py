@@ -7,6 +7,7 @@ import torch
 
 from uld_serve.errors import UldError
 
+from ..batching import answer_logits
 from .objectives import kl_to_reference, mean_nll
 
 METHODS: dict = {}
@@ -25,7 +26,8 @@ def get_method(name: str, params: Optional[dict] = None) -> "Method":
 
 
 class Step:
-    """One training step's data and the forward passes a method asks for, each run once."""
+    """One training step's data and the forward passes a method asks for, each run once.
+    Logits are (N, V) at the batch's answer positions (objectives.py)."""
 
     def __init__(self, model, forget: dict, retain: dict, reference=None):
         self.model, self.reference = model, reference
@@ -37,15 +39,13 @@ class Step:
 
     def logits(self, which: str) -> torch.Tensor:
         if which not in self._logits:
-            b = self.batches[which]
-            self._logits[which] = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            self._logits[which] = answer_logits(self.model, self.batches[which])[0]
         return self._logits[which]
 
     def reference_logits(self, which: str) -> torch.Tensor:
         if which not in self._reference_logits:
-            b = self.batches[which]
             with torch.no_grad(), self.reference() as ref:
-                self._reference_logits[which] = ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                self._reference_logits[which] = answer_logits(ref, self.batches[which])[0]
         return self._reference_logits[which]
 
 
@@ -92,7 +92,7 @@ class Method:
         if kind == "nll":
             return mean_nll(step.logits("retain"), step.labels("retain"))
         if kind == "kl":
-            return kl_to_reference(step.logits("retain"), step.reference_logits("retain"), step.labels("retain"))
+            return kl_to_reference(step.logits("retain"), step.reference_logits("retain"))
         return None
 
     def terms(self, step: Step) -> dict:

@@ -29,7 +29,7 @@ class MOLLM(Method):
     def terms(self, step):
         forget = unlearning_cross_entropy(step.logits("forget"), step.labels("forget"))
         retain = mean_nll(step.logits("retain"), step.labels("retain"))
-        kl = kl_to_reference(step.logits("retain"), step.reference_logits("retain"), step.labels("retain"))
+        kl = kl_to_reference(step.logits("retain"), step.reference_logits("retain"))
         return {"loss": forget + retain + kl, "forget": forget, "retain": retain, "kl": kl}
 
     def objective_gradient(self, terms, params, retain_graph=False):

@@ -1,7 +1,9 @@
 """Token-level pieces every unlearning objective is built from, over answer tokens only.
 
-`logits` are a causal LM's (B, T, V) outputs and `labels` the (B, T) answer labels
-(IGNORE_INDEX on prompt and padding); position t predicts label t+1.
+`labels` are a batch's (B, T) answer labels (IGNORE_INDEX on prompt and padding); position t
+predicts label t+1. `logits` are a causal LM's outputs at the answer positions only: (N, V)
+rows in the order of `answer_mask(labels)`, as `batching.answer_logits` computes them (the
+LM head never runs on prompt or padding positions).
 """
 import torch
 import torch.nn.functional as F
@@ -9,11 +11,16 @@ import torch.nn.functional as F
 from uld_serve.tofu import IGNORE_INDEX
 
 
+def answer_mask(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T-1): True where the position predicts an answer token."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple:
-    """(-log p of each next answer token (B, T-1), mask of answer positions (B, T-1))."""
-    targets = labels[:, 1:]
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
-    return nll, targets != IGNORE_INDEX
+    """(-log p of each next answer token (B, T-1), 0 elsewhere; mask of answer positions (B, T-1))."""
+    mask = answer_mask(labels)
+    nll = F.cross_entropy(logits.float(), labels[:, 1:][mask], reduction="none")
+    return torch.zeros(mask.shape, dtype=nll.dtype).masked_scatter(mask, nll), mask
 
 
 def mean_nll(logits, labels) -> torch.Tensor:
@@ -28,11 +35,10 @@ def sequence_nll(logits, labels) -> torch.Tensor:
     return (nll * mask).sum(-1)
 
 
-def kl_to_reference(logits, reference_logits, labels) -> torch.Tensor:
+def kl_to_reference(logits, reference_logits) -> torch.Tensor:
     """KL(reference || model) of the next-token distributions, mean over answer positions."""
-    mask = labels[:, 1:] != IGNORE_INDEX
-    current = F.log_softmax(logits[:, :-1].float(), dim=-1)[mask]
-    reference = F.log_softmax(reference_logits[:, :-1].float(), dim=-1)[mask]
+    current = F.log_softmax(logits.float(), dim=-1)
+    reference = F.log_softmax(reference_logits.float(), dim=-1)
     return F.kl_div(current, reference, reduction="batchmean", log_target=True)
 
 

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from uld_serve.errors import UldError
-from uld_serve.tofu import IGNORE_INDEX
 
 from .base import Method, register
 from .graddiff import GradDiff
@@ -62,10 +61,9 @@ def gauss_newton_bartlett(step, params, seed: int) -> list:
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
     for which in ("forget", "retain"):
-        mask = step.labels(which)[:, 1:] != IGNORE_INDEX
-        logits = step.logits(which)[:, :-1][mask].float()
+        logits = step.logits(which).float()
         sampled = torch.multinomial(F.softmax(logits.detach(), -1), 1, generator=generator)[:, 0]
         total = total + F.cross_entropy(logits, sampled, reduction="sum")
-        count += int(mask.sum())
+        count += len(logits)
     grads = torch.autograd.grad(total / max(count, 1), params, retain_graph=True, allow_unused=True)
     return [count * g * g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
