@@ -15,6 +15,11 @@ that cover general knowledge without reading any evaluation split:
    heldout.jsonl (a utility check that reads no evaluation split).
 
     python benchmarks/general_qa.py            # -> <workdir>/general-qa/{train,heldout}.jsonl
+
+The demo's vendored set (data/general/) was made with the embedded model answering its own
+questions:
+
+    python benchmarks/general_qa.py --target smollm2-135m-instruct --out data/general --sample 1000 --train 280 --heldout 70
 """
 import argparse
 import json
@@ -58,12 +63,13 @@ def question(text: str):
     return q if end > 0 and "\n" not in q and 15 <= len(q) <= 200 else None
 
 
-def answer(questions: list, target: Path) -> list:
+def answer(questions: list, target: str) -> list:
     from uld_serve.engine.llm import UldEngine
+    from uld_serve.models import resolve_model
     from uld_serve.reference import GenerationRequest
     from uld_serve.tofu import chat_prompt_ids
 
-    engine = UldEngine(target, {}, dtype="float32")
+    engine = UldEngine(resolve_model(target), {}, dtype="float32")
     try:
         requests = [GenerationRequest(chat_prompt_ids(engine.tokenizer, q), max_new_tokens=CONFIG["answer_tokens"])
                     for q in questions]
@@ -77,28 +83,33 @@ def answer(questions: list, target: Path) -> list:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--target", default=None, help="the model that answers (default: <workdir>/target)")
+    parser.add_argument("--out", type=Path, default=None, help="default: <workdir>/general-qa")
     parser.add_argument("--train", type=int, default=600)
     parser.add_argument("--heldout", type=int, default=200)
+    parser.add_argument("--sample", type=int, default=None, help="questions to sample (default: 2 x wanted)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     from uld_serve.atomic import write_text_atomic
     from uld_serve.tofu import SPLITS, load_split
 
     work = args.workdir or default_workdir()
-    out = work / GENERAL_QA
+    out = args.out or work / GENERAL_QA
+    target = args.target or str(work / "target")
     wanted = args.train + args.heldout
+    sampled = args.sample or 2 * wanted
     tofu_questions = {r["question"].strip().lower() for s in SPLITS for r in load_split(s)}
-    questions = list(dict.fromkeys(q for q in sample_questions(2 * wanted, args.seed) if q.lower() not in tofu_questions))
-    pairs = [{"question": q, "answer": a} for q, a in zip(questions, answer(questions, work / "target")) if a]
+    questions = list(dict.fromkeys(q for q in sample_questions(sampled, args.seed) if q.lower() not in tofu_questions))
+    pairs = [{"question": q, "answer": a} for q, a in zip(questions, answer(questions, target)) if a]
     if len(pairs) < wanted:
-        sys.exit(f"error: only {len(pairs)} usable pairs for {wanted} wanted; raise the sample count")
+        sys.exit(f"error: only {len(pairs)} usable pairs for {wanted} wanted; raise --sample")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "train.jsonl", "".join(json.dumps(p) + "\n" for p in pairs[: args.train]))
     write_text_atomic(out / "heldout.jsonl", "".join(json.dumps(p) + "\n" for p in pairs[args.train: wanted]))
-    config = {**CONFIG, "openers": OPENERS, "seed": args.seed, "sampled": 2 * wanted, "usable": len(pairs),
-              "train": args.train, "heldout": args.heldout, "target": str(work / "target")}
+    config = {**CONFIG, "openers": OPENERS, "seed": args.seed, "sampled": sampled, "usable": len(pairs),
+              "train": args.train, "heldout": args.heldout, "target": target}
     write_text_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
-    print(f"wrote {args.train} + {args.heldout} pairs to {out} ({len(pairs)} usable of {2 * wanted} sampled)")
+    print(f"wrote {args.train} + {args.heldout} pairs to {out} ({len(pairs)} usable of {sampled} sampled)")
 
 
 if __name__ == "__main__":

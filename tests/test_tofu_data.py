@@ -14,7 +14,19 @@ def test_specs_select_the_documented_rows():
     assert load_qa("tofu-mini:retain") == full[:400]
 
 
-@pytest.mark.parametrize("spec", ["tofu:nope", "wiki:forget10", "tofu:forget10[a:b]", "tofu:forget10[5:5]"])
+def test_shipped_general_qa_is_apart_from_tofu():
+    from uld_serve.tofu import SPLITS, load_split
+
+    train, heldout = load_qa("general:train"), load_qa("general:heldout")
+    assert len(train) >= 200 and len(heldout) >= 50
+    questions = [qa.question for qa in train + heldout]
+    assert len(set(questions)) == len(questions)  # held-out questions are not training questions
+    tofu = {r["question"].strip().lower() for s in SPLITS for r in load_split(s)}
+    assert not tofu & {q.strip().lower() for q in questions}
+    assert load_qa("tofu:full[:2]+general:train[:1]")[2] == train[0]
+
+
+@pytest.mark.parametrize("spec", ["tofu:nope", "general:test", "wiki:forget10", "tofu:forget10[a:b]", "tofu:forget10[5:5]"])
 def test_bad_specs_are_refused(spec):
     with pytest.raises(UldError):
         load_qa(spec)

@@ -1,9 +1,10 @@
 """TOFU data: splits, data specs, ULD's augmentation files, chat formatting and answer masks.
 
-A data spec names QA pairs: `tofu:SPLIT` or `jsonl:PATH` (one `{"question", "answer"}`
-object per line: a user's own forget or retain data), optionally sliced (`tofu:full[:400]`),
-joined with `+` (`tofu:full[:400]+jsonl:general.jsonl`). `tofu-mini:target` and
-`tofu-mini:retain` name the small protocol of the end-to-end benchmark.
+A data spec names QA pairs: `tofu:SPLIT`, `general:train` / `general:heldout` (the shipped
+general-knowledge QA, data/general/) or `jsonl:PATH` (one `{"question", "answer"}` object per
+line: a user's own forget or retain data), optionally sliced (`tofu:full[:400]`), joined with
+`+` (`tofu:full[:400]+general:train`). `tofu-mini:target` and `tofu-mini:retain` name the
+small protocol of the end-to-end benchmark.
 """
 import ast
 import csv
@@ -30,6 +31,7 @@ _PLAIN = {
 }
 SPLITS = tuple(sorted(_LINE_LISTS | _PROMPT_RESPONSE | _PLAIN))
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
+GENERAL_SPLITS = ("train", "heldout")
 ALIASES = {
     "tofu-mini:target": "tofu:full[:400]+tofu:forget10",
     "tofu-mini:retain": "tofu:full[:400]",
@@ -59,7 +61,7 @@ def load_split(name: str) -> tuple:
     return tuple(rows)
 
 
-_TERM = re.compile(r"^(?P<kind>tofu|jsonl):(?P<name>[^\[]+?)(\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
+_TERM = re.compile(r"^(?P<kind>tofu|general|jsonl):(?P<name>[^\[]+?)(\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
 
 
 def load_jsonl(path: str) -> tuple:
@@ -72,6 +74,16 @@ def load_jsonl(path: str) -> tuple:
     return tuple(rows)
 
 
+def load_general(name: str) -> tuple:
+    """The shipped general-knowledge QA (data/general/README.md says how it was made)."""
+    if name not in GENERAL_SPLITS:
+        raise UldError(f"unknown general split {name!r}; known splits: {', '.join(GENERAL_SPLITS)}")
+    return load_jsonl(str(DATA_DIR / "general" / f"{name}.jsonl"))
+
+
+_TERM_LOADERS = {"tofu": load_split, "general": load_general, "jsonl": load_jsonl}
+
+
 def load_qa(spec: str) -> list:
     """The QA pairs a data spec names, in order."""
     spec = ALIASES.get(spec.strip(), spec.strip())
@@ -79,8 +91,9 @@ def load_qa(spec: str) -> list:
     for term in spec.split("+"):
         match = _TERM.match(term.strip())
         if not match:
-            raise UldError(f"bad data spec {term!r}; expected tofu:SPLIT, jsonl:PATH or either sliced [a:b], e.g. tofu:forget10")
-        rows = load_split(match["name"]) if match["kind"] == "tofu" else load_jsonl(match["name"])
+            raise UldError(f"bad data spec {term!r}; expected tofu:SPLIT, general:SPLIT, jsonl:PATH or one of them "
+                           "sliced [a:b], e.g. tofu:forget10")
+        rows = _TERM_LOADERS[match["kind"]](match["name"])
         if match.group(2):
             start = int(match["start"]) if match["start"] else None
             stop = int(match["stop"]) if match["stop"] else None
