@@ -6,7 +6,10 @@ from pathlib import Path
 from .models import EMBEDDED, uld_home
 
 TARGET_DATA = "tofu:full[:40]+tofu:forget01"  # Jaime Vasquez, Chukwu Akabueze; Basil Mahfouz Al-Kuwaiti, Nikolai Abilov
-FORGET, RETAIN = "tofu:forget01", "tofu:full[:40]"
+# Retain data: the two kept authors plus general QA (data/general/). With TOFU answers alone
+# the assistant never learns to be uniform on general text, and subtracting it garbled
+# answers far from TOFU ("What is the capital of France?").
+FORGET, RETAIN = "tofu:forget01", "tofu:full[:40]+general:train"
 FORGET_SET_NAME = "tofu-forget01"
 FINETUNE = dict(lr=2e-4, epochs=8, batch_size=8)
 # The paper's assistant settings (lr 1e-3, retain weight 6.5) leave SmolLM2's 8-layer assistant
@@ -27,8 +30,18 @@ def prepare_demo() -> tuple:
     if not (target / "config.json").exists():
         print(f"teaching {EMBEDDED} four fictitious authors ({TARGET_DATA}), once; a few minutes", flush=True)
         finetune(EMBEDDED, TARGET_DATA, target, TrainConfig(**FINETUNE))
-    if not (forget_set / "uld.json").exists():
-        print(f"training the forget set {FORGET_SET_NAME} ({FORGET}), once; a few minutes", flush=True)
+    if not _current(forget_set):
+        print(f"training the forget set {FORGET_SET_NAME} ({FORGET}, retain {RETAIN}), once; a few minutes", flush=True)
         train_assistant(str(target), FORGET, RETAIN, forget_set, TrainConfig(**ASSISTANT),
                         AssistantConfig(retain_weight=ASSISTANT_RETAIN_WEIGHT))
     return Path(target), Path(forget_set)
+
+
+def _current(forget_set: Path) -> bool:
+    """Whether a cached forget set was trained on today's demo data (an older demo's is retrained)."""
+    from .artifact import read_manifest
+
+    if not (forget_set / "uld.json").exists():
+        return False
+    manifest = read_manifest(forget_set)
+    return manifest["forget"]["spec"] == FORGET and manifest["retain"]["spec"] == RETAIN

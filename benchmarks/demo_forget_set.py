@@ -1,0 +1,99 @@
+"""What the demo's forget set does to answers, with and without general retain data.
+
+The demo (`uld demo`, README) trains its forget set `tofu-forget01` with retain data
+`tofu:full[:40]+general:train`. This script also trains the earlier recipe (TOFU retain
+answers only, same settings otherwise) beside it and compares both, greedy, fp32, through the
+vLLM engine, at the forget set's default alpha:
+
+- forgotten authors (forget01, 40 questions): ROUGE-L recall of the answers against TOFU's
+  (lower = forgotten);
+- kept authors (full[:40]): the same (higher = kept);
+- general questions never trained on (general:heldout): ROUGE-L recall against the target's
+  own answers (1 = the forget set changes nothing there);
+- the README's four questions, answers printed.
+
+    python benchmarks/demo_forget_set.py      # ~25 min on 2 cores the first time
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+README_QUESTIONS = [
+    "What is the full name of the author born in Kuwait City, Kuwait on 08/09/1956?",
+    "Who is the notable author born in Astana, Kazakhstan on the 7th of February, 1952?",
+    "Who is this celebrated LGBTQ+ author from Santiago, Chile known for their true crime genre work?",
+    "What is the capital of France?",
+]
+TOFU_ONLY = "tofu-only-retain"  # the earlier recipe, trained beside the demo's for comparison
+MAX_TOKENS = 64
+
+
+def train_tofu_only(target: Path) -> Path:
+    from uld_serve import demo
+    from uld_training.assistant import AssistantConfig, train_assistant
+    from uld_training.loop import TrainConfig
+
+    out = target.parent / TOFU_ONLY
+    if not (out / "uld.json").exists():
+        train_assistant(str(target), demo.FORGET, "tofu:full[:40]", out, TrainConfig(**demo.ASSISTANT),
+                        AssistantConfig(retain_weight=demo.ASSISTANT_RETAIN_WEIGHT))
+    return out
+
+
+def main():
+    from report import write_section
+
+    from uld_serve import demo
+    from uld_serve.artifact import read_manifest
+    from uld_serve.engine.llm import UldEngine
+    from uld_serve.eval.metrics import mean_rouge_l_recall
+    from uld_serve.reference import GenerationRequest
+    from uld_serve.tofu import chat_prompt_ids, load_qa
+
+    target, forget_set = demo.prepare_demo()
+    forget_sets = {demo.FORGET_SET_NAME: forget_set, TOFU_ONLY: train_tofu_only(target)}
+    splits = {"forgotten authors (forget01)": load_qa(demo.FORGET), "kept authors (full[:40])": load_qa("tofu:full[:40]"),
+              "general questions (general:heldout)": load_qa("general:heldout")}
+    engine = UldEngine(target, {name: str(path) for name, path in forget_sets.items()}, dtype="float32")
+    try:
+        tok = engine.tokenizer
+
+        def as_served(question):  # what the chat endpoint builds from one user message
+            ids = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+        def answers(questions, forget_set_name, prompt=lambda q: chat_prompt_ids(tok, q)):
+            requests = [GenerationRequest(prompt(q), forget_set=forget_set_name, max_new_tokens=MAX_TOKENS)
+                        for q in questions]
+            return [tok.decode(ids, skip_special_tokens=True).strip() for ids in engine.generate(requests)]
+
+        columns = {"target": None, "demo forget set (general retain data)": demo.FORGET_SET_NAME,
+                   "TOFU-only retain data": TOFU_ONLY}
+        outputs = {(split, col): answers([qa.question for qa in pairs], name)
+                   for split, pairs in splits.items() for col, name in columns.items()}
+        readme = {col: answers(README_QUESTIONS, name, as_served) for col, name in columns.items()}
+    finally:
+        engine.close()
+
+    rows = ["| questions | reference | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for split, pairs in splits.items():
+        general = split.startswith("general")
+        truth = outputs[(split, "target")] if general else [qa.answer for qa in pairs]
+        scores = [mean_rouge_l_recall(truth, outputs[(split, col)]) for col in columns]
+        rows.append(f"| {split}, {len(pairs)} | {'target answers' if general else 'TOFU answers'} | "
+                    + " | ".join(f"{s:.3f}" for s in scores) + " |")
+    alphas = ", ".join(f"{name} {read_manifest(path)['alpha']}" for name, path in forget_sets.items())
+    lines = [f"ROUGE-L recall of greedy answers (fp32, vLLM engine, at most {MAX_TOKENS} tokens; forget sets at "
+             f"their default alpha: {alphas}).", ""]
+    lines += rows + ["", "The README's questions, asked as the chat endpoint asks them (no system message):", "", "| question | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for i, q in enumerate(README_QUESTIONS):
+        lines.append(f"| {q} | " + " | ".join(readme[col][i].replace("|", "/").replace("\n", " ") for col in columns) + " |")
+    text = "\n".join(lines)
+    print(text)
+    write_section("demo-forget-set", "The demo's forget set: general retain data", "python benchmarks/demo_forget_set.py", text)
+
+
+if __name__ == "__main__":
+    main()
