@@ -60,10 +60,6 @@ def main():
     try:
         tok = engine.tokenizer
 
-        def as_served(question):  # what the chat endpoint builds from one user message
-            ids = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
         def answers(questions, forget_set_name, prompt=lambda q: chat_prompt_ids(tok, q)):
             requests = [GenerationRequest(prompt(q), forget_set=forget_set_name, max_new_tokens=MAX_TOKENS)
                         for q in questions]
@@ -73,7 +69,7 @@ def main():
                    "TOFU-only retain data": TOFU_ONLY}
         outputs = {(split, col): answers([qa.question for qa in pairs], name)
                    for split, pairs in splits.items() for col, name in columns.items()}
-        readme = {col: answers(README_QUESTIONS, name, as_served) for col, name in columns.items()}
+        readme = {col: answers(README_QUESTIONS, name, lambda q: chat_prompt_ids(tok, q, system=None)) for col, name in columns.items()}
     finally:
         engine.close()
 

@@ -6,7 +6,7 @@ import torch
 
 from uld_training.unlearn import Step, get_method
 from uld_training.unlearn.mollm import unlearning_cross_entropy
-from uld_training.unlearn.objectives import answer_mask
+from uld_training.batching import answer_mask
 
 # One answer of two tokens: position 0 predicts token 0, position 1 predicts token 2.
 LABELS = torch.tensor([[-100, 0, 2]])

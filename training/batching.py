@@ -23,8 +23,13 @@ def collate(examples, pad_id):
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def answer_mask(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T-1): True where a position's logit predicts an answer token."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
 def answer_token_count(batch) -> int:
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    return int(answer_mask(batch["labels"]).sum())
 
 
 def grouped_batches(examples, batch_size, rng) -> list:
@@ -54,7 +59,7 @@ def answer_logits(lm, batch) -> tuple:
     an answer token: the LM head runs only there (half the positions of a TOFU batch).
     `lm` is a causal LM or a peft model around one (its LoRA layers stay active)."""
     lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    positions = batch["labels"][:, 1:] != IGNORE_INDEX
+    positions = answer_mask(batch["labels"])
     hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     return lm.lm_head(hidden[:, :-1][positions]).float(), batch["labels"][:, 1:][positions]
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 from .errors import UldError
 from .jsonl import read_objects
@@ -133,8 +134,10 @@ def perturbed_pairs(forget: list) -> list:
     return pairs
 
 
-def chat_prompt_ids(tokenizer, question: str) -> list:
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+def chat_prompt_ids(tokenizer, question: str, system: Optional[str] = SYSTEM_PROMPT) -> list:
+    """The chat prompt of one question; system=None sends no system message, as a chat
+    request with one user message does (the template may then add its own)."""
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": question}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 

@@ -8,12 +8,7 @@ LM head never runs on prompt or padding positions).
 import torch
 import torch.nn.functional as F
 
-from uld_serve.tofu import IGNORE_INDEX
-
-
-def answer_mask(labels: torch.Tensor) -> torch.Tensor:
-    """(B, T-1): True where the position predicts an answer token."""
-    return labels[:, 1:] != IGNORE_INDEX
+from ..batching import answer_mask
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple:
