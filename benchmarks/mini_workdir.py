@@ -3,11 +3,12 @@ tune_assistant.py, compare_methods.py and forget_quality_vs_alpha.py add to it):
 place names its folders. Default: <uld home>/bench/tofu-<protocol>."""
 from pathlib import Path
 
-# ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings", tune_assistant.py the
-# "tuned ..." one whose training settings win on the validation split)
+# ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings" and the recipe that
+# tune_assistant.py chose, at 10 epochs; tune_assistant.py the "tuned ..." ones at 5)
 FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned at K=15": "forget10-tuned-k15",
                "tuned with the paper's settings": "forget10-tuned-paper",
-               "tuned at K=15, general retain data": "forget10-tuned-k15-general"}
+               "tuned at K=15, general retain data": "forget10-tuned-k15-general",
+               "K=15, general retain data, 10 epochs": "forget10-k15-general-e10"}
 
 # tune_assistant.py's folder (its choice.json names the forget set it chose)
 TUNE = "tune-assistant"
