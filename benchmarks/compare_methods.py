@@ -41,6 +41,15 @@ EVAL_FLAGS = []  # --smoke adds --limit
 VALIDATION_LIMIT = [None]
 
 
+def parse_methods(text: str) -> list:
+    """The comma-separated method names of --methods; exits with one sentence on an unknown one."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        sys.exit(f"error: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    return methods
+
+
 def validation_pairs(limit=None) -> dict:
     """The (question, answer) pairs the rule scores: the validation forget split's, and
     real authors + world facts' (the utility side)."""
@@ -93,10 +102,7 @@ def main():
         BUDGET.update(max_steps=2, precision="fp32")
         EVAL_FLAGS.extend(["--limit", "4", "--max-new-tokens", "8"])
         VALIDATION_LIMIT[0] = 4
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        sys.exit(f"error: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    methods = parse_methods(args.methods)
     work = args.workdir or default_workdir()
     target, retain_logs = work / "target", eval_logs(work, "retain reference")
     if not (target.exists() and retain_logs.exists()):

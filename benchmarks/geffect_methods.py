@@ -8,8 +8,8 @@ one table and one plot in BENCHMARKS.md.
 Each method trains its LoRA (r 32 on every linear, lr 1e-4, batch 8) for STEPS steps on
 forget10 with the protocol's retain data, and the G-effect (training/geffect.py) is measured
 every EVERY steps on fixed probes of 16 forget10 and 16 retain answers. A negative forget
-G-effect is unlearning, a negative retain G-effect is damage; their ratio says how much
-retained knowledge a method gives up per unit of forgetting at that point of training.
+G-effect is unlearning, a negative retain G-effect is damage; when both are negative, their
+ratio says how much retained knowledge a method gives up per unit of forgetting.
 Needs the target of benchmarks/tofu_e2e.py (run it first, at least `--until finetune_target`).
 """
 import argparse
@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from compare_methods import METHODS  # noqa: E402
+from compare_methods import METHODS, parse_methods  # noqa: E402
 from mini_workdir import default_workdir  # noqa: E402
 from tofu_e2e import PROTOCOLS, uld  # noqa: E402
 
@@ -29,13 +29,16 @@ STEPS, EVERY, LR, PROBE = 20, 5, 1e-4, 16
 RESULTS = REPO / "benchmarks" / "results" / "geffect-mini"
 
 
-def run(method: str, work: Path, target: Path) -> dict:
-    out = work / "geffect" / method
-    if not (out / "geffect.json").exists():
+def records_path(work: Path, method: str) -> Path:
+    return work / "geffect" / method / "geffect.json"
+
+
+def run(method: str, work: Path, target: Path) -> None:
+    out = records_path(work, method).parent
+    if not records_path(work, method).exists():
         uld("geffect", "--method", method, "--target", target, "--forget", "tofu:forget10",
             "--retain", PROTOCOLS["mini"]["assistant_retain"], "--out", out, "--max-steps", STEPS,
             "--every", EVERY, "--lr", LR, "--probe-size", PROBE, "--seed", 0)
-    return json.loads((out / "geffect.json").read_text())
 
 
 def row(method: str, result: dict) -> str:
@@ -74,21 +77,17 @@ def main():
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        sys.exit(f"error: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    methods = parse_methods(args.methods)
     work = args.workdir or default_workdir()
     target = work / "target"
     if not (target / "config.json").exists():
         sys.exit("error: run benchmarks/tofu_e2e.py first (it trains the tofu-mini target)")
     for method in methods:
         run(method, work, target)
-    results = {m: json.loads((work / "geffect" / m / "geffect.json").read_text()) for m in METHODS
-               if (work / "geffect" / m / "geffect.json").exists()}
+    results = {m: json.loads(records_path(work, m).read_text()) for m in METHODS if records_path(work, m).exists()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     for method in results:
-        shutil.copy(work / "geffect" / method / "geffect.json", RESULTS / f"{method}.json")
+        shutil.copy(records_path(work, method), RESULTS / f"{method}.json")
     plot(results, RESULTS / "geffect_by_method.png")
     lines = [f"Each method {STEPS} steps from the target (LoRA r 32, lr {LR:g}, batch 8, seed 0), measured every {EVERY} "
              f"steps on {PROBE} forget10 and {PROBE} retain answers; G-effects are means over the measurements. "
