@@ -10,10 +10,15 @@ and one scatter plot in BENCHMARKS.md.
 Hyperparameters start from each paper's defaults (the methods' own defaults); only the
 learning rate is chosen, and never on forget10: each candidate is trained to forget a
 validation split, authors 10-19 of the target's 20 retained authors (tofu:full[200:400]),
-with authors 0-9 (tofu:full[:200]) as retain data. The rule: among candidates whose mean
-answer probability on real authors + world facts stays >= 95% of the target's, the one with
-the lowest probability on the validation forget answers (else the one with the best
-utility). ULD appears with its paper defaults (tofu_e2e.py) and, once
+with authors 0-9 (tofu:full[:200]) as retain data. The rule: among candidates whose
+normalised answer probability on real authors + world facts (the correct answer's
+probability over it and the three perturbed ones, as in model utility) stays >= 95% of the
+target's, the one with the lowest probability on the validation forget answers (else the
+one with the best utility). Not the raw answer probability: the target gives those bare
+answers ("William Shakespeare") 0.0008 on average, since a chat model does not start an answer
+that way, too small to tell lost knowledge from changed style. (tune_assistant.py's
+rule for ULD used the raw probability with a floor on served general answers, which was the
+binding one; it ran before this was noticed.) ULD appears with its paper defaults (tofu_e2e.py) and, once
 tune_assistant.py has run, with training settings chosen on the same split and its alpha
 calibrated against authors the target never learned (that script's docstring). The
 target, retain reference, their evaluations and the ULD assistants come from those
@@ -51,8 +56,8 @@ def parse_methods(text: str) -> list:
 
 
 def validation_pairs(limit=None) -> dict:
-    """The (question, answer) pairs the rule scores: the validation forget split's, and
-    real authors + world facts' (the utility side)."""
+    """The (question, answer) pairs of tune_assistant.py's rule: the validation forget split's, and
+    real authors + world facts' (its utility side, raw probabilities at a calibrated alpha)."""
     from uld_serve.tofu import load_qa, load_split
 
     utility = [(r["question"], r["answer"]) for s in ("real_authors", "world_facts") for r in load_split(s)]
@@ -60,15 +65,27 @@ def validation_pairs(limit=None) -> dict:
 
 
 def validation_scores(target, artifact=None):
-    """Mean answer probability on the validation forget split and on real authors + world facts."""
-    from uld_serve.eval.scoring import mean_answer_probability
+    """Mean answer probability on the validation forget split; mean normalised probability
+    of the correct answer on real authors + world facts."""
+    import math
+
+    from uld_serve.eval.metrics import normalised_probabilities
+    from uld_serve.eval.scoring import mean_answer_probability, score_pairs
     from uld_serve.reference import UldModel
+    from uld_serve.tofu import load_qa, load_split
 
     model = UldModel(target, {"m": artifact} if artifact else {})
     name = "m" if artifact else None
-    pairs = validation_pairs(VALIDATION_LIMIT[0])
-    return {"forget_prob": mean_answer_probability(model, pairs["forget"], name),
-            "utility_prob": mean_answer_probability(model, pairs["utility"], name)}
+    limit = VALIDATION_LIMIT[0]
+    forget = [(qa.question, qa.answer) for qa in load_qa(VALIDATION["forget"])][:limit]
+    utility = []
+    for split in ("real_authors_perturbed", "world_facts_perturbed"):
+        rows = load_split(split)[:limit]
+        options = [[r["answer"], *r["perturbed_answer"]] for r in rows]
+        scored = iter(score_pairs(model, [(r["question"], o) for r, opts in zip(rows, options) for o in opts], name))
+        probs = [[math.exp(-next(scored)["avg_loss"]) for _ in opts] for opts in options]
+        utility += normalised_probabilities([p[0] for p in probs], [p[1:] for p in probs]).tolist()
+    return {"forget_prob": mean_answer_probability(model, forget, name), "utility_prob": sum(utility) / len(utility)}
 
 
 def choose_lr(method, work, target, target_scores):
