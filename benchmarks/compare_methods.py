@@ -67,7 +67,7 @@ def validation_pairs(limit=None) -> dict:
 def validation_scores(target, artifact=None):
     """Mean answer probability on the validation forget split; mean normalised probability
     of the correct answer on real authors + world facts."""
-    import math
+    import numpy as np
 
     from uld_serve.eval.metrics import normalised_probabilities
     from uld_serve.eval.scoring import mean_answer_probability, score_pairs
@@ -81,10 +81,9 @@ def validation_scores(target, artifact=None):
     utility = []
     for split in ("real_authors_perturbed", "world_facts_perturbed"):
         rows = load_split(split)[:limit]
-        options = [[r["answer"], *r["perturbed_answer"]] for r in rows]
-        scored = iter(score_pairs(model, [(r["question"], o) for r, opts in zip(rows, options) for o in opts], name))
-        probs = [[math.exp(-next(scored)["avg_loss"]) for _ in opts] for opts in options]
-        utility += normalised_probabilities([p[0] for p in probs], [p[1:] for p in probs]).tolist()
+        pairs = [(r["question"], option) for r in rows for option in (r["answer"], *r["perturbed_answer"])]
+        probs = np.exp(-np.array([s["avg_loss"] for s in score_pairs(model, pairs, name)])).reshape(len(rows), -1)
+        utility += normalised_probabilities(probs[:, 0], probs[:, 1:]).tolist()
     return {"forget_prob": mean_answer_probability(model, forget, name), "utility_prob": sum(utility) / len(utility)}
 
 
