@@ -208,29 +208,13 @@ def write_results(work, publish=True):
     (out / "summary.json").write_text(json.dumps(points, indent=2) + "\n")
     (out / "config.json").write_text(json.dumps({"budget": BUDGET, "learning_rates": LEARNING_RATES, "validation": VALIDATION,
                                                  "utility_floor": UTILITY_FLOOR, "protocol": PROTOCOLS["mini"]}, indent=2) + "\n")
-    plot(points, out / "forget_quality_vs_utility.png")
+    from report import utility_scatter
+
+    utility_scatter(points, out / "forget_quality_vs_utility.png", "TOFU forget10 (tofu-mini), SmolLM2-135M")
     text = "\n".join(lines)
     print(text)
     if publish:
         record(text)
-
-
-def plot(points, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, s in points.items():
-        ax.scatter(s["model_utility"], max(s["forget_quality"], 1e-40), s=50)
-        ax.annotate(label, (s["model_utility"], max(s["forget_quality"], 1e-40)), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_yscale("log")
-    ax.set_xlabel("model utility")
-    ax.set_ylabel("forget quality (KS p-value)")
-    ax.set_title("TOFU forget10 (tofu-mini), SmolLM2-135M")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def record(text):

@@ -28,3 +28,28 @@ def write_section(key: str, heading: str, command: str, text: str) -> None:
     else:
         current = current.rstrip() + f"\n\n## {heading}\n\n" + body + "\n"
     BENCHMARKS.write_text(current)
+
+
+def utility_scatter(points: dict, path, title: str) -> None:
+    """Forget quality (log) against model utility, one marker per model, labels in a legend
+    beside the axes (ULD's labels are too long to annotate points with)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    colors = plt.get_cmap("tab20").colors
+    for i, (label, s) in enumerate(points.items()):
+        fq = s.get("forget_quality")
+        fq = 1.0 if fq is None else max(fq, 1e-40)  # None: the retain reference, the comparison itself
+        marker = "X" if label == "target" else "*" if label.startswith("ULD") else "o"
+        ax.scatter(s["model_utility"], fq, s=90 if marker == "*" else 50, marker=marker,
+                   color="black" if label == "target" else colors[i % len(colors)], label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility")
+    ax.set_ylabel("forget quality (KS p-value)")
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

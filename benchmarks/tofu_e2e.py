@@ -142,7 +142,9 @@ def write_results(protocol, work, timings, evals, retain_eval):
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "summary.json").write_text(json.dumps({"summaries": summaries, "timings_s": timings}, indent=2) + "\n")
-    plot(summaries, out / "forget_quality_vs_utility.png")
+    from report import utility_scatter
+
+    utility_scatter(summaries, out / "forget_quality_vs_utility.png", f"TOFU forget10 (tofu-{protocol}), SmolLM2-135M")
     text = table(summaries, timings)
     print(text)
     record(protocol, text, timings, config)
@@ -172,25 +174,6 @@ def table(summaries, timings):
         lines.append(f"| {label} | {'n/a' if fq is None else f'{fq:.3g}'} | {s['model_utility']:.4f} | "
                      f"{s['forget_Q_A_ROUGE']:.4f} | {s['forget_truth_ratio']:.4f} | {s['privleak']:.2f} | {walls[label]} |")
     return "\n".join(lines)
-
-
-def plot(summaries, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label, s in summaries.items():
-        fq = s.get("forget_quality") or 1.0  # the retain reference is the comparison itself
-        ax.scatter(s["model_utility"], fq, s=60)
-        ax.annotate(label, (s["model_utility"], fq), textcoords="offset points", xytext=(5, 5))
-    ax.set_yscale("log")
-    ax.set_xlabel("model utility")
-    ax.set_ylabel("forget quality (KS p-value)")
-    ax.set_title("TOFU forget10, SmolLM2-135M")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
