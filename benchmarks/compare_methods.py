@@ -3,9 +3,15 @@ tofu_e2e.py (SmolLM2 target that learned 40 TOFU authors, forget10), every metho
 `uld unlearn` with the same budget (LoRA r32 on every linear, 5 epochs, batch 8), one table
 and one scatter plot in BENCHMARKS.md.
 
-    python benchmarks/compare_methods.py                      # every method
-    python benchmarks/compare_methods.py --methods npo,simnpo # a subset (stages are cached)
-    python benchmarks/compare_methods.py --report-only        # the table from what is evaluated so far
+    python benchmarks/tofu_e2e.py --until eval_retain         # first: the target and the retain reference
+    python benchmarks/compare_methods.py                      # every method not yet recorded
+    python benchmarks/compare_methods.py --methods npo,simnpo # a subset
+    python benchmarks/compare_methods.py --report-only        # the table from what is recorded
+
+What is measured is recorded as it comes in benchmarks/results/compare-mini/summary.json (one
+row per evaluated model, each validation score, the target's fingerprint), so a run that stops,
+even on another machine, goes on with the next missing piece: the target fine-tune is
+deterministic for its seed on one kind of CPU, and a target with another fingerprint is refused.
 
 Hyperparameters start from each paper's defaults (the methods' own defaults); only the
 learning rate is chosen, and never on forget10: each candidate is trained to forget a
@@ -20,9 +26,8 @@ that way, too small to tell lost knowledge from changed style. (tune_assistant.p
 rule for ULD used the raw probability with a floor on served general answers, which was the
 binding one; it ran before this was noticed.) ULD appears with its paper defaults (tofu_e2e.py) and, once
 tune_assistant.py has run, with training settings chosen on the same split and its alpha
-calibrated against authors the target never learned (that script's docstring). The
-target, retain reference, their evaluations and the ULD assistants come from those
-scripts' caches (run tofu_e2e.py first).
+calibrated against authors the target never learned (that script's docstring); their rows
+and the target's are recorded from those scripts' evaluations when the workdir holds them.
 """
 import argparse
 import json
@@ -44,6 +49,7 @@ VALIDATION = {"forget": "tofu:full[200:400]", "retain": "tofu:full[:200]"}
 UTILITY_FLOOR = 0.95
 EVAL_FLAGS = []  # --smoke adds --limit
 VALIDATION_LIMIT = [None]
+RESULTS = REPO / "benchmarks" / "results" / "compare-mini"
 
 
 def parse_methods(text: str) -> list:
@@ -87,22 +93,22 @@ def validation_scores(target, artifact=None):
     return {"forget_prob": mean_answer_probability(model, forget, name), "utility_prob": sum(utility) / len(utility)}
 
 
-def choose_lr(method, work, target, target_scores):
-    """Train each candidate on the validation split; return (chosen lr, all scores)."""
-    scores = {}
+def choose_lr(method, runs, target, record, save):
+    """Train each candidate on the validation split (scores already in the record are reused);
+    return the chosen lr."""
+    scores = record["validation"].setdefault(method, {})
     for lr in LEARNING_RATES:
-        run = work / "validation" / f"{method}-lr{lr:g}"
-        path = run / "scores.json"
-        if not path.exists():
-            if not (run / "artifact").exists():
+        if f"{lr:g}" not in scores:
+            artifact = runs / "validation" / f"{method}-lr{lr:g}"
+            if not artifact.exists():
                 uld("unlearn", "--method", method, "--target", target, "--forget", VALIDATION["forget"],
-                    "--retain", VALIDATION["retain"], "--out", run / "artifact", "--lr", lr, *flags(BUDGET))
-            path.write_text(json.dumps(validation_scores(target, run / "artifact")))
-        scores[lr] = json.loads(path.read_text())
-    floor = UTILITY_FLOOR * target_scores["utility_prob"]
-    kept = [lr for lr in LEARNING_RATES if scores[lr]["utility_prob"] >= floor]
-    chosen = min(kept, key=lambda lr: scores[lr]["forget_prob"]) if kept else max(LEARNING_RATES, key=lambda lr: scores[lr]["utility_prob"])
-    return chosen, scores
+                    "--retain", VALIDATION["retain"], "--out", artifact, "--lr", lr, *flags(BUDGET))
+            scores[f"{lr:g}"] = validation_scores(target, artifact)
+            save()
+    floor = UTILITY_FLOOR * record["validation"]["target"]["utility_prob"]
+    score = {lr: scores[f"{lr:g}"] for lr in LEARNING_RATES}
+    kept = [lr for lr in LEARNING_RATES if score[lr]["utility_prob"] >= floor]
+    return min(kept, key=lambda lr: score[lr]["forget_prob"]) if kept else max(LEARNING_RATES, key=lambda lr: score[lr]["utility_prob"])
 
 
 def main():
@@ -110,9 +116,10 @@ def main():
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: write the table from the methods evaluated so far")
+                        help="train nothing: write the table from the recorded results")
     parser.add_argument("--smoke", action="store_true",
-                        help="2 training steps and 4 items per eval split: checks the script, reports nothing")
+                        help="2 training steps and 4 items per eval split, all under <workdir>/compare-smoke: "
+                             "checks the script, publishes nothing")
     args = parser.parse_args()
     if args.smoke:
         BUDGET.update(max_steps=2, precision="fp32")
@@ -120,47 +127,96 @@ def main():
         VALIDATION_LIMIT[0] = 4
     methods = parse_methods(args.methods)
     work = args.workdir or default_workdir()
+    runs = work / "compare-smoke" if args.smoke else work
+    results = runs if args.smoke else RESULTS
+    record = load_record(results / "summary.json")
+    if args.report_only:
+        return write_results(record, results, publish=not args.smoke)
     target, retain_logs = work / "target", eval_logs(work, "retain reference")
     if not (target.exists() and retain_logs.exists()):
-        sys.exit("error: run benchmarks/tofu_e2e.py first (it trains the target and evaluates the retain reference)")
-    if args.report_only:
-        return write_results(work)
-    protocol = PROTOCOLS["mini"]
-    target_scores_path = work / "validation" / "target-scores.json"
-    if not target_scores_path.exists():
-        target_scores_path.parent.mkdir(parents=True, exist_ok=True)
-        target_scores_path.write_text(json.dumps(validation_scores(target)))
-    target_scores = json.loads(target_scores_path.read_text())
+        sys.exit("error: run benchmarks/tofu_e2e.py --until eval_retain first (it trains the target and evaluates the retain reference)")
+    check_target(record, target, results / "summary.json")
+
+    def save():
+        save_record(record, results / "summary.json")
+
+    add_baselines(record, work, retain_logs)
+    if "target" not in record["validation"]:
+        record["validation"]["target"] = validation_scores(target)
+    save()
     for method in methods:
-        lr, scores = choose_lr(method, work, target, target_scores)
-        artifact = work / "methods" / method
+        if method in record["models"]:
+            continue
+        lr = choose_lr(method, runs, target, record, save)
+        artifact = runs / "methods" / method
         if not artifact.exists():
             uld("unlearn", "--method", method, "--target", target, "--forget", "tofu:forget10",
-                "--retain", protocol["assistant_retain"], "--out", artifact, "--lr", lr, *flags(BUDGET))
-        (work / "methods" / f"{method}.validation.json").write_text(json.dumps({"chosen_lr": lr, "scores": scores, "target": target_scores}, indent=2))
-        if not method_logs(work, method).exists():
-            uld("eval", "tofu", "--target", target, "--forget-set", f"{method}={artifact}", "--out", method_logs(work, method).parent,
+                "--retain", PROTOCOLS["mini"]["assistant_retain"], "--out", artifact, "--lr", lr, *flags(BUDGET))
+        logs = runs / "eval-methods" / method / "TOFU_EVAL.json"
+        if not logs.exists():
+            uld("eval", "tofu", "--target", target, "--forget-set", f"{method}={artifact}", "--out", logs.parent,
                 "--retain-logs", retain_logs, "--generate-with", "vllm", *EVAL_FLAGS)
-    write_results(work, publish=not args.smoke)
+        record["models"][method] = model_row(logs, retain_logs, artifact)
+        save()
+    write_results(record, results, publish=not args.smoke)
 
 
-def method_logs(work, method) -> Path:
-    return work / "eval-methods" / method / "TOFU_EVAL.json"
+def load_record(path: Path) -> dict:
+    """What the comparison has measured so far: the target's fingerprint, one row per evaluated
+    model and the validation scores. It lives in the repository, so a new machine that rebuilds the
+    target (bit-identical for the same seed on the same kind of CPU) goes on where the last one stopped."""
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"target_fingerprint": None, "models": {}, "validation": {}}
 
 
-def rows(work):
-    """(label, TOFU_EVAL.json, artifact directory) for ULD and every method evaluated so far."""
+def save_record(record: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    partial.replace(path)
+
+
+def check_target(record: dict, target: Path, path: Path) -> None:
+    """Rows measured on another target are not comparable: refuse to mix them."""
+    from uld_serve.models import fingerprint
+
+    found = fingerprint(target)
+    expected = record["target_fingerprint"]
+    if expected and expected != found:
+        sys.exit(f"error: the workdir's target ({found[:12]}) is not the one the recorded results were measured on "
+                 f"({expected[:12]}); move {path} away to start a new comparison")
+    record["target_fingerprint"] = found
+
+
+def add_baselines(record, work, retain_logs):
+    """The target's and ULD's rows, from tofu_e2e.py's and tune_assistant.py's evaluations in the workdir."""
+    if eval_logs(work, "target").exists():
+        record["models"]["target"] = {"summary": summary(eval_logs(work, "target"), retain_logs)}
     uld_rows = [("ULD, paper settings, paper scoring", "paper settings"), ("ULD, paper settings, anchored scoring", "paper settings"),
                 ("ULD, tuned, anchored scoring", "tuned")]
-    out = [(label, eval_logs(work, label), work / FORGET_SETS[assistant]) for label, assistant in uld_rows
-           if eval_logs(work, label).exists()]
-    out += [(calibrated(label), eval_logs(work, calibrated(label)), work / folder) for label, folder in FORGET_SETS.items()
-            if eval_logs(work, calibrated(label)).exists()]
-    for method in METHODS:
-        logs = method_logs(work, method)
-        if logs.exists():
-            out.append((method, logs, work / "methods" / method))
-    return out
+    uld_rows += [(calibrated(label), label) for label in FORGET_SETS]
+    for label, assistant in uld_rows:
+        if eval_logs(work, label).exists():
+            record["models"][label] = model_row(eval_logs(work, label), retain_logs, work / FORGET_SETS[assistant])
+
+
+def summary(logs: Path, retain_logs: Path) -> dict:
+    from uld_serve.eval.summary import recompute
+    from uld_serve.eval.tofu_eval import load_logs
+
+    return recompute(load_logs(logs), load_logs(retain_logs))
+
+
+def model_row(logs: Path, retain_logs: Path, artifact: Path) -> dict:
+    """A table row: the TOFU summary and the training's cost, from its artifact."""
+    manifest = json.loads((artifact / "uld.json").read_text())
+    training = manifest.get("training", {})
+    seconds = train_seconds(artifact)
+    return {"summary": summary(logs, retain_logs), "train_s": seconds,
+            "train_s_per_epoch": round(seconds / training["epochs"], 1) if training.get("max_steps") is None else None,
+            "trainable_parameters": adapter_parameters(artifact),
+            "peak_rss_mib": manifest.get("result", {}).get("peak_rss_mib"), "lr": training.get("lr")}
 
 
 def adapter_parameters(artifact: Path) -> int:
@@ -179,50 +235,38 @@ def train_seconds(artifact: Path) -> float:
     return round(statistics.median(b - a for a, b in zip(walls, walls[1:])) * len(history), 1)
 
 
-def write_results(work, publish=True):
-    """The table and plot; published to benchmarks/results and BENCHMARKS.md, or (smoke runs)
-    left in the workdir.""" 
-    from uld_serve.eval.summary import recompute
-    from uld_serve.eval.tofu_eval import load_logs
-
-    reference = load_logs(eval_logs(work, "retain reference"))
-    target = recompute(load_logs(eval_logs(work, "target")), reference)
+def write_results(record, out: Path, publish=True):
+    """The table and plot from the record: target, ULD, then the methods."""
+    models = record["models"]
+    order = [label for label in models if label == "target"] + [label for label in models if label.startswith("ULD")]
+    order += [method for method in METHODS if method in models]
     lines = ["| model | forget quality | model utility | forget ROUGE-L | privleak | train s | train s per epoch | trainable params | peak RSS MiB | lr |",
-             "|---|---|---|---|---|---|---|---|---|---|",
-             f"| target (no unlearning) | {target['forget_quality']:.3g} | {target['model_utility']:.4f} | "
-             f"{target['forget_Q_A_ROUGE']:.4f} | {target['privleak']:.2f} | | | | | |"]
-    points = {"target": target}
-    for label, logs, artifact in rows(work):
-        manifest = json.loads((artifact / "uld.json").read_text())
-        s = recompute(load_logs(logs), reference)
-        points[label] = s
-        result = {"trainable_parameters": adapter_parameters(artifact), **manifest.get("result", {})}
-        training = manifest.get("training", {})
-        seconds = train_seconds(artifact)
-        per_epoch = round(seconds / training["epochs"], 1) if training.get("max_steps") is None else "n/a"
-        lines.append(f"| {label} | {s['forget_quality']:.3g} | {s['model_utility']:.4f} | {s['forget_Q_A_ROUGE']:.4f} | "
-                     f"{s['privleak']:.2f} | {seconds} | {per_epoch} | {result.get('trainable_parameters', 'n/a')} | "
-                     f"{result.get('peak_rss_mib', 'n/a')} | {training.get('lr')} |")
-    out = REPO / "benchmarks" / "results" / "compare-mini" if publish else work / "compare-smoke"
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for label in order:
+        row, s = models[label], models[label]["summary"]
+        cells = [row.get(key) for key in ("train_s", "train_s_per_epoch", "trainable_parameters", "peak_rss_mib", "lr")]
+        cells = ["" if label == "target" else "n/a" if cell is None else cell for cell in cells]
+        lines.append(f"| {'target (no unlearning)' if label == 'target' else label} | {s['forget_quality']:.3g} | "
+                     f"{s['model_utility']:.4f} | {s['forget_Q_A_ROUGE']:.4f} | {s['privleak']:.2f} | " + " | ".join(map(str, cells)) + " |")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(points, indent=2) + "\n")
     (out / "config.json").write_text(json.dumps({"budget": BUDGET, "learning_rates": LEARNING_RATES, "validation": VALIDATION,
                                                  "utility_floor": UTILITY_FLOOR, "protocol": PROTOCOLS["mini"]}, indent=2) + "\n")
     from report import utility_scatter
 
-    utility_scatter(points, out / "forget_quality_vs_utility.png", "TOFU forget10 (tofu-mini), SmolLM2-135M")
+    utility_scatter({label: models[label]["summary"] for label in order}, out / "forget_quality_vs_utility.png",
+                    "TOFU forget10 (tofu-mini), SmolLM2-135M")
     text = "\n".join(lines)
     print(text)
     if publish:
-        record(text)
+        record_section(text)
 
 
-def record(text):
+def record_section(text):
     from report import write_section
 
     write_section("compare-methods:mini", "ULD against weight-level unlearning (tofu-mini)", "python benchmarks/compare_methods.py",
-                  "Protocol and per-model summaries in `benchmarks/results/compare-mini/`. Train s = steps x the "
-                  "median step time of the training log (unaffected by pauses); learning rates chosen on the "
+                  "Protocol, per-model summaries and validation scores in `benchmarks/results/compare-mini/`. Train s = "
+                  "steps x the median step time of the training log (unaffected by pauses); learning rates chosen on the "
                   "validation split described in the script.\n\n" + text + "\n\n"
                   "![forget quality vs model utility](benchmarks/results/compare-mini/forget_quality_vs_utility.png)")
 
