@@ -1,5 +1,6 @@
 """`uld eval tofu`: run a model (or target + forget set) over TOFU's evaluation splits and
 write TOFU_EVAL.json (per sample), TOFU_SUMMARY.json and summary.md."""
+import json
 import logging
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ from .summary import markdown_table, recompute
 logging.getLogger("absl").setLevel(logging.WARNING)
 
 SCORING_MODES = {"paper": "score", "anchored": "score_anchored"}  # --scoring -> logit_difference mode
+PARTIAL = ".TOFU_EVAL.partial.json"  # the splits done so far, while an evaluation runs
 
 
 def _datasets(split):
@@ -63,9 +65,14 @@ def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None,
     kwargs = {"forget_set": forget_set, "alpha": alpha, "relative_top": relative_top}
     score_kwargs = {**kwargs, "mode": SCORING_MODES[scoring]}
     scorer = m.rouge_scorer()
-    logs = {}
+    out_dir = Path(out_dir)
+    partial = Partial(out_dir / PARTIAL, _run_key(model, split, scoring, limit, max_new_tokens, **kwargs))
+    logs = partial.logs
     with tqdm(total=total, desc=f"eval {label}", unit="seq", dynamic_ncols=True) as bar:
         for prefix, (rows, has_para) in datasets.items():
+            if f"{prefix}_Q_A_ROUGE" in logs:  # done before an interruption
+                bar.update(len(rows) * (2 + has_para + len(rows[0]["perturbed_answer"])))
+                continue
             questions = [r["question"] for r in rows]
             n, n_wrong = len(rows), len(rows[0]["perturbed_answer"])
             # one call, so that a question's answer, paraphrase and perturbed answers share its prompt
@@ -85,22 +92,55 @@ def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None,
                 for i, (r, g) in enumerate(zip(rows, generations))
             }}
             if prefix == "forget":
-                forget_answers = answers
+                partial.forget_answers = answers
                 logs["extraction_strength"] = {"value_by_index": {str(i): {"score": m.extraction_strength(a["matches"])} for i, a in enumerate(answers)}}
+            partial.save()
         held = score_pairs(model, [(r["question"], r["answer"]) for r in holdout], batch_size=batch_size, progress=bar.update, **score_kwargs)
+    forget_answers = partial.forget_answers
     forget_texts = [r["answer"] for r in datasets["forget"][0]]
     holdout_texts = [r["answer"] for r in holdout]
     logs["mia_min_k"] = _mia_log(forget_answers, held, lambda a, _: m.min_k_score(a["token_logprobs"], 0.4), forget_texts, holdout_texts)
     logs["mia_loss"] = _mia_log(forget_answers, held, lambda a, _: a["avg_loss"], forget_texts, holdout_texts)
     logs["mia_zlib"] = _mia_log(forget_answers, held, lambda a, text: m.zlib_score(a["avg_loss"], text), forget_texts, holdout_texts)
     summary = recompute(logs, reference)
-    out_dir = Path(out_dir)
     write_json_atomic(out_dir / "TOFU_EVAL.json", dict(sorted(logs.items())))
     write_json_atomic(out_dir / "TOFU_SUMMARY.json", summary)
     if forget_set is not None and scoring != "paper":
         label = f"{label} ({scoring} scoring)"
     write_text_atomic(out_dir / "summary.md", markdown_table({label: summary}))
+    partial.remove()
     return summary
+
+
+def _run_key(model, split, scoring, limit, max_new_tokens, forget_set, alpha, relative_top) -> dict:
+    """What a partial evaluation must share with this run to be resumed: the models (fingerprints,
+    the forget set's manifest and adapter file) and every option that changes a number."""
+    key = {"target": model.target_fingerprint, "dtype": str(model.target.dtype), "split": split, "scoring": scoring,
+           "limit": limit, "max_new_tokens": max_new_tokens, "alpha": alpha, "relative_top": relative_top, "forget_set": None}
+    if forget_set is not None:
+        fs = model.forget_sets[forget_set]
+        adapter = fs.path / "adapter_model.safetensors"
+        key["forget_set"] = {"manifest": fs.manifest, "adapter": [adapter.stat().st_size, adapter.stat().st_mtime_ns]}
+    return key
+
+
+class Partial:
+    """The splits evaluated so far, saved after each one, so that an interrupted `uld eval tofu`
+    resumes where it stopped (an evaluation takes about half an hour on 2 CPU cores). A partial
+    file from a run with other models or options is ignored and replaced."""
+
+    def __init__(self, path: Path, key: dict):
+        self.path, self.key = path, json.loads(json.dumps(key))  # as it reads back from JSON
+        saved = read_json(path) if path.is_file() else None
+        resumed = isinstance(saved, dict) and saved.get("key") == self.key
+        self.logs = saved["logs"] if resumed else {}
+        self.forget_answers = saved.get("forget_answers") if resumed else None
+
+    def save(self):
+        write_json_atomic(self.path, {"key": self.key, "logs": self.logs, "forget_answers": self.forget_answers})
+
+    def remove(self):
+        self.path.unlink(missing_ok=True)
 
 
 def _prob_log(results) -> dict:
