@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..artifact import read_json
+from ..artifact import find_forget_set, read_json
 from ..atomic import write_json_atomic, write_text_atomic
 from ..errors import UldError
 from ..tofu import FORGET_SPLITS, load_split
@@ -118,7 +118,7 @@ def _run_key(model, split, scoring, limit, max_new_tokens, forget_set, alpha, re
     key = {"target": model.target_fingerprint, "dtype": str(model.target.dtype), "split": split, "scoring": scoring,
            "limit": limit, "max_new_tokens": max_new_tokens, "alpha": alpha, "relative_top": relative_top, "forget_set": None}
     if forget_set is not None:
-        fs = model.forget_sets[forget_set]
+        fs = find_forget_set(model.forget_sets, forget_set)
         adapter = fs.path / "adapter_model.safetensors"
         key["forget_set"] = {"manifest": fs.manifest, "adapter": [adapter.stat().st_size, adapter.stat().st_mtime_ns]}
     return key
