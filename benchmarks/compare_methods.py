@@ -3,13 +3,15 @@ tofu_e2e.py (SmolLM2 target that learned 40 TOFU authors, forget10), every metho
 `uld unlearn` with the same budget (LoRA r32 on every linear, 5 epochs, batch 8), one table
 and one scatter plot in BENCHMARKS.md.
 
-    python benchmarks/tofu_e2e.py --until eval_retain         # first: the target and the retain reference
+    python benchmarks/tofu_e2e.py --until finetune_target     # first: the target (--until eval_retain: and
+                                                              # the retain reference, if not yet recorded)
     python benchmarks/compare_methods.py                      # every method not yet recorded
     python benchmarks/compare_methods.py --methods npo,simnpo # a subset
     python benchmarks/compare_methods.py --report-only        # the table from what is recorded
 
 What is measured is recorded as it comes in benchmarks/results/compare-mini/summary.json (one
-row per evaluated model, each validation score, the target's fingerprint), so a run that stops,
+row per evaluated model, each validation score, the target's fingerprint; the retain reference's
+TOFU_EVAL.json beside it), so a run that stops,
 even on another machine, goes on with the next missing piece: the target fine-tune is
 deterministic for its seed on one kind of CPU, and a target with another fingerprint is refused.
 
@@ -132,9 +134,10 @@ def main():
     record = load_record(results / "summary.json")
     if args.report_only:
         return write_results(record, results, publish=not args.smoke)
-    target, retain_logs = work / "target", eval_logs(work, "retain reference")
-    if not (target.exists() and retain_logs.exists()):
-        sys.exit("error: run benchmarks/tofu_e2e.py --until eval_retain first (it trains the target and evaluates the retain reference)")
+    target = work / "target"
+    retain_logs = recorded_retain_logs(work, results)
+    if not target.exists():
+        sys.exit("error: run benchmarks/tofu_e2e.py --until finetune_target first (it trains the target)")
     check_target(record, target, results / "summary.json")
 
     def save():
@@ -175,6 +178,23 @@ def save_record(record: dict, path: Path) -> None:
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(record, indent=2) + "\n")
     partial.replace(path)
+
+
+def recorded_retain_logs(work: Path, results: Path) -> Path:
+    """The retain reference's TOFU_EVAL.json that every recorded forget quality is measured against,
+    kept beside the record (so a new machine need not train and evaluate the retain model again)."""
+    import filecmp
+    import shutil
+
+    recorded, fresh = results / "retain-reference.TOFU_EVAL.json", eval_logs(work, "retain reference")
+    if fresh.exists() and recorded.exists() and not filecmp.cmp(fresh, recorded, shallow=False):
+        sys.exit(f"error: {fresh} differs from the recorded {recorded}; the recorded rows were measured against the latter")
+    if fresh.exists() and not recorded.exists():
+        results.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(fresh, recorded)
+    if not recorded.exists():
+        sys.exit("error: run benchmarks/tofu_e2e.py --until eval_retain first (it evaluates the retain reference)")
+    return recorded
 
 
 def check_target(record: dict, target: Path, path: Path) -> None:
