@@ -139,11 +139,14 @@ def main():
     if not target.exists():
         sys.exit("error: run benchmarks/tofu_e2e.py --until finetune_target first (it trains the target)")
     check_target(record, target, results / "summary.json")
+    from uld_serve.eval.tofu_eval import load_logs
+
+    reference = load_logs(retain_logs)  # parsed once: every row's forget quality is measured against it
 
     def save():
         save_record(record, results / "summary.json")
 
-    add_baselines(record, work, retain_logs)
+    add_baselines(record, work, reference)
     if "target" not in record["validation"]:
         record["validation"]["target"] = validation_scores(target)
     save()
@@ -159,7 +162,7 @@ def main():
         if not logs.exists():
             uld("eval", "tofu", "--target", target, "--forget-set", f"{method}={artifact}", "--out", logs.parent,
                 "--retain-logs", retain_logs, "--generate-with", "vllm", *EVAL_FLAGS)
-        record["models"][method] = model_row(logs, retain_logs, artifact)
+        record["models"][method] = model_row(logs, reference, artifact)
         save()
     write_results(record, results, publish=not args.smoke)
 
@@ -174,10 +177,9 @@ def load_record(path: Path) -> dict:
 
 
 def save_record(record: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    partial.replace(path)
+    from uld_serve.atomic import write_json_atomic
+
+    write_json_atomic(path, record)
 
 
 def recorded_retain_logs(work: Path, results: Path) -> Path:
@@ -209,31 +211,31 @@ def check_target(record: dict, target: Path, path: Path) -> None:
     record["target_fingerprint"] = found
 
 
-def add_baselines(record, work, retain_logs):
+def add_baselines(record, work, reference):
     """The target's and ULD's rows, from tofu_e2e.py's and tune_assistant.py's evaluations in the workdir."""
     if eval_logs(work, "target").exists():
-        record["models"]["target"] = {"summary": summary(eval_logs(work, "target"), retain_logs)}
+        record["models"]["target"] = {"summary": summary(eval_logs(work, "target"), reference)}
     uld_rows = [("ULD, paper settings, paper scoring", "paper settings"), ("ULD, paper settings, anchored scoring", "paper settings"),
                 ("ULD, tuned, anchored scoring", "tuned")]
     uld_rows += [(calibrated(label), label) for label in FORGET_SETS]
     for label, assistant in uld_rows:
         if eval_logs(work, label).exists():
-            record["models"][label] = model_row(eval_logs(work, label), retain_logs, work / FORGET_SETS[assistant])
+            record["models"][label] = model_row(eval_logs(work, label), reference, work / FORGET_SETS[assistant])
 
 
-def summary(logs: Path, retain_logs: Path) -> dict:
+def summary(logs: Path, reference: dict) -> dict:
     from uld_serve.eval.summary import recompute
     from uld_serve.eval.tofu_eval import load_logs
 
-    return recompute(load_logs(logs), load_logs(retain_logs))
+    return recompute(load_logs(logs), reference)
 
 
-def model_row(logs: Path, retain_logs: Path, artifact: Path) -> dict:
+def model_row(logs: Path, reference: dict, artifact: Path) -> dict:
     """A table row: the TOFU summary and the training's cost, from its artifact."""
     manifest = json.loads((artifact / "uld.json").read_text())
     training = manifest.get("training", {})
     seconds = train_seconds(artifact)
-    return {"summary": summary(logs, retain_logs), "train_s": seconds,
+    return {"summary": summary(logs, reference), "train_s": seconds,
             "train_s_per_epoch": round(seconds / training["epochs"], 1) if training.get("max_steps") is None else None,
             "trainable_parameters": adapter_parameters(artifact),
             "peak_rss_mib": manifest.get("result", {}).get("peak_rss_mib"), "lr": training.get("lr")}
