@@ -69,3 +69,17 @@ def test_cli_runs_a_method_and_refuses_bad_input(tiny_target, tmp_path):
     assert_user_error(uld("unlearn", "--method", "soul", *common, "--out", tmp_path / "x", "--param", "loss=ga", check=False),
                       "soul's loss must be one of")
     assert not (tmp_path / "x").exists()
+
+
+def test_mollm_logs_its_common_descent_weights(tiny_target, tmp_path):
+    out = unlearn("mollm", {}, str(tiny_target), "tofu:forget01", "tofu:retain90[:20]", tmp_path / "mollm",
+                  TrainConfig(max_steps=3, batch_size=4, lr=1e-2, precision="fp32"), Trainable(rank=8, lora_alpha=8))
+    log = json.loads((out / "training_log.json").read_text())
+    assert len(log) == 3
+    for entry in log:
+        weights = [entry[f"w_{name}"] for name in ("forget", "retain", "kl")]
+        assert min(weights) >= 0 and sum(weights) == pytest.approx(1.0)
+        assert entry["d_norm"] >= 0
+    # the LoRA starts as the reference, where the KL term is at its minimum: its (numerically)
+    # zero gradient is the min-norm point, so the first common descent direction is about 0
+    assert log[0]["w_kl"] > 0.99 and log[0]["d_norm"] < 1e-6

@@ -78,7 +78,8 @@ def run_training(
     """Train `params`; `epoch_batches(e)` lists epoch e's batches, `loss_fn(batch)` returns
     (loss, {name: float}) with the objective's value under "loss". By default the optimizer is
     AdamW and `loss.backward()` fills the gradients; `make_optimizer(params)` and
-    `backward(loss, step)` replace them (second-order and multi-objective methods).
+    `backward(loss, step)` replace them (second-order and multi-objective methods); a dict it
+    returns is logged with the step.
     Returns a summary (final logged values, steps, wall time)."""
     config.validate()
     total = steps_per_epoch * config.epochs
@@ -118,7 +119,7 @@ def run_training(
             if backward is None:
                 loss.backward()
             else:
-                backward(loss, step)
+                logged = {**logged, **(backward(loss, step) or {})}
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             schedule.step()

@@ -110,6 +110,7 @@ class Method:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
     def backward(self, terms: dict, params: list, step_index: int, step: Step):
+        """Fill the gradients; may return values to log with the step."""
         terms["loss"].backward()
 
     def objective_gradient(self, terms: dict, params: list, retain_graph: bool = False) -> list:

@@ -40,10 +40,15 @@ class MOLLM(Method):
             keep = retain_graph or i < len(objectives) - 1
             parts = torch.autograd.grad(objective, params, retain_graph=keep, allow_unused=True)
             grads.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(parts, params)]))
-        direction, self.last_weights = common_descent_direction(grads)
+        direction, weights = common_descent_direction(grads)
+        self.last_step = {"d_norm": float(direction.norm()),
+                          **{f"w_{name}": float(w) for name, w in zip(("forget", "retain", "kl"), weights)}}
         flat = (-direction).split([p.numel() for p in params])
         return [g.view_as(p).to(p.dtype) for g, p in zip(flat, params)]
 
     def backward(self, terms, params, step_index, step):
+        """Logs the min-norm weights and ||d||: with d near 0 the step is Pareto-stationary
+        and an Adam-style optimizer still moves by ~lr along whatever is left."""
         for p, g in zip(params, self.objective_gradient(terms, params)):
             p.grad = g
+        return self.last_step

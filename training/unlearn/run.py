@@ -89,7 +89,7 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
     def backward(terms, step_index):
         if on_step is not None:
             on_step(step_index, model, method, reference)
-        method.backward(terms, trainable_params, step_index, current.pop("step"))
+        return method.backward(terms, trainable_params, step_index, current.pop("step"))
 
     resume_dir = out.parent / f".{out.name}.resume"
     summary = run_training(
