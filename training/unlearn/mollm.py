@@ -13,6 +13,8 @@ from .base import Method, register
 from .min_norm import common_descent_direction
 from .objectives import kl_to_reference, mean_nll, token_nll
 
+OBJECTIVES = ("forget", "retain", "kl")
+
 
 def unlearning_cross_entropy(logits, labels) -> torch.Tensor:
     nll, mask = token_nll(logits, labels)
@@ -34,15 +36,14 @@ class MOLLM(Method):
 
     def objective_gradient(self, terms, params, retain_graph=False):
         """-d, d the common descent direction: the optimizer subtracts what it is given."""
-        objectives = [terms["forget"], terms["retain"], terms["kl"]]
         grads = []
-        for i, objective in enumerate(objectives):
-            keep = retain_graph or i < len(objectives) - 1
-            parts = torch.autograd.grad(objective, params, retain_graph=keep, allow_unused=True)
+        for i, name in enumerate(OBJECTIVES):
+            keep = retain_graph or i < len(OBJECTIVES) - 1
+            parts = torch.autograd.grad(terms[name], params, retain_graph=keep, allow_unused=True)
             grads.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(parts, params)]))
         direction, weights = common_descent_direction(grads)
         self.last_step = {"d_norm": float(direction.norm()),
-                          **{f"w_{name}": float(w) for name, w in zip(("forget", "retain", "kl"), weights)}}
+                          **{f"w_{name}": float(w) for name, w in zip(OBJECTIVES, weights)}}
         flat = (-direction).split([p.numel() for p in params])
         return [g.view_as(p).to(p.dtype) for g, p in zip(flat, params)]
 
