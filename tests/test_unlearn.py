@@ -42,6 +42,8 @@ def test_two_steps_and_the_artifact_loads(method, tiny_target, scorer, tmp_path)
     ids, mask = batch(scorer)
     unlearned = scorer.score_logits(ids, mask, forget_set=method)
     assert not torch.allclose(unlearned, scorer.score_logits(ids, mask))  # two steps at lr 1e-2 moved the weights
+    if method == "soul":  # Sophia logs the share of coordinates whose step hit the clip
+        assert all(0 <= entry["clipped"] <= 1 for entry in json.loads((out / "training_log.json").read_text()))
 
 
 def test_full_weights_artifact_is_a_target(tiny_target, tmp_path):

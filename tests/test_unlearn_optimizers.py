@@ -62,3 +62,4 @@ def test_sophia_step_by_hand():
     state = opt.state[theta]
     assert state["momentum"].tolist() == pytest.approx([0.01, -0.03, 0.0])
     assert state["hessian"].tolist() == pytest.approx([0.025, 0.0, 0.1])
+    assert opt.step_log == {"clipped": pytest.approx(1 / 3)}  # only the h = 0 coordinate hit the clip

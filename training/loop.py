@@ -79,7 +79,7 @@ def run_training(
     (loss, {name: float}) with the objective's value under "loss". By default the optimizer is
     AdamW and `loss.backward()` fills the gradients; `make_optimizer(params)` and
     `backward(loss, step)` replace them (second-order and multi-objective methods); a dict it
-    returns is logged with the step.
+    returns is logged with the step, and so is an optimizer's `step_log` dict after its step.
     Returns a summary (final logged values, steps, wall time)."""
     config.validate()
     total = steps_per_epoch * config.epochs
@@ -122,6 +122,7 @@ def run_training(
                 logged = {**logged, **(backward(loss, step) or {})}
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+            logged = {**logged, **getattr(optimizer, "step_log", {})}
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1

@@ -8,6 +8,8 @@ estimate, clipped per coordinate.
 
 h_hat comes from the Gauss-Newton-Bartlett estimator (soul.py): labels sampled from the
 model's own next-token distribution, h_hat = N * grad(CE(sampled))^2 over N tokens.
+After each step `step_log["clipped"]` is the share of coordinates whose update hit the clip
+(|m| >= rho h): there the step is lr * sign(m), sign descent with momentum.
 """
 import torch
 
@@ -15,6 +17,7 @@ import torch
 class Sophia(torch.optim.Optimizer):
     def __init__(self, params, lr=1e-5, betas=(0.965, 0.99), rho=0.04, weight_decay=0.1, eps=1e-15):
         super().__init__(params, dict(lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, eps=eps))
+        self.step_log = {}
 
     @torch.no_grad()
     def update_hessian(self, estimates: list):
@@ -36,6 +39,7 @@ class Sophia(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        clipped, total = 0, 0
         for group in self.param_groups:
             beta1, _ = group["betas"]
             for p in group["params"]:
@@ -45,5 +49,8 @@ class Sophia(torch.optim.Optimizer):
                 m, h = state["momentum"], state["hessian"]
                 m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                ratio = (m.abs() / (group["rho"] * h).clamp(min=group["eps"])).clamp(max=1)
-                p.add_(m.sign() * ratio, alpha=-group["lr"])
+                ratio = m.abs() / (group["rho"] * h).clamp(min=group["eps"])
+                clipped += int((ratio >= 1).sum())
+                total += ratio.numel()
+                p.add_(m.sign() * ratio.clamp_(max=1), alpha=-group["lr"])
+        self.step_log = {"clipped": clipped / max(total, 1)}
