@@ -3,6 +3,7 @@ it, and the Triton kernel on GPU; the torch path against a naive sort-based form
 
     python benchmarks/kernel_bench.py            # GPU if one is present, else CPU
     python benchmarks/kernel_bench.py --sweep    # also the Triton launch configurations
+    python benchmarks/kernel_bench.py --profile  # also where the kernel's time goes
 
 Prints markdown tables: time per call (CUDA events, L2 flushed before each call, via
 triton.testing.do_bench), effective bandwidth = bytes the formula must read and write
@@ -104,6 +105,47 @@ def gpu_sweep():
     triton_impl.BLOCK, triton_impl.NUM_WARPS, triton_impl.PROGRAMS_PER_SM = default
 
 
+def kernel_us(fn, calls=20):
+    """GPU microseconds per call of each kernel fn launches, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    totals = {}
+    for event in prof.key_averages():
+        us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        if us:
+            totals[event.key] = us / calls
+    return totals
+
+
+def gpu_profile():
+    """Where a call's time goes: host-side launching (the call against a CUDA-graph replay
+    of it) and each of the four kernels (GPU time from torch.profiler)."""
+    stages = ("_max_kernel", "_count_kernel", "_compact_kernel", "_write_kernel")
+    print("\nWhere the Triton kernel's time goes (call: as served; graph: the same launches replayed"
+          " from a CUDA graph, so without host overhead; stage columns: GPU us per call):\n")
+    print("| dtype | B | V | call ms | graph ms | " + " | ".join(f"{s[1:-7]} us" for s in stages) + " | other us |")
+    print("|---|---|---|---|---|" + "---|" * (len(stages) + 1))
+    for dtype in DTYPES:
+        for b, v in SHAPES:
+            t, a, alpha = inputs(b, v, dtype, "cuda")
+            call = lambda: logit_difference(t, a, alpha, impl="triton")  # noqa: E731
+            call()
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                call()
+            call_ms = gpu_ms(call)
+            graph_ms = gpu_ms(graph.replay)
+            per_kernel = kernel_us(call)
+            cells = [per_kernel.pop(stage, 0.0) for stage in stages]
+            print(f"| {str(dtype)[6:]} | {b} | {v} | {call_ms:.4f} | {graph_ms:.4f} | "
+                  + " | ".join(f"{us:.1f}" for us in cells) + f" | {sum(per_kernel.values()):.1f} |", flush=True)
+
+
 def cpu_ms(fn, repeat=5):
     fn()
     started = time.perf_counter()
@@ -127,6 +169,7 @@ def cpu_table():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true", help="also time the Triton launch configurations (GPU)")
+    parser.add_argument("--profile", action="store_true", help="also split the Triton kernel's time by stage (GPU)")
     args = parser.parse_args()
     started = time.time()
     if torch.cuda.is_available():
@@ -134,6 +177,8 @@ def main():
 
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
         gpu_table()
+        if args.profile:
+            gpu_profile()
         if args.sweep:
             gpu_sweep()
     else:
