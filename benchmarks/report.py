@@ -40,12 +40,20 @@ def utility_scatter(points: dict, path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     colors = plt.get_cmap("tab20").colors
+    floor = 1e-40
+    at_floor = {}  # utility -> models already drawn there, so that coinciding ones stay visible
     for i, (label, s) in enumerate(points.items()):
         fq = s.get("forget_quality")
-        fq = 1.0 if fq is None else max(fq, 1e-40)  # None: the retain reference, the comparison itself
+        fq = 1.0 if fq is None else fq  # None: the retain reference, the comparison itself
+        color = "black" if label == "target" else colors[i % len(colors)]
+        if fq < floor:  # below the axis: an open triangle on the floor, rings widening where they coincide
+            n = at_floor.setdefault(round(s["model_utility"], 3), 0)
+            at_floor[round(s["model_utility"], 3)] += 1
+            ax.scatter(s["model_utility"], floor, s=50 * (1 + 1.5 * n), marker="v", facecolors="none",
+                       edgecolors=color, linewidths=1.5, label=f"{label} (< {floor:.0e})")
+            continue
         marker = "X" if label == "target" else "*" if label.startswith("ULD") else "o"
-        ax.scatter(s["model_utility"], fq, s=90 if marker == "*" else 50, marker=marker,
-                   color="black" if label == "target" else colors[i % len(colors)], label=label)
+        ax.scatter(s["model_utility"], fq, s=90 if marker == "*" else 50, marker=marker, color=color, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("model utility")
     ax.set_ylabel("forget quality (KS p-value)")
