@@ -6,7 +6,8 @@ import torch
 
 from uld_serve.reference import UldModel
 from uld_training.loop import TrainConfig
-from uld_training.unlearn import METHODS
+from uld_serve.errors import UldError
+from uld_training.unlearn import METHODS, get_method
 from uld_training.unlearn.run import Trainable, unlearn
 
 from test_cli import FAST, assert_user_error, uld
@@ -73,6 +74,13 @@ def test_cli_runs_a_method_and_refuses_bad_input(tiny_target, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_boolean_hyperparameters_take_true_or_false_only():
+    assert get_method("mollm", {"normalize": "Yes"}).normalize is True
+    assert get_method("mollm", {"normalize": "0"}).normalize is False
+    with pytest.raises(UldError, match="normalize must be true or false, got 'maybe'"):
+        get_method("mollm", {"normalize": "maybe"})
+
+
 def test_mollm_logs_its_common_descent_weights(tiny_target, tmp_path):
     out = unlearn("mollm", {}, str(tiny_target), "tofu:forget01", "tofu:retain90[:20]", tmp_path / "mollm",
                   TrainConfig(max_steps=3, batch_size=4, lr=1e-2, precision="fp32"), Trainable(rank=8, lora_alpha=8))
@@ -85,3 +93,9 @@ def test_mollm_logs_its_common_descent_weights(tiny_target, tmp_path):
     # the LoRA starts as the reference, where the KL term is at its minimum: its (numerically)
     # zero gradient is the min-norm point, so the first common descent direction is about 0
     assert log[0]["w_kl"] > 0.99 and log[0]["d_norm"] < 1e-6
+    # normalised, that stationary KL term is left out and the first step moves
+    out = unlearn("mollm", {"normalize": "true"}, str(tiny_target), "tofu:forget01", "tofu:retain90[:20]",
+                  tmp_path / "mollm-normalised", TrainConfig(max_steps=1, batch_size=4, lr=1e-2, precision="fp32"),
+                  Trainable(rank=8, lora_alpha=8))
+    first = json.loads((out / "training_log.json").read_text())[0]
+    assert first["w_kl"] == 0 and first["d_norm"] > 0.1

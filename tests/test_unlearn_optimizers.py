@@ -50,6 +50,31 @@ def test_opposite_gradients_give_no_step():
     assert torch.allclose(d, torch.zeros(2, dtype=torch.float64))
 
 
+def test_normalised_direction_weighs_objectives_alike_whatever_their_scale():
+    # orthogonal gradients: the raw min-norm weights go as 1 / ||g||^2, so the smallest
+    # gradient takes nearly all the weight; the unit gradients' hull weighs them equally
+    grads = [torch.tensor([1e-3, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 100.0])]
+    _, raw = common_descent_direction(grads)
+    assert raw[0] > 0.999
+    d, weights = common_descent_direction(grads, normalize=True)
+    assert weights.tolist() == pytest.approx([1 / 3] * 3)
+    assert d.tolist() == pytest.approx([-1 / 3] * 3)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_normalised_direction_descends_and_leaves_out_a_stationary_objective(seed):
+    gen = torch.Generator().manual_seed(seed)
+    grads = [torch.randn(200, generator=gen) * 1e-3, torch.zeros(200), torch.randn(200, generator=gen) * 50]
+    d, weights = common_descent_direction(grads, normalize=True)
+    assert weights[1] == 0 and weights.sum().item() == pytest.approx(1.0) and weights.min() >= 0
+    assert float(d @ d) > 0  # the raw hull's min-norm point would be the zero gradient: no step
+    for g in (grads[0], grads[2]):
+        unit = g.double() / g.double().norm()
+        assert float(unit @ d) <= -float(d @ d) + 1e-9
+    zero, none = common_descent_direction([torch.zeros(5), torch.zeros(5)], normalize=True)
+    assert not zero.any() and not none.any()
+
+
 def test_sophia_step_by_hand():
     theta = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
     opt = Sophia([theta], lr=0.1, betas=(0.9, 0.95), rho=0.5, weight_decay=0.1)

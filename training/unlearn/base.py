@@ -12,6 +12,7 @@ from .objectives import kl_to_reference, mean_nll
 
 METHODS: dict = {}
 RETAIN_LOSSES = ("nll", "kl", "none")
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def register(cls):
@@ -123,7 +124,11 @@ def _coerce(key, value, default):
     """Command-line strings to the type of the default."""
     if not isinstance(value, str) or isinstance(default, str):
         return value
+    if isinstance(default, bool):
+        if value.lower() not in BOOLEANS:
+            raise UldError(f"hyperparameter {key} must be true or false, got {value!r}")
+        return BOOLEANS[value.lower()]
     try:
-        return type(default)(value) if not isinstance(default, bool) else value.lower() in ("1", "true", "yes")
+        return type(default)(value)
     except ValueError:
         raise UldError(f"hyperparameter {key} must be a {type(default).__name__}, got {value!r}") from None

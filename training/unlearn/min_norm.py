@@ -38,9 +38,26 @@ def min_norm_weights(gram: torch.Tensor) -> torch.Tensor:
     return best
 
 
-def common_descent_direction(grads: list) -> tuple:
+def common_descent_direction(grads: list, normalize: bool = False) -> tuple:
     """(d, weights) for flat gradients g_i: d = -sum_i w_i g_i with w the min-norm weights,
-    so that g_i . d <= -||d||^2 for every i (a step along d decreases every objective)."""
+    so that g_i . d <= -||d||^2 for every i (a step along d decreases every objective).
+
+    normalize: the hull of the unit vectors g_i / ||g_i|| instead (as MGDA-UB and NGDiff do),
+    so that an objective with a small gradient does not become the min-norm point by itself
+    and stop every step. An objective whose gradient is zero is stationary already: it is left
+    out (weight 0), since no d can decrease it to first order (all of them zero: d = 0, every
+    weight 0). "Zero" is below 1e-6 of the largest norm: the KL term's gradient at the
+    reference measured 2e-8 of the retain term's on tiny-random, float32 rounding that
+    normalising would turn into a full vote."""
     flat = torch.stack([g.double() for g in grads])
+    if normalize:
+        norms = flat.norm(dim=1)
+        moving = norms > 1e-6 * norms.max()
+        if not moving.any():
+            return torch.zeros_like(flat[0]), torch.zeros(len(grads), dtype=torch.float64)
+        units = flat[moving] / norms[moving, None]
+        weights = torch.zeros(len(grads), dtype=torch.float64)
+        weights[moving] = min_norm_weights(units @ units.T)
+        return -(weights[moving, None] * units).sum(0), weights
     weights = min_norm_weights(flat @ flat.T)
     return -(weights[:, None] * flat).sum(0), weights

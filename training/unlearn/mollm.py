@@ -6,7 +6,10 @@ descent direction.
 - retain: NLL on retained answers;
 - kl: KL(original || model) on retained answers.
 Each step computes the three gradients and moves along the negative min-norm point of
-their convex hull (min_norm.py)."""
+their convex hull (min_norm.py). With `normalize` (off by default, an addition of ours) the
+hull is that of the unit gradients: the raw hull's min-norm point is the KL gradient, zero at
+the start where the model is the reference, so the exact direction starts at zero
+(BENCHMARKS.md, "ULD against weight-level unlearning")."""
 import torch
 
 from .base import Method, register
@@ -27,6 +30,7 @@ class MOLLM(Method):
     name = "mollm"
     weighted = False
     uses_reference = True
+    defaults = {"normalize": False}
 
     def terms(self, step):
         forget = unlearning_cross_entropy(step.logits("forget"), step.labels("forget"))
@@ -41,7 +45,7 @@ class MOLLM(Method):
             keep = retain_graph or i < len(OBJECTIVES) - 1
             parts = torch.autograd.grad(terms[name], params, retain_graph=keep, allow_unused=True)
             grads.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(parts, params)]))
-        direction, weights = common_descent_direction(grads)
+        direction, weights = common_descent_direction(grads, normalize=self.normalize)
         self.last_step = {"d_norm": float(direction.norm()),
                           **{f"w_{name}": float(w) for name, w in zip(OBJECTIVES, weights)}}
         flat = (-direction).split([p.numel() for p in params])
