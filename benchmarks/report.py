@@ -47,8 +47,9 @@ def utility_scatter(points: dict, path, title: str) -> None:
         fq = 1.0 if fq is None else fq  # None: the retain reference, the comparison itself
         color = "black" if label == "target" else colors[i % len(colors)]
         if fq < floor:  # below the axis: an open triangle on the floor, rings widening where they coincide
-            n = at_floor.setdefault(round(s["model_utility"], 3), 0)
-            at_floor[round(s["model_utility"], 3)] += 1
+            spot = round(s["model_utility"], 3)
+            n = at_floor.get(spot, 0)
+            at_floor[spot] = n + 1
             ax.scatter(s["model_utility"], floor, s=50 * (1 + 1.5 * n), marker="v", facecolors="none",
                        edgecolors=color, linewidths=1.5, label=f"{label} (< {floor:.0e})")
             continue

@@ -50,14 +50,12 @@ def common_descent_direction(grads: list, normalize: bool = False) -> tuple:
     reference measured 2e-8 of the retain term's on tiny-random, float32 rounding that
     normalising would turn into a full vote."""
     flat = torch.stack([g.double() for g in grads])
+    moving = torch.ones(len(grads), dtype=torch.bool)
     if normalize:
         norms = flat.norm(dim=1)
         moving = norms > 1e-6 * norms.max()
-        if not moving.any():
-            return torch.zeros_like(flat[0]), torch.zeros(len(grads), dtype=torch.float64)
-        units = flat[moving] / norms[moving, None]
-        weights = torch.zeros(len(grads), dtype=torch.float64)
-        weights[moving] = min_norm_weights(units @ units.T)
-        return -(weights[moving, None] * units).sum(0), weights
-    weights = min_norm_weights(flat @ flat.T)
+        flat = flat / norms.clamp(min=torch.finfo(torch.float64).tiny)[:, None]
+    weights = torch.zeros(len(grads), dtype=torch.float64)
+    if moving.any():
+        weights[moving] = min_norm_weights(flat[moving] @ flat[moving].T)
     return -(weights[:, None] * flat).sum(0), weights
