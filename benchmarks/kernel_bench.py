@@ -178,7 +178,10 @@ def main():
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
         gpu_table()
         if args.profile:
-            gpu_profile()
+            try:
+                gpu_profile()
+            except Exception as error:  # first run on a GPU: keep the sweep's minutes if it fails
+                print(f"\nprofile failed: {type(error).__name__}: {error}")
         if args.sweep:
             gpu_sweep()
     else:
