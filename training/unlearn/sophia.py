@@ -50,7 +50,7 @@ class Sophia(torch.optim.Optimizer):
                 m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 ratio = m.abs() / (group["rho"] * h).clamp(min=group["eps"])
-                clipped += int((ratio >= 1).sum())
+                clipped += (ratio >= 1).sum()  # a tensor: no device sync per parameter
                 total += ratio.numel()
                 p.add_(m.sign() * ratio.clamp_(max=1), alpha=-group["lr"])
-        self.step_log = {"clipped": clipped / max(total, 1)}
+        self.step_log = {"clipped": float(clipped) / max(total, 1)}
