@@ -1,5 +1,6 @@
 """Logit-difference kernel timings: torch eager (the reference formula), torch.compile of
-it, and the Triton kernel on GPU; the torch path against a naive sort-based formula on CPU.
+it, and the Triton kernel (both layouts) on GPU; the torch path against a naive sort-based
+formula on CPU.
 
     python benchmarks/kernel_bench.py            # GPU if one is present, else CPU
     python benchmarks/kernel_bench.py --sweep    # also the Triton launch configurations
@@ -23,6 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from uld_kernels import logit_difference  # noqa: E402
 from uld_kernels.torch_impl import logit_difference_torch  # noqa: E402
+
+
+def triton_call(t, a, alpha, layout="split"):
+    from uld_kernels.triton_impl import logit_difference_triton
+
+    return lambda: logit_difference_triton(t, a, alpha, layout=layout)
 
 SHAPES = [(b, v) for v in (32000, 128256) for b in (1, 8, 64, 256)]
 DTYPES = (torch.float32, torch.bfloat16)
@@ -70,26 +77,29 @@ def gpu_table():
     compiled = torch.compile(logit_difference_torch)
     peak = copy_bandwidth()
     print(f"device-to-device copy: {peak:.0f} GB/s (read + write)\n")
-    print("| dtype | B | V | eager ms | compile ms | triton ms | triton GB/s | % of copy | vs eager | vs compile |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| dtype | B | V | eager ms | compile ms | triton ms | triton GB/s | % of copy | vs eager | vs compile "
+          "| row layout ms | row vs split |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dtype in DTYPES:
         for b, v in SHAPES:
             t, a, alpha = inputs(b, v, dtype, "cuda")
-            want = logit_difference_torch(t, a, alpha)
-            got = logit_difference(t, a, alpha, impl="triton")
-            assert torch.equal(torch.isinf(got), torch.isinf(want)), (dtype, b, v)
+            want = torch.isinf(logit_difference_torch(t, a, alpha))
+            for layout in ("split", "row"):
+                assert torch.equal(torch.isinf(triton_call(t, a, alpha, layout)()), want), (dtype, b, v, layout)
             eager = gpu_ms(lambda: logit_difference_torch(t, a, alpha))
             comp = gpu_ms(lambda: compiled(t, a, alpha))
             tri = gpu_ms(lambda: logit_difference(t, a, alpha, impl="triton"))
+            row = gpu_ms(triton_call(t, a, alpha, "row"))
             rate = moved_bytes(t) / tri / 1e6
             print(f"| {str(dtype)[6:]} | {b} | {v} | {eager:.4f} | {comp:.4f} | {tri:.4f} | {rate:.0f} | "
-                  f"{100 * rate / peak:.0f}% | {eager / tri:.2f}x | {comp / tri:.2f}x |", flush=True)
+                  f"{100 * rate / peak:.0f}% | {eager / tri:.2f}x | {comp / tri:.2f}x | {row:.4f} | {tri / row:.2f}x |",
+                  flush=True)
 
 
 def gpu_sweep():
     from uld_kernels import triton_impl
 
-    print("\nTriton launch configurations (GB/s, V = 128256):\n")
+    print("\nTriton launch configurations, split layout (GB/s, V = 128256):\n")
     configs = list(itertools.product((1024, 2048), (4, 8), (2, 8, 32)))
     print("| dtype | B | " + " | ".join(f"block {block} w{warps} p{per_sm}" for block, warps, per_sm in configs) + " |")
     print("|---|---|" + "---|" * len(configs))
@@ -99,10 +109,25 @@ def gpu_sweep():
             t, a, alpha = inputs(b, 128256, dtype, "cuda")
             cells = []
             for triton_impl.BLOCK, triton_impl.NUM_WARPS, triton_impl.PROGRAMS_PER_SM in configs:
-                ms = gpu_ms(lambda: logit_difference(t, a, alpha, impl="triton"), rep=20)
+                ms = gpu_ms(triton_call(t, a, alpha), rep=20)
                 cells.append(f"{moved_bytes(t) / ms / 1e6:.0f}")
             print(f"| {str(dtype)[6:]} | {b} | " + " | ".join(cells) + " |", flush=True)
     triton_impl.BLOCK, triton_impl.NUM_WARPS, triton_impl.PROGRAMS_PER_SM = default
+
+    print("\nRow layout (one program per row; GB/s, V = 128256):\n")
+    configs = list(itertools.product((1024, 2048, 4096), (4, 8, 16)))
+    print("| dtype | B | " + " | ".join(f"block {block} w{warps}" for block, warps in configs) + " |")
+    print("|---|---|" + "---|" * len(configs))
+    default = triton_impl.ROW_BLOCK, triton_impl.ROW_WARPS
+    for dtype in DTYPES:
+        for b in (64, 256, 1024):
+            t, a, alpha = inputs(b, 128256, dtype, "cuda")
+            cells = []
+            for triton_impl.ROW_BLOCK, triton_impl.ROW_WARPS in configs:
+                ms = gpu_ms(triton_call(t, a, alpha, "row"), rep=20)
+                cells.append(f"{moved_bytes(t) / ms / 1e6:.0f}")
+            print(f"| {str(dtype)[6:]} | {b} | " + " | ".join(cells) + " |", flush=True)
+    triton_impl.ROW_BLOCK, triton_impl.ROW_WARPS = default
 
 
 def kernel_us(fn, calls=20):
@@ -121,29 +146,36 @@ def kernel_us(fn, calls=20):
     return totals
 
 
+def call_and_graph_ms(call):
+    """ms per call as served, and as a CUDA-graph replay of the same launches (no host overhead)."""
+    call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    return gpu_ms(call), gpu_ms(graph.replay)
+
+
 def gpu_profile():
     """Where a call's time goes: host-side launching (the call against a CUDA-graph replay
-    of it) and each of the four kernels (GPU time from torch.profiler)."""
+    of it) and each of the split layout's four kernels (GPU time from torch.profiler)."""
     stages = ("_max_kernel", "_count_kernel", "_compact_kernel", "_write_kernel")
     print("\nWhere the Triton kernel's time goes (call: as served; graph: the same launches replayed"
-          " from a CUDA graph, so without host overhead; stage columns: GPU us per call):\n")
-    print("| dtype | B | V | call ms | graph ms | " + " | ".join(f"{s[1:-7]} us" for s in stages) + " | other us |")
-    print("|---|---|---|---|---|" + "---|" * (len(stages) + 1))
+          " from a CUDA graph, so without host overhead; stage columns: GPU us per call of the split"
+          " layout's kernels; row: the row layout's one launch):\n")
+    print("| dtype | B | V | call ms | graph ms | " + " | ".join(f"{s[1:-7]} us" for s in stages)
+          + " | other us | row call ms | row graph ms |")
+    print("|---|---|---|---|---|" + "---|" * (len(stages) + 3))
     for dtype in DTYPES:
         for b, v in SHAPES:
             t, a, alpha = inputs(b, v, dtype, "cuda")
-            call = lambda: logit_difference(t, a, alpha, impl="triton")  # noqa: E731
-            call()
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                call()
-            call_ms = gpu_ms(call)
-            graph_ms = gpu_ms(graph.replay)
-            per_kernel = kernel_us(call)
+            call_ms, graph_ms = call_and_graph_ms(triton_call(t, a, alpha))
+            per_kernel = kernel_us(triton_call(t, a, alpha))
             cells = [per_kernel.pop(stage, 0.0) for stage in stages]
+            row_ms, row_graph_ms = call_and_graph_ms(triton_call(t, a, alpha, "row"))
             print(f"| {str(dtype)[6:]} | {b} | {v} | {call_ms:.4f} | {graph_ms:.4f} | "
-                  + " | ".join(f"{us:.1f}" for us in cells) + f" | {sum(per_kernel.values()):.1f} |", flush=True)
+                  + " | ".join(f"{us:.1f}" for us in cells)
+                  + f" | {sum(per_kernel.values()):.1f} | {row_ms:.4f} | {row_graph_ms:.4f} |", flush=True)
 
 
 def cpu_ms(fn, repeat=5):

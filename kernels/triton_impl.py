@@ -1,22 +1,28 @@
-"""The fused logit difference in Triton: rows split across programs, no sort, no wide histogram.
+"""The fused logit difference in Triton: no sort, no wide histogram, in one of two layouts.
 
 The filter keeps t >= min(max t + log r, k-th largest t) (on logits, not log-probabilities:
 lp = t - logsumexp(t) shifts a row by one constant, so the set is the same without the
-rounding of a log-sum-exp; torch_impl.py states it the same way). Four launches, each over
-all (row, chunk) pairs so that small batches still fill the GPU:
+rounding of a log-sum-exp; torch_impl.py states it the same way). Its stages:
 
-1. `_max_kernel`: each chunk's max.
-2. `_count_kernel`: per chunk, how many entries lie at or above M - d_j, for the row max M
-   and a fixed ladder of G offsets d_j (geometric, 1/8 to ~126 nats).
-3. `_compact_kernel`: the ladder's rung where the running count first reaches k brackets
-   the k-th largest: [M - d_j, M - d_(j-1)). Its few entries (at most CAP) are copied to a
-   per-row scratch buffer, each chunk at the offset the counts give (no atomics).
-4. `_write_kernel`: the k-th largest is found among the bracketed entries by bisection on
-   their integer keys (in registers), then each chunk is written: t - alpha * a where
-   kept, -inf ("serve") or t ("score") elsewhere. Rows whose bracket is too full or below
-   the ladder (ties, flat or huge-magnitude rows) fall back to an exact radix selection
-   over the whole row (8-bit digits, tl.histogram): slower, never wrong.
+1. max: the row's max M.
+2. count: how many entries lie at or above M - d_j, for a fixed ladder of G offsets d_j
+   (geometric, 1/8 to ~126 nats).
+3. compact: the rung where the count first reaches k brackets the k-th largest:
+   [M - d_j, M - d_(j-1)). Its few entries (at most CAP) are copied to a per-row scratch
+   buffer, in order (no atomics).
+4. write: the k-th largest is found among the bracketed entries by bisection on their
+   integer keys (in registers), then the row is written: t - alpha * a where kept, -inf
+   ("serve") or t ("score") elsewhere. Rows whose bracket is too full or below the ladder
+   (ties, flat or huge-magnitude rows) fall back to an exact radix selection over the whole
+   row (8-bit digits, tl.histogram): slower, never wrong.
 Rows with alpha = 0 skip steps 1-3 and are copied.
+
+Layouts. "split" (the default): four launches, one per stage, each over all (row, chunk)
+pairs so that small batches still fill the GPU; chunks hand their maxima and counts to the
+next launch through small buffers. "row": one launch, one program per row running every
+stage, for batches with enough rows to fill the GPU by themselves (fewer launches, no
+hand-over). Which one wins from which batch size is for `benchmarks/kernel_bench.py` to
+measure on a GPU; until it has, "split" is used everywhere.
 """
 import math
 
@@ -30,6 +36,8 @@ CAP = 4096  # bracketed entries selected in registers; more go to the radix fall
 BLOCK = 1024
 NUM_WARPS = 4
 PROGRAMS_PER_SM = 2  # (row, chunk) programs per multiprocessor the split aims for
+ROW_BLOCK = 2048  # the row layout's entries per step and warps (not tuned on a GPU yet)
+ROW_WARPS = 8
 
 
 @triton.jit
@@ -76,6 +84,92 @@ def _radix_select(t_row, V, k, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _range_max(t_row, begin, end, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    best = tl.full((BLOCK,), float("-inf"), tl.float32)
+    for start in range(begin, end, BLOCK):
+        best = tl.maximum(best, tl.load(t_row + start + offs, mask=start + offs < end, other=float("-inf")).to(tl.float32))
+    return tl.max(best, 0)
+
+
+@triton.jit
+def _ladder_counts(t_row, begin, end, floors, G: tl.constexpr, BLOCK: tl.constexpr):
+    """How many entries of t_row[begin:end] lie at or above each floor (one count per rung)."""
+    offs = tl.arange(0, BLOCK)
+    counts = tl.zeros((BLOCK, G), tl.int32)  # summed over the block once, at the end
+    for start in range(begin, end, BLOCK):
+        x = tl.load(t_row + start + offs, mask=start + offs < end, other=float("-inf")).to(tl.float32)
+        counts += (x[:, None] >= floors[None, :]).to(tl.int32)
+    return tl.sum(counts, 0)
+
+
+@triton.jit
+def _rung(total, row_max, ladder_ptr, k, G: tl.constexpr):
+    """From a row's counts per rung, the rung that brackets its k-th largest entry:
+    (lo, hi, rung, entries in [lo, hi), the k-th largest's rank among them)."""
+    rungs = tl.arange(0, G)
+    rung = tl.sum((total < k).to(tl.int32), 0)  # first rung reaching k (G: below the ladder)
+    above = tl.sum(tl.where(rungs == rung - 1, total, 0), 0)  # entries >= hi
+    entries = tl.sum(tl.where(rungs == rung, total, 0), 0) - above
+    lo = row_max - tl.load(ladder_ptr + tl.minimum(rung, G - 1))
+    hi = tl.where(rung > 0, row_max - tl.load(ladder_ptr + tl.maximum(rung - 1, 0)), float("inf"))
+    return lo, hi, rung, entries, k - above
+
+
+@triton.jit
+def _compact_range(t_row, s_row, begin, end, lo, hi, offset, BLOCK: tl.constexpr):
+    """Copies the entries of t_row[begin:end] in [lo, hi), in order, to s_row from offset on."""
+    offs = tl.arange(0, BLOCK)
+    for start in range(begin, end, BLOCK):
+        x = tl.load(t_row + start + offs, mask=start + offs < end, other=float("-inf")).to(tl.float32)
+        inside = (x >= lo) & (x < hi)
+        tl.store(s_row + offset + tl.cumsum(inside.to(tl.int32), 0) - 1, x, mask=inside)
+        offset += tl.sum(inside.to(tl.int32), 0)
+
+
+@triton.jit
+def _bracketed_kth(s_row, entries, lo, hi, rank, CAP: tl.constexpr):
+    """The rank-th largest of the entries compacted in s_row: bisection on their keys, in registers."""
+    slots = tl.arange(0, CAP)
+    keys = _signed_key(tl.load(s_row + slots, mask=slots < entries, other=0.0)).to(tl.int64)
+    low = _signed_key(lo).to(tl.int64)
+    high = _signed_key(hi).to(tl.int64) - 1
+    while low < high:
+        mid = (low + high + 1) >> 1
+        enough = tl.sum(((keys >= mid) & (slots < entries)).to(tl.int32), 0) >= rank
+        low = tl.where(enough, mid, low)
+        high = tl.where(enough, high, mid - 1)
+    bits = low.to(tl.int32)
+    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _write_range(t_row, a_row, o_row, begin, end, threshold, alpha, SERVE: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    for start in range(begin, end, BLOCK):
+        inside = start + offs < end
+        x = tl.load(t_row + start + offs, mask=inside, other=0.0).to(tl.float32)
+        y = tl.load(a_row + start + offs, mask=inside, other=0.0).to(tl.float32)
+        keep = (x >= threshold) & (x > float("-inf"))
+        if SERVE:
+            outside = tl.full((BLOCK,), float("-inf"), tl.float32)
+        else:
+            outside = x
+        tl.store(o_row + start + offs, tl.where(keep, x - alpha * y, outside), mask=inside)
+
+
+@triton.jit
+def _copy_range(t_row, o_row, begin, end, BLOCK: tl.constexpr):
+    """Rows without a forget set: the target's logits, nothing excluded."""
+    offs = tl.arange(0, BLOCK)
+    for start in range(begin, end, BLOCK):
+        inside = start + offs < end
+        tl.store(o_row + start + offs, tl.load(t_row + start + offs, mask=inside).to(tl.float32), mask=inside)
+
+
+# The split layout: four launches over (row, chunk) programs.
+
+@triton.jit
 def _row_max(partial_max_ptr, row, S, S_POW2: tl.constexpr):
     chunks = tl.arange(0, S_POW2)
     return tl.max(tl.load(partial_max_ptr + row * S + chunks, mask=chunks < S, other=float("-inf")), 0)
@@ -83,18 +177,13 @@ def _row_max(partial_max_ptr, row, S, S_POW2: tl.constexpr):
 
 @triton.jit
 def _bracket(partial_max_ptr, counts_ptr, ladder_ptr, row, S, k, S_POW2: tl.constexpr, G: tl.constexpr):
-    """The rung that brackets the k-th largest entry: (max, lo, hi, rung, entries, rank in bracket)."""
+    """The row's max and the rung that brackets its k-th largest entry, from every chunk's counts."""
     row_max = _row_max(partial_max_ptr, row, S, S_POW2)
     chunks = tl.arange(0, S_POW2)
     rungs = tl.arange(0, G)
     counts = tl.load(counts_ptr + (row * S + chunks[:, None]) * G + rungs[None, :], mask=(chunks < S)[:, None], other=0)
-    total = tl.sum(counts, 0)  # entries >= max - d_j, per rung
-    rung = tl.sum((total < k).to(tl.int32), 0)  # first rung reaching k (G: below the ladder)
-    above = tl.sum(tl.where(rungs == rung - 1, total, 0), 0)  # entries >= hi
-    entries = tl.sum(tl.where(rungs == rung, total, 0), 0) - above
-    lo = row_max - tl.load(ladder_ptr + tl.minimum(rung, G - 1))
-    hi = tl.where(rung > 0, row_max - tl.load(ladder_ptr + tl.maximum(rung - 1, 0)), float("inf"))
-    return row_max, lo, hi, rung, entries, k - above
+    lo, hi, rung, entries, rank = _rung(tl.sum(counts, 0), row_max, ladder_ptr, k, G)
+    return row_max, lo, hi, rung, entries, rank
 
 
 @triton.jit
@@ -104,12 +193,7 @@ def _max_kernel(t_ptr, alpha_ptr, partial_max_ptr, V, stride_t, CHUNK, S, BLOCK:
     if tl.load(alpha_ptr + row) == 0.0:
         return
     t_row = t_ptr + row.to(tl.int64) * stride_t
-    offs = tl.arange(0, BLOCK)
-    best = tl.full((BLOCK,), float("-inf"), tl.float32)
-    for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), BLOCK):
-        x = tl.load(t_row + start + offs, mask=start + offs < V, other=float("-inf")).to(tl.float32)
-        best = tl.maximum(best, x)
-    tl.store(partial_max_ptr + row * S + chunk, tl.max(best, 0))
+    tl.store(partial_max_ptr + row * S + chunk, _range_max(t_row, chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), BLOCK))
 
 
 @triton.jit
@@ -120,14 +204,10 @@ def _count_kernel(t_ptr, alpha_ptr, partial_max_ptr, ladder_ptr, counts_ptr, V, 
     if tl.load(alpha_ptr + row) == 0.0:
         return
     t_row = t_ptr + row.to(tl.int64) * stride_t
-    offs = tl.arange(0, BLOCK)
     rungs = tl.arange(0, G)
     floors = _row_max(partial_max_ptr, row, S, S_POW2) - tl.load(ladder_ptr + rungs)
-    counts = tl.zeros((BLOCK, G), tl.int32)  # summed over the block once, at the end
-    for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), BLOCK):
-        x = tl.load(t_row + start + offs, mask=start + offs < V, other=float("-inf")).to(tl.float32)
-        counts += (x[:, None] >= floors[None, :]).to(tl.int32)
-    tl.store(counts_ptr + (row * S + chunk) * G + rungs, tl.sum(counts, 0))
+    counts = _ladder_counts(t_row, chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), floors, G, BLOCK)
+    tl.store(counts_ptr + (row * S + chunk) * G + rungs, counts)
 
 
 @triton.jit
@@ -145,15 +225,8 @@ def _compact_kernel(t_ptr, alpha_ptr, partial_max_ptr, ladder_ptr, counts_ptr, s
         at_lo = tl.load(counts_ptr + (row * S + chunks) * G + rung, mask=before, other=0)
         at_hi = tl.load(counts_ptr + (row * S + chunks) * G + tl.maximum(rung - 1, 0), mask=before, other=0)
         offset = tl.sum(at_lo - tl.where(rung > 0, at_hi, 0), 0)
-        t_row = t_ptr + row.to(tl.int64) * stride_t
-        s_row = scratch_ptr + row.to(tl.int64) * CAP
-        offs = tl.arange(0, BLOCK)
-        for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), BLOCK):
-            x = tl.load(t_row + start + offs, mask=start + offs < V, other=float("-inf")).to(tl.float32)
-            inside = (x >= lo) & (x < hi)
-            position = offset + tl.cumsum(inside.to(tl.int32), 0) - 1
-            tl.store(s_row + position, x, mask=inside)
-            offset += tl.sum(inside.to(tl.int32), 0)
+        _compact_range(t_ptr + row.to(tl.int64) * stride_t, scratch_ptr + row.to(tl.int64) * CAP,
+                       chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), lo, hi, offset, BLOCK)
 
 
 @triton.jit
@@ -163,46 +236,46 @@ def _write_kernel(t_ptr, a_ptr, alpha_ptr, out_ptr, partial_max_ptr, ladder_ptr,
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     t_row = t_ptr + row.to(tl.int64) * stride_t
-    a_row = a_ptr + row.to(tl.int64) * stride_a
     o_row = out_ptr + row.to(tl.int64) * stride_o
-    offs = tl.arange(0, BLOCK)
-    end = tl.minimum(chunk * CHUNK + CHUNK, V)
+    begin, end = chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V)
     alpha = tl.load(alpha_ptr + row)
-    if alpha == 0.0:  # rows without a forget set: the target's logits, nothing excluded
-        for start in range(chunk * CHUNK, end, BLOCK):
-            inside = start + offs < V
-            tl.store(o_row + start + offs, tl.load(t_row + start + offs, mask=inside).to(tl.float32), mask=inside)
+    if alpha == 0.0:
+        _copy_range(t_row, o_row, begin, end, BLOCK)
         return
-
     row_max, lo, hi, rung, entries, rank = _bracket(partial_max_ptr, counts_ptr, ladder_ptr, row, S, k, S_POW2, G)
     if (rung < G) & (entries <= CAP):
-        # the rank-th largest of the bracketed entries: bisection on their keys
-        slots = tl.arange(0, CAP)
-        keys = _signed_key(tl.load(scratch_ptr + row.to(tl.int64) * CAP + slots, mask=slots < entries, other=0.0))
-        keys = keys.to(tl.int64)
-        low = _signed_key(lo).to(tl.int64)
-        high = _signed_key(hi).to(tl.int64) - 1
-        while low < high:
-            mid = (low + high + 1) >> 1
-            enough = tl.sum(((keys >= mid) & (slots < entries)).to(tl.int32), 0) >= rank
-            low = tl.where(enough, mid, low)
-            high = tl.where(enough, high, mid - 1)
-        bits = low.to(tl.int32)
-        kth = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+        kth = _bracketed_kth(scratch_ptr + row.to(tl.int64) * CAP, entries, lo, hi, rank, CAP)
     else:
         kth = _radix_select(t_row, V, k, BLOCK)
-    threshold = tl.minimum(row_max + log_r, kth)
+    _write_range(t_row, a_ptr + row.to(tl.int64) * stride_a, o_row, begin, end,
+                 tl.minimum(row_max + log_r, kth), alpha, SERVE, BLOCK)
 
-    for start in range(chunk * CHUNK, end, BLOCK):
-        inside = start + offs < V
-        x = tl.load(t_row + start + offs, mask=inside, other=0.0).to(tl.float32)
-        y = tl.load(a_row + start + offs, mask=inside, other=0.0).to(tl.float32)
-        keep = (x >= threshold) & (x > float("-inf"))
-        if SERVE:
-            outside = tl.full((BLOCK,), float("-inf"), tl.float32)
-        else:
-            outside = x
-        tl.store(o_row + start + offs, tl.where(keep, x - alpha * y, outside), mask=inside)
+
+# The row layout: one launch, one program per row, every stage in it.
+
+@triton.jit
+def _row_kernel(t_ptr, a_ptr, alpha_ptr, out_ptr, ladder_ptr, scratch_ptr, V, stride_t, stride_a, stride_o, log_r, k,
+                SERVE: tl.constexpr, G: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr,
+                COUNT_BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    t_row = t_ptr + row.to(tl.int64) * stride_t
+    o_row = out_ptr + row.to(tl.int64) * stride_o
+    alpha = tl.load(alpha_ptr + row)
+    if alpha == 0.0:
+        _copy_range(t_row, o_row, 0, V, BLOCK)
+        return
+    row_max = _range_max(t_row, 0, V, BLOCK)
+    total = _ladder_counts(t_row, 0, V, row_max - tl.load(ladder_ptr + tl.arange(0, G)), G, COUNT_BLOCK)
+    lo, hi, rung, entries, rank = _rung(total, row_max, ladder_ptr, k, G)
+    if (rung < G) & (entries <= CAP):
+        s_row = scratch_ptr + row.to(tl.int64) * CAP
+        _compact_range(t_row, s_row, 0, V, lo, hi, tl.full((), 0, tl.int32), BLOCK)
+        tl.debug_barrier()  # the compacted entries, stored by every thread, are read by every thread
+        kth = _bracketed_kth(s_row, entries, lo, hi, rank, CAP)
+    else:
+        kth = _radix_select(t_row, V, k, BLOCK)
+    _write_range(t_row, a_ptr + row.to(tl.int64) * stride_a, o_row, 0, V,
+                 tl.minimum(row_max + log_r, kth), alpha, SERVE, BLOCK)
 
 
 _LADDERS = {}
@@ -222,7 +295,9 @@ def _programs(device):
     return PROGRAMS_PER_SM * _PROGRAMS[device]
 
 
-def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top=0.01, mode="serve"):
+def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top=0.01, mode="serve", layout="split"):
+    if layout not in ("split", "row"):
+        raise ValueError(f"layout must be 'split' or 'row', got {layout!r}")
     shape = target_logits.shape
     vocab = shape[-1]
     t = target_logits.reshape(-1, vocab)
@@ -242,6 +317,13 @@ def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top
     if rows == 0:
         return out.reshape(shape)
     k = min(vocab, max(1, int(relative_top * vocab)))
+    scratch = torch.empty((rows, CAP), dtype=torch.float32, device=device)
+    ladder = _ladder(device)
+    if layout == "row":
+        _row_kernel[(rows,)](t, a, alpha, out, ladder, scratch, vocab, t.stride(0), a.stride(0), out.stride(0),
+                             math.log(relative_top), k, SERVE=mode == "serve", G=LADDER, CAP=CAP,
+                             BLOCK=ROW_BLOCK, COUNT_BLOCK=ROW_BLOCK // 4, num_warps=ROW_WARPS)
+        return out.reshape(shape)
     blocks = triton.cdiv(vocab, BLOCK)
     per_row = max(1, min(blocks, triton.cdiv(_programs(device), rows)))
     chunk = triton.cdiv(blocks, per_row) * BLOCK
@@ -249,8 +331,6 @@ def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top
     s_pow2 = triton.next_power_of_2(chunks)
     partial_max = torch.empty((rows, chunks), dtype=torch.float32, device=device)
     counts = torch.empty((rows, chunks, LADDER), dtype=torch.int32, device=device)
-    scratch = torch.empty((rows, CAP), dtype=torch.float32, device=device)
-    ladder = _ladder(device)
     grid = (rows, chunks)
     _max_kernel[grid](t, alpha, partial_max, vocab, t.stride(0), chunk, chunks, BLOCK=BLOCK, num_warps=NUM_WARPS)
     _count_kernel[grid](t, alpha, partial_max, ladder, counts, vocab, t.stride(0), chunk, chunks,

@@ -19,7 +19,7 @@ from uld_kernels import logit_difference  # noqa: E402
 from uld_kernels import triton_impl  # noqa: E402
 
 if DEVICE == "cpu":
-    triton_impl.BLOCK = 8192  # fewer, wider blocks: the interpreter's cost is per operation
+    triton_impl.BLOCK = triton_impl.ROW_BLOCK = 8192  # fewer, wider blocks: the interpreter's cost is per operation
 
 from test_logit_difference import brute_force_mask  # noqa: E402
 
@@ -45,20 +45,21 @@ def adversarial_rows(vocab, rows, seed):
 
 
 def check(t, a, alpha, r=0.01):
+    """Both layouts of the kernel against the torch path (values) and the sort-based filter (masks)."""
     t, a, alpha = t.to(DEVICE), a.to(DEVICE), torch.as_tensor(alpha).to(DEVICE)
-    for mode in ("serve", "score"):
-        want = logit_difference(t, a, alpha, r, mode, impl="torch")
-        got = logit_difference(t, a, alpha, r, mode, impl="triton")
-        assert got.dtype == torch.float32
-        assert torch.equal(torch.isinf(got), torch.isinf(want)), mode  # identical masks
-        finite = torch.isfinite(want)
-        assert torch.allclose(got[finite], want[finite], rtol=1e-6, atol=1e-6), mode
-    served = logit_difference(t, a, alpha, r, "serve", impl="triton").cpu()
-    t, alpha = t.cpu(), alpha.cpu()
-    alpha_rows = torch.as_tensor(alpha).expand(t.shape[0])
-    for b in range(t.shape[0]):
-        if alpha_rows[b] != 0:
-            assert torch.equal(torch.isfinite(served[b]), brute_force_mask(t[b].float(), r)), b
+    alpha_rows = alpha.cpu().expand(t.shape[0])
+    for layout in ("split", "row"):
+        for mode in ("serve", "score"):
+            want = logit_difference(t, a, alpha, r, mode, impl="torch")
+            got = triton_impl.logit_difference_triton(t, a, alpha, r, mode, layout)
+            assert got.dtype == torch.float32
+            assert torch.equal(torch.isinf(got), torch.isinf(want)), (layout, mode)  # identical masks
+            finite = torch.isfinite(want)
+            assert torch.allclose(got[finite], want[finite], rtol=1e-6, atol=1e-6), (layout, mode)
+            if mode == "serve":
+                for b in range(t.shape[0]):
+                    if alpha_rows[b] != 0:
+                        assert torch.equal(torch.isfinite(got[b]).cpu(), brute_force_mask(t[b].cpu().float(), r)), (layout, b)
 
 
 @pytest.mark.parametrize("vocab", [32000, 49152, 128256, 151936])
@@ -88,9 +89,10 @@ def test_other_filter_widths(r):
     check(t, a, torch.tensor(1.0), r)
 
 
-def test_alpha_zero_rows_are_untouched():
+@pytest.mark.parametrize("layout", ["split", "row"])
+def test_alpha_zero_rows_are_untouched(layout):
     t, a = adversarial_rows(1000, 6, 4)
-    out = logit_difference(t.to(DEVICE), a.to(DEVICE), torch.zeros(6, device=DEVICE), 0.01, "serve", impl="triton")
+    out = triton_impl.logit_difference_triton(t.to(DEVICE), a.to(DEVICE), torch.zeros(6, device=DEVICE), 0.01, "serve", layout)
     assert torch.equal(out.cpu(), t)
 
 
@@ -110,5 +112,6 @@ def test_radix_fallback_when_the_bracket_overflows(monkeypatch):
 
 def test_rows_split_across_many_programs(monkeypatch):
     monkeypatch.setattr(triton_impl, "BLOCK", 256)  # 20 chunks per row: offsets of the compaction matter
+    monkeypatch.setattr(triton_impl, "ROW_BLOCK", 256)  # and 20 steps of the row layout's compaction
     t, a = adversarial_rows(5000, 6, 6)
     check(t, a, torch.tensor([1.0, 0.0, 2.0, 1.0, 0.75, 3.0]))
