@@ -105,38 +105,34 @@ def row_cells(t, a, alpha, want, split_ms):
     return f"{row:.4f} | {split_ms / row:.2f}x"
 
 
-def gpu_sweep():
+def sweep_table(title, names, configs, batches, layout):
+    """GB/s at V = 128256 for each setting of triton_impl's module constants `names`."""
     from uld_kernels import triton_impl
 
-    print("\nTriton launch configurations, split layout (GB/s, V = 128256):\n")
-    configs = list(itertools.product((1024, 2048), (4, 8), (2, 8, 32)))
-    print("| dtype | B | " + " | ".join(f"block {block} w{warps} p{per_sm}" for block, warps, per_sm in configs) + " |")
+    print(f"\n{title}, {' / '.join(names)} (GB/s, V = 128256):\n")
+    print("| dtype | B | " + " | ".join(" / ".join(map(str, config)) for config in configs) + " |")
     print("|---|---|" + "---|" * len(configs))
-    default = triton_impl.BLOCK, triton_impl.NUM_WARPS, triton_impl.PROGRAMS_PER_SM
+    default = [getattr(triton_impl, name) for name in names]
     for dtype in DTYPES:
-        for b in (1, 8, 64, 256):
+        for b in batches:
             t, a, alpha = inputs(b, 128256, dtype, "cuda")
             cells = []
-            for triton_impl.BLOCK, triton_impl.NUM_WARPS, triton_impl.PROGRAMS_PER_SM in configs:
-                ms = gpu_ms(triton_call(t, a, alpha), rep=20)
+            for config in configs:
+                for name, value in zip(names, config):
+                    setattr(triton_impl, name, value)
+                ms = gpu_ms(triton_call(t, a, alpha, layout), rep=20)
                 cells.append(f"{moved_bytes(t) / ms / 1e6:.0f}")
             print(f"| {str(dtype)[6:]} | {b} | " + " | ".join(cells) + " |", flush=True)
-    triton_impl.BLOCK, triton_impl.NUM_WARPS, triton_impl.PROGRAMS_PER_SM = default
+    for name, value in zip(names, default):
+        setattr(triton_impl, name, value)
 
-    print("\nRow layout (one program per row; GB/s, V = 128256):\n")
-    configs = list(itertools.product((1024, 2048, 4096), (4, 8, 16)))
-    print("| dtype | B | " + " | ".join(f"block {block} w{warps}" for block, warps in configs) + " |")
-    print("|---|---|" + "---|" * len(configs))
-    default = triton_impl.ROW_BLOCK, triton_impl.ROW_WARPS
-    for dtype in DTYPES:
-        for b in (64, 256, 1024):
-            t, a, alpha = inputs(b, 128256, dtype, "cuda")
-            cells = []
-            for triton_impl.ROW_BLOCK, triton_impl.ROW_WARPS in configs:
-                ms = gpu_ms(triton_call(t, a, alpha, "row"), rep=20)
-                cells.append(f"{moved_bytes(t) / ms / 1e6:.0f}")
-            print(f"| {str(dtype)[6:]} | {b} | " + " | ".join(cells) + " |", flush=True)
-    triton_impl.ROW_BLOCK, triton_impl.ROW_WARPS = default
+
+def gpu_sweep():
+    sweep_table("Split layout launch configurations", ("BLOCK", "NUM_WARPS", "PROGRAMS_PER_SM"),
+                list(itertools.product((1024, 2048), (4, 8), (2, 8, 32))), (1, 8, 64, 256), "split")
+    sweep_table("The k-th value's search, split layout", ("WAYS",), [(2,), (4,), (8,), (16,)], (1, 8, 64, 256), "split")
+    sweep_table("Row layout (one program per row)", ("ROW_BLOCK", "ROW_WARPS", "WAYS"),
+                list(itertools.product((1024, 2048, 4096), (4, 8), (2, 16))), (64, 256, 1024), "row")
 
 
 def kernel_us(fn, calls=20):

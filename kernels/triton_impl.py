@@ -33,6 +33,7 @@ import triton.language as tl
 INT_MIN = tl.constexpr(-2147483648)
 LADDER = 32  # rungs d_j = 0.125 * 1.25 ** j
 CAP = 4096  # bracketed entries selected in registers; more go to the radix fallback
+WAYS = 2  # the k-th value's search splits its range this many ways a round (a power of 2; 2: bisection, as measured)
 BLOCK = 1024
 NUM_WARPS = 4
 PROGRAMS_PER_SM = 2  # (row, chunk) programs per multiprocessor the split aims for
@@ -128,17 +129,22 @@ def _compact_range(t_row, s_row, begin, end, lo, hi, offset, BLOCK: tl.constexpr
 
 
 @triton.jit
-def _bracketed_kth(s_row, entries, lo, hi, rank, CAP: tl.constexpr):
-    """The rank-th largest of the entries compacted in s_row: bisection on their keys, in registers."""
+def _bracketed_kth(s_row, entries, lo, hi, rank, CAP: tl.constexpr, WAYS: tl.constexpr):
+    """The rank-th largest of the entries compacted in s_row, in registers: a search on their
+    integer keys that tests WAYS - 1 pivots a round (WAYS = 2: bisection), each round keeping
+    the largest key v known to have at least rank entries >= v."""
     slots = tl.arange(0, CAP)
-    keys = _signed_key(tl.load(s_row + slots, mask=slots < entries, other=0.0)).to(tl.int64)
-    low = _signed_key(lo).to(tl.int64)
+    valid = slots < entries
+    keys = _signed_key(tl.load(s_row + slots, mask=valid, other=0.0)).to(tl.int64)
+    ways = tl.arange(0, WAYS).to(tl.int64)
+    low = _signed_key(lo).to(tl.int64)  # every entry is >= lo: v = low always qualifies
     high = _signed_key(hi).to(tl.int64) - 1
     while low < high:
-        mid = (low + high + 1) >> 1
-        enough = tl.sum(((keys >= mid) & (slots < entries)).to(tl.int32), 0) >= rank
-        low = tl.where(enough, mid, low)
-        high = tl.where(enough, high, mid - 1)
+        step = (high - low + WAYS) // WAYS  # ceil((high - low + 1) / WAYS)
+        pivots = low + step * ways  # pivots[0] = low qualifies; those above high cannot
+        counts = tl.sum(((keys[:, None] >= pivots[None, :]) & valid[:, None]).to(tl.int32), 0)
+        low = low + step * (tl.sum((counts >= rank).to(tl.int64), 0) - 1)
+        high = tl.minimum(high, low + step - 1)
     bits = low.to(tl.int32)
     return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
 
@@ -232,7 +238,8 @@ def _compact_kernel(t_ptr, alpha_ptr, partial_max_ptr, ladder_ptr, counts_ptr, s
 @triton.jit
 def _write_kernel(t_ptr, a_ptr, alpha_ptr, out_ptr, partial_max_ptr, ladder_ptr, counts_ptr, scratch_ptr,
                   V, stride_t, stride_a, stride_o, CHUNK, S, log_r, k,
-                  SERVE: tl.constexpr, S_POW2: tl.constexpr, G: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr):
+                  SERVE: tl.constexpr, S_POW2: tl.constexpr, G: tl.constexpr, CAP: tl.constexpr, WAYS: tl.constexpr,
+                  BLOCK: tl.constexpr):
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     t_row = t_ptr + row.to(tl.int64) * stride_t
@@ -244,7 +251,7 @@ def _write_kernel(t_ptr, a_ptr, alpha_ptr, out_ptr, partial_max_ptr, ladder_ptr,
         return
     row_max, lo, hi, rung, entries, rank = _bracket(partial_max_ptr, counts_ptr, ladder_ptr, row, S, k, S_POW2, G)
     if (rung < G) & (entries <= CAP):
-        kth = _bracketed_kth(scratch_ptr + row.to(tl.int64) * CAP, entries, lo, hi, rank, CAP)
+        kth = _bracketed_kth(scratch_ptr + row.to(tl.int64) * CAP, entries, lo, hi, rank, CAP, WAYS)
     else:
         kth = _radix_select(t_row, V, k, BLOCK)
     _write_range(t_row, a_ptr + row.to(tl.int64) * stride_a, o_row, begin, end,
@@ -255,7 +262,7 @@ def _write_kernel(t_ptr, a_ptr, alpha_ptr, out_ptr, partial_max_ptr, ladder_ptr,
 
 @triton.jit
 def _row_kernel(t_ptr, a_ptr, alpha_ptr, out_ptr, ladder_ptr, scratch_ptr, V, stride_t, stride_a, stride_o, log_r, k,
-                SERVE: tl.constexpr, G: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr,
+                SERVE: tl.constexpr, G: tl.constexpr, CAP: tl.constexpr, WAYS: tl.constexpr, BLOCK: tl.constexpr,
                 COUNT_BLOCK: tl.constexpr):
     row = tl.program_id(0)
     t_row = t_ptr + row.to(tl.int64) * stride_t
@@ -271,7 +278,7 @@ def _row_kernel(t_ptr, a_ptr, alpha_ptr, out_ptr, ladder_ptr, scratch_ptr, V, st
         s_row = scratch_ptr + row.to(tl.int64) * CAP
         _compact_range(t_row, s_row, 0, V, lo, hi, tl.full((), 0, tl.int32), BLOCK)
         tl.debug_barrier()  # the compacted entries, stored by every thread, are read by every thread
-        kth = _bracketed_kth(s_row, entries, lo, hi, rank, CAP)
+        kth = _bracketed_kth(s_row, entries, lo, hi, rank, CAP, WAYS)
     else:
         kth = _radix_select(t_row, V, k, BLOCK)
     _write_range(t_row, a_ptr + row.to(tl.int64) * stride_a, o_row, 0, V,
@@ -321,7 +328,7 @@ def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top
     ladder = _ladder(device)
     if layout == "row":
         _row_kernel[(rows,)](t, a, alpha, out, ladder, scratch, vocab, t.stride(0), a.stride(0), out.stride(0),
-                             math.log(relative_top), k, SERVE=mode == "serve", G=LADDER, CAP=CAP,
+                             math.log(relative_top), k, SERVE=mode == "serve", G=LADDER, CAP=CAP, WAYS=WAYS,
                              BLOCK=ROW_BLOCK, COUNT_BLOCK=ROW_BLOCK // 4, num_warps=ROW_WARPS)
         return out.reshape(shape)
     blocks = triton.cdiv(vocab, BLOCK)
@@ -339,5 +346,6 @@ def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top
                           S_POW2=s_pow2, G=LADDER, CAP=CAP, BLOCK=BLOCK, num_warps=NUM_WARPS)
     _write_kernel[grid](t, a, alpha, out, partial_max, ladder, counts, scratch, vocab, t.stride(0), a.stride(0),
                         out.stride(0), chunk, chunks, math.log(relative_top), k,
-                        SERVE=mode == "serve", S_POW2=s_pow2, G=LADDER, CAP=CAP, BLOCK=BLOCK, num_warps=NUM_WARPS)
+                        SERVE=mode == "serve", S_POW2=s_pow2, G=LADDER, CAP=CAP, WAYS=WAYS, BLOCK=BLOCK,
+                        num_warps=NUM_WARPS)
     return out.reshape(shape)

@@ -115,3 +115,10 @@ def test_rows_split_across_many_programs(monkeypatch):
     monkeypatch.setattr(triton_impl, "ROW_BLOCK", 256)  # and 20 steps of the row layout's compaction
     t, a = adversarial_rows(5000, 6, 6)
     check(t, a, torch.tensor([1.0, 0.0, 2.0, 1.0, 0.75, 3.0]))
+
+
+@pytest.mark.parametrize("ways", [4, 8, 16])
+def test_k_th_value_search_splitting_many_ways(monkeypatch, ways):
+    monkeypatch.setattr(triton_impl, "WAYS", ways)  # the benchmark's alternatives to bisection
+    t, a = adversarial_rows(6000, 6, 9)
+    check(t, a, torch.tensor([1.0, 0.5, 2.0, 1.0, 0.75, 3.0]))
