@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import torch
 
 from uld_serve.engine import cpu_lora
@@ -51,3 +53,37 @@ def test_tokens_without_an_adapter_get_no_lora_term():
         before = out.clone()
         cpu_lora.bgmv_expand(shrunk, b, out, idx, add_inputs=True)
         assert torch.equal(out[idx < 0], before[idx < 0])
+
+
+def test_lora_linear_adds_every_slice_with_each_tokens_adapter():
+    # vLLM's semantics: y[:, slice i] += scale * (x @ A_i.T) @ B_i.T, A_i and B_i of each token's slot
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 16, generator=g)
+    slices = (12, 4, 4)  # a fused q/k/v-like output
+    lora_a = tuple(torch.randn(3, 1, 8, 16, generator=g) for _ in slices)
+    lora_b = tuple(torch.randn(3, 1, size, 8, generator=g) for size in slices)
+    for idx, shared in ((torch.tensor([0, 2, -1, 1, 2, 2]), None), (torch.full((6,), 1), 1), (torch.full((6,), 1), None)):
+        wrapper = SimpleNamespace(no_lora=False, token_lora_indices=idx, uld_shared_slot=shared)
+        y = torch.randn(6, sum(slices))
+        expected, offset = y.clone(), 0
+        for a, b, size in zip(lora_a, lora_b, slices):
+            expected[:, offset : offset + size] += tokenwise(0.5 * tokenwise(x, a, idx), b, idx)
+            offset += size
+        cpu_lora.add_lora_linear(wrapper, y, x, lora_a, lora_b, 0.5, slices)
+        assert torch.allclose(y, expected, atol=1e-4), (idx, shared)
+    wrapper = SimpleNamespace(no_lora=True, token_lora_indices=torch.full((6,), -1), uld_shared_slot=None)
+    y = torch.randn(6, sum(slices))
+    before = y.clone()
+    cpu_lora.add_lora_linear(wrapper, y, x, lora_a, lora_b, 0.5, slices)
+    assert torch.equal(y, before)
+
+
+def test_the_shared_slot_is_noted_once_per_step():
+    def update_metadata(self, indices):
+        self.token_lora_indices = indices
+
+    update = cpu_lora._with_shared_slot(update_metadata)
+    wrapper = SimpleNamespace()
+    for indices, shared in ((torch.full((4,), 2), 2), (torch.tensor([2, 2, 0, 2]), None), (torch.full((4,), -1), None)):
+        update(wrapper, indices)
+        assert wrapper.uld_shared_slot == shared

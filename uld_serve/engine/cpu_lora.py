@@ -8,6 +8,13 @@ every request this doubled ULD decode throughput (BENCHMARKS.md). The plugin ins
 these in place of the three token-wise ops on the CPU platform only; the results are the
 same products, summed in another order.
 
+vLLM's V1 runner also marks every step as a prefill, so each LoRA linear went through the
+prefill (sgmv) ops: per slice and per shrink/expand, per-sequence indices expanded to
+tokens again and an adapter check, about 2 ms of bookkeeping per assistant layer and step
+against 1.4 ms of products (BENCHMARKS.md). `add_lora_linear` below replaces that path:
+each token's adapter slot is read from vLLM's token-level indices, and whether the whole
+step shares one slot is decided once per step (`update_metadata`), not once per product.
+
 Index -1 marks a token without an adapter. vLLM's token-wise ops index the last slot with
 it (`weights[-1]`), which gives such tokens the adapter that happens to sit in the last
 slot; harmless for ULD forget sets (rows without one have alpha 0), wrong for weight-level
@@ -16,16 +23,20 @@ ones, which change the target itself. Here such tokens get no LoRA term.
 import torch
 
 
-def gathered_products(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype) -> torch.Tensor:
+def gathered_products(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype, shared_slot=None) -> torch.Tensor:
     """Row t of the result is inputs[t] @ weights[indices[t]].T, or zeros where indices[t] is -1
-    (no adapter), computed with one matmul per distinct index."""
+    (no adapter), computed with one matmul per distinct index. shared_slot: the slot every
+    row is known to use, if the caller knows one (skips looking at indices)."""
     if weights.dim() == 4:
         weights = weights.squeeze(1)
     inputs = inputs.to(dtype)
-    indices = indices[: inputs.shape[0]]
-    lowest, highest = indices.aminmax()
-    if lowest == highest and lowest >= 0:  # the usual decode batch: every row on one adapter
-        return inputs @ weights[lowest].to(dtype).T
+    if shared_slot is None:
+        indices = indices[: inputs.shape[0]]
+        lowest, highest = indices.aminmax()
+        if lowest == highest and lowest >= 0:  # the usual decode batch: every row on one adapter
+            shared_slot = int(lowest)
+    if shared_slot is not None:
+        return inputs @ weights[shared_slot].to(dtype).T
     out = torch.zeros(inputs.shape[0], weights.shape[1], dtype=dtype, device=inputs.device)
     for slot in torch.unique(indices).tolist():
         if slot < 0:
@@ -58,8 +69,42 @@ def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor
         output_tensor[:, slice_offset : slice_offset + slice_size] = products
 
 
+def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None,
+                    add_inputs=True, **kwargs):
+    """PunicaWrapperCPU.add_lora_linear, same semantics (y[:, slice i] += scale * x @ A_i.T @ B_i.T
+    with each token's adapter; the shrunk product kept in fp32 as vLLM's ops keep it), through
+    the grouped products and without the prefill bookkeeping."""
+    out = y.view(-1, y.shape[-1])
+    if not add_inputs:
+        out.zero_()
+    if self.no_lora:
+        return
+    x = x.view(-1, x.shape[-1])
+    indices, shared_slot = self.token_lora_indices, getattr(self, "uld_shared_slot", None)
+    offset = 0
+    for lora_a, lora_b, size in zip(lora_a_stacked, lora_b_stacked, output_slices):
+        shrunk = gathered_products(x, lora_a, indices, torch.float32, shared_slot)
+        if scale != 1.0:
+            shrunk *= scale
+        out[:, offset : offset + size] += gathered_products(shrunk, lora_b, indices, out.dtype, shared_slot)
+        offset += size
+
+
+def _with_shared_slot(update_metadata):
+    """Wraps PunicaWrapperCPU.update_metadata to note, once per step, the adapter slot that every
+    token of the step uses (None when they differ or some have none)."""
+
+    def update(self, *args, **kwargs):
+        update_metadata(self, *args, **kwargs)
+        lowest, highest = self.token_lora_indices.aminmax()
+        self.uld_shared_slot = int(lowest) if lowest == highest and lowest >= 0 else None
+
+    return update
+
+
 def install() -> None:
-    """Swap the token-wise ops for the grouped ones where vLLM's CPU LoRA looks them up."""
+    """Swap the token-wise ops for the grouped ones where vLLM's CPU LoRA looks them up, and
+    its LoRA linears' path for the one above. Runs once per process (vLLM's plugin hook)."""
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
@@ -67,3 +112,7 @@ def install() -> None:
         module.bgmv_shrink = bgmv_shrink
         module.bgmv_expand = bgmv_expand
         module.bgmv_expand_slice = bgmv_expand_slice
+    wrapper = punica_cpu.PunicaWrapperCPU
+    if wrapper.add_lora_linear is not add_lora_linear:
+        wrapper.add_lora_linear = add_lora_linear
+        wrapper.update_metadata = _with_shared_slot(wrapper.update_metadata)
