@@ -96,8 +96,12 @@ def _with_shared_slot(update_metadata):
 
     def update(self, *args, **kwargs):
         update_metadata(self, *args, **kwargs)
-        lowest, highest = self.token_lora_indices.aminmax()
-        self.uld_shared_slot = int(lowest) if lowest == highest and lowest >= 0 else None
+        indices = self.token_lora_indices
+        self.uld_shared_slot = None
+        if indices.numel():
+            lowest, highest = indices.aminmax()
+            if lowest == highest and lowest >= 0:
+                self.uld_shared_slot = int(lowest)
 
     return update
 
