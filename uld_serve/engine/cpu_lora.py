@@ -23,36 +23,45 @@ ones, which change the target itself. Here such tokens get no LoRA term.
 import torch
 
 
-def gathered_products(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype, shared_slot=None) -> torch.Tensor:
+def shared_slot(indices: torch.Tensor):
+    """The adapter slot every token uses (the usual decode batch), or None when they differ or
+    some have no adapter."""
+    if not indices.numel():
+        return None
+    lowest, highest = indices.aminmax()
+    return int(lowest) if lowest == highest and lowest >= 0 else None
+
+
+def gathered_products(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype, slot) -> torch.Tensor:
     """Row t of the result is inputs[t] @ weights[indices[t]].T, or zeros where indices[t] is -1
-    (no adapter), computed with one matmul per distinct index. shared_slot: the slot every
-    row is known to use, if the caller knows one (skips looking at indices)."""
+    (no adapter): one matmul when every row uses `slot` (`shared_slot(indices)`), else one
+    per distinct index."""
     if weights.dim() == 4:
         weights = weights.squeeze(1)
     inputs = inputs.to(dtype)
-    if shared_slot is None:
-        indices = indices[: inputs.shape[0]]
-        lowest, highest = indices.aminmax()
-        if lowest == highest and lowest >= 0:  # the usual decode batch: every row on one adapter
-            shared_slot = int(lowest)
-    if shared_slot is not None:
-        return inputs @ weights[shared_slot].to(dtype).T
+    if slot is not None:
+        return inputs @ weights[slot].to(dtype).T
+    indices = indices[: inputs.shape[0]]
     out = torch.zeros(inputs.shape[0], weights.shape[1], dtype=dtype, device=inputs.device)
-    for slot in torch.unique(indices).tolist():
-        if slot < 0:
+    for index in torch.unique(indices).tolist():
+        if index < 0:
             continue
-        rows = (indices == slot).nonzero().squeeze(1)
-        out[rows] = inputs[rows] @ weights[slot].to(dtype).T
+        rows = (indices == index).nonzero().squeeze(1)
+        out[rows] = inputs[rows] @ weights[index].to(dtype).T
     return out
 
 
+def _products(inputs, weights, indices, dtype):
+    return gathered_products(inputs, weights, indices, dtype, shared_slot(indices[: inputs.shape[0]]))
+
+
 def bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling=1.0):
-    products = gathered_products(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
+    products = _products(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
     output_tensor[:, : products.shape[1]] = scaling * products
 
 
 def bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_inputs=True):
-    products = gathered_products(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    products = _products(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     rows = 1 if products.shape[0] == 1 and output_tensor.shape[0] != 1 else output_tensor.shape[0]
     width = min(products.shape[1], output_tensor.shape[1])
     if add_inputs:
@@ -62,7 +71,7 @@ def bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_
 
 
 def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset, slice_size, add_inputs=True):
-    products = gathered_products(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    products = _products(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     if add_inputs:
         output_tensor[:, slice_offset : slice_offset + slice_size] += products
     else:
@@ -80,13 +89,13 @@ def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_sl
     if self.no_lora:
         return
     x = x.view(-1, x.shape[-1])
-    indices, shared_slot = self.token_lora_indices, getattr(self, "uld_shared_slot", None)
+    indices, slot = self.token_lora_indices, getattr(self, "uld_shared_slot", None)  # None: mixed or not known
     offset = 0
     for lora_a, lora_b, size in zip(lora_a_stacked, lora_b_stacked, output_slices):
-        shrunk = gathered_products(x, lora_a, indices, torch.float32, shared_slot)
+        shrunk = gathered_products(x, lora_a, indices, torch.float32, slot)
         if scale != 1.0:
             shrunk *= scale
-        out[:, offset : offset + size] += gathered_products(shrunk, lora_b, indices, out.dtype, shared_slot)
+        out[:, offset : offset + size] += gathered_products(shrunk, lora_b, indices, out.dtype, slot)
         offset += size
 
 
@@ -96,12 +105,7 @@ def _with_shared_slot(update_metadata):
 
     def update(self, *args, **kwargs):
         update_metadata(self, *args, **kwargs)
-        indices = self.token_lora_indices
-        self.uld_shared_slot = None
-        if indices.numel():
-            lowest, highest = indices.aminmax()
-            if lowest == highest and lowest >= 0:
-                self.uld_shared_slot = int(lowest)
+        self.uld_shared_slot = shared_slot(self.token_lora_indices)
 
     return update
 
