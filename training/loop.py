@@ -62,6 +62,12 @@ class TrainConfig:
         return asdict(self)
 
 
+def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the fused update: one kernel over all parameters instead of a loop of small
+    ops per tensor (11x faster on SmolLM2 on this CPU, the same values to 1e-7; BENCHMARKS.md)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def run_training(
     params: list,
     steps_per_epoch: int,
@@ -86,7 +92,7 @@ def run_training(
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     if make_optimizer is None:
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = adamw(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
         optimizer = make_optimizer(params)
     warmup = max(1, int(config.warmup_ratio * total))

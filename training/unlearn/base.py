@@ -8,6 +8,7 @@ import torch
 from uld_serve.errors import UldError
 
 from ..batching import answer_logits
+from ..loop import adamw
 from .objectives import kl_to_reference, mean_nll
 
 METHODS: dict = {}
@@ -108,7 +109,7 @@ class Method:
 
     # Hooks for methods that change the update itself (MOLLM, SOUL); plain ones keep these.
     def make_optimizer(self, params, lr, weight_decay):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return adamw(params, lr=lr, weight_decay=weight_decay)
 
     def backward(self, terms: dict, params: list, step_index: int, step: Step):
         """Fill the gradients; may return values to log with the step."""
