@@ -9,6 +9,7 @@ from ..artifact import ALPHA_RANGE, ForgetSet, find_forget_set, load_forget_set
 from ..assistant import ASSISTANT_PREFIX, default_num_layers
 from ..errors import UldError
 from ..models import fingerprint, resolve_model
+from .families import family_overrides
 from .plugin import ARCHITECTURE
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -24,6 +25,7 @@ class EngineConfig:
     target_dir: Path
     target_fingerprint: str
     target_layers: int
+    family_overrides: dict  # hf_overrides that make vLLM's Llama layer serve the target's family
     forget_sets: dict  # name -> ForgetSet
     num_assistant_layers: int
     relative_top_range: tuple
@@ -48,7 +50,9 @@ class EngineConfig:
         depths = {fs.num_layers for fs in assistant_sets}
         if len(depths) > 1:
             raise UldError(f"forget sets of different assistant depths {sorted(depths)} cannot be served together")
-        target_layers = json.loads((target_dir / "config.json").read_text())["num_hidden_layers"]
+        target_config = json.loads((target_dir / "config.json").read_text())
+        overrides = family_overrides(target_config, str(target_dir))
+        target_layers = target_config["num_hidden_layers"]
         defaults = [fs.settings()[1] for fs in assistant_sets] or [0.01]
         widest = (min(defaults), max(defaults)) if sparse_head else (1e-9, 1.0)
         low, high = tuple(relative_top_range or widest)
@@ -56,7 +60,8 @@ class EngineConfig:
             raise UldError(f"relative_top_range must satisfy 0 < low <= high <= 1, got {(low, high)}")
         needed = max([min_lora_rank] + [lora_rank(fs) for fs in sets.values()])
         config = cls(
-            target_dir=target_dir, target_fingerprint=target_fingerprint, target_layers=target_layers, forget_sets=sets,
+            target_dir=target_dir, target_fingerprint=target_fingerprint, target_layers=target_layers,
+            family_overrides=overrides, forget_sets=sets,
             num_assistant_layers=depths.pop() if depths else default_num_layers(target_layers),
             relative_top_range=(low, high), sparse_head=sparse_head,
             weight_level=weight_level or any(fs.is_weight_level for fs in sets.values()),
@@ -88,6 +93,7 @@ class EngineConfig:
     def vllm_kwargs(self) -> dict:
         return {
             "hf_overrides": {
+                **self.family_overrides,
                 "architectures": [ARCHITECTURE],
                 "uld_assistant_layers": self.num_assistant_layers,
                 "uld_relative_top_range": list(self.relative_top_range),

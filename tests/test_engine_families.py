@@ -1,0 +1,67 @@
+"""Target families besides Llama: Mistral and Qwen2 are served token for token like the
+reference decoding; families the wrapper cannot compute are refused before vLLM starts."""
+import pytest
+import torch
+
+from uld_serve.errors import UldError
+from uld_serve.reference import GenerationRequest, UldModel
+from uld_serve.tofu import chat_prompt_ids
+
+from conftest import amplify_lora
+
+SIZE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
+            head_dim=64, max_position_embeddings=2048, tie_word_embeddings=True, initializer_range=0.2)
+
+
+def tiny_model(family: str, base, out, **overrides):
+    """A random 4-layer model of `family` with the tiny Llama's tokenizer; random biases too,
+    so that a layer that dropped them would change the tokens."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    config = AutoConfig.for_model(family, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                  **{**SIZE, **overrides})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.5)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_family_served_like_the_reference(family, tiny_base, tmp_path):
+    from uld_serve.engine.llm import UldEngine
+    from uld_training.assistant import AssistantConfig, train_assistant
+    from uld_training.loop import TrainConfig
+
+    target = tiny_model(family, tiny_base, tmp_path / "target", sliding_window=None)
+    forget = train_assistant(str(target), "tofu:forget01", "tofu:retain90[:40]", tmp_path / "f1",
+                             TrainConfig(max_steps=2, batch_size=4, lr=5e-3, precision="fp32"), AssistantConfig(num_layers=2))
+    amplify_lora(forget, 50.0)
+    reference = UldModel(target, {"f1": forget})
+    prompts = [chat_prompt_ids(reference.tokenizer, q) for q in ("Who wrote Hamlet?", "Tell me about Basil Mahfouz Al-Kuwaiti. " * 6)]
+    requests = [GenerationRequest(p, fs, max_new_tokens=10) for p in prompts for fs in (None, "f1")]
+    expected = reference.generate(requests)
+    assert expected[0] != expected[1]  # the forget set changes the answer, so a lost LoRA would show
+    engine = UldEngine(target, {"f1": forget}, max_model_len=1024)
+    try:
+        assert engine.generate(requests, use_tqdm=False) == expected
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("family, overrides, message", [
+    ("gemma", {}, "is a GemmaForCausalLM; the vLLM engine serves Llama, Mistral, Qwen2 targets"),
+    ("mistral", {"sliding_window": 4096}, "uses sliding-window attention"),
+])
+def test_family_the_wrapper_cannot_compute_is_refused(family, overrides, message, tiny_base, tmp_path):
+    from uld_serve.engine.config import EngineConfig
+
+    target = tiny_model(family, tiny_base, tmp_path / "target", **overrides)
+    with pytest.raises(UldError, match=message):
+        EngineConfig.build(target)
