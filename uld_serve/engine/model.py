@@ -1,4 +1,5 @@
-"""The ULD wrapper model for vLLM: a Llama target plus its assistant, in one model.
+"""The ULD wrapper model for vLLM: a Llama-layer target plus its assistant, in one model
+(families.py: which targets that covers).
 
 The assistant is the target's first K decoder layers, final norm and LM head. Its layers
 are separate vLLM modules (under `assistant.model.layers.{i}`, so a forget set's LoRA
