@@ -21,14 +21,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_target, forget_sets, tmp_path_factory):
-    work = tmp_path_factory.mktemp("serve")
+def start_server(tiny_target, forget_sets, work, *extra):
+    """A `uld serve` subprocess on a free port, once /health answers: (process, url)."""
     port = free_port()
     command = [sys.executable, "-c", "from uld_serve.cli import main; main()", "serve", "--target", str(tiny_target),
                "--forget-set", f"f1={forget_sets['f1']}", "--forget-set", f"f2={forget_sets['f2']}", "--api-key", KEY,
                "--port", str(port), "--registry", str(work / "registry.json"), "--max-model-len", "512",
-               "--served-model-name", "target"]
+               "--served-model-name", "target", *extra]
     log = open(work / "server.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
@@ -38,13 +37,19 @@ def server(tiny_target, forget_sets, tmp_path_factory):
             raise AssertionError("server exited:\n" + (work / "server.log").read_text()[-3000:])
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
+                return process, url
         except httpx.HTTPError:
             pass
         if time.time() > deadline:
             process.kill()
             raise AssertionError("server did not start:\n" + (work / "server.log").read_text()[-3000:])
         time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_target, forget_sets, tmp_path_factory):
+    work = tmp_path_factory.mktemp("serve")
+    process, url = start_server(tiny_target, forget_sets, work)
     yield {"url": url, "work": work, "client": openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)}
     process.terminate()
     process.wait(timeout=60)
@@ -159,3 +164,16 @@ def test_a_restart_serves_the_persisted_sets(server, tiny_target):
 
     state = prepare(str(tiny_target), {}, registry_path=server["work"] / "registry.json", served_name="target")
     assert sorted(state.config.forget_sets) == ["f1", "f2"]
+
+
+def test_sparse_head_serves_the_same_answers(server, tiny_target, forget_sets, tmp_path):
+    process, url = start_server(tiny_target, forget_sets, tmp_path, "--sparse-head")
+    try:
+        sparse = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        for model, question in (("f1", "Who wrote Hamlet?"), ("f2", "Tell me about Basil Mahfouz Al-Kuwaiti."), ("target", "Hi")):
+            assert chat(sparse, model, question) == chat(server["client"], model, question)
+        with pytest.raises(openai.BadRequestError, match="outside this engine's range"):
+            chat(sparse, "f1", "hi", relative_top=0.5)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

@@ -247,6 +247,8 @@ def serve(
     max_loras: int = typer.Option(4, help="distinct forget sets in one batch"),
     max_lora_rank: int = typer.Option(32, help="the largest LoRA rank a forget set may have"),
     weight_level: bool = typer.Option(False, help="accept weight-level forget sets (puts LoRA on the target's layers)"),
+    sparse_head: bool = typer.Option(False, help="the assistant's LM head only where the filter can keep a token: faster "
+                                     "for a few requests at a time; relative_top is then limited to the forget sets' values"),
 ):
     """OpenAI-compatible server (vLLM's own) where each request picks its forget set and alpha."""
     from .server.launch import prepare, serve as run
@@ -256,7 +258,8 @@ def serve(
     if max_loras < 1:
         raise UldError("--max-loras must be at least 1")
     state = prepare(target, _parse_forget_sets(forget_set), registry_path=registry, served_name=served_model_name,
-                    api_key=api_key, weight_level=weight_level, max_loras=max_loras, max_lora_rank=max_lora_rank)
+                    api_key=api_key, weight_level=weight_level, max_loras=max_loras, max_lora_rank=max_lora_rank,
+                    sparse_head=sparse_head)
     print(f"serving {state.target_name} with forget sets {', '.join(state.config.forget_sets) or 'none'} "
           f"on http://{host}:{port} (registry {state.registry.path})", flush=True)
     run(state, host=host, port=port, dtype=dtype, max_model_len=max_model_len)
