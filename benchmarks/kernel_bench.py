@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from uld_kernels import logit_difference  # noqa: E402
-from uld_kernels.torch_impl import logit_difference_torch  # noqa: E402
+from uld_kernels.torch_impl import kth_largest, logit_difference_torch  # noqa: E402
 
 
 def triton_call(t, a, alpha, layout="split"):
@@ -203,6 +203,20 @@ def cpu_table():
             print(f"| {str(dtype)[6:]} | {b} | {v} | {slow:.2f} | {fast:.2f} | {slow / fast:.2f}x |", flush=True)
 
 
+def kth_table(device, ms):
+    """The filter's k-th largest value (r = 0.01) on fp32 rows: a top-k over the whole row
+    against the group maxima of `kth_largest` (the torch path, which the sparse head's
+    candidate mask also uses)."""
+    print("\n| B | V | top-k ms | group maxima ms | speed-up |")
+    print("|---|---|---|---|---|")
+    for b, v in SHAPES + [(32, 49152)]:
+        t = inputs(b, v, torch.float32, device)[0]
+        k = int(0.01 * v)
+        full = ms(lambda: t.topk(k, dim=-1).values[:, -1:])
+        grouped = ms(lambda: kth_largest(t, k))
+        print(f"| {b} | {v} | {full:.3f} | {grouped:.3f} | {full / grouped:.2f}x |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true", help="also time the Triton launch configurations (GPU)")
@@ -219,10 +233,12 @@ def main():
                 gpu_profile()
             except Exception as error:  # first run on a GPU: keep the sweep's minutes if it fails
                 print(f"\nprofile failed: {type(error).__name__}: {error}")
+        kth_table("cuda", gpu_ms)
         if args.sweep:
             gpu_sweep()
     else:
         cpu_table()
+        kth_table("cpu", cpu_ms)
     print(f"\n({time.time() - started:.0f} s)")
 
 

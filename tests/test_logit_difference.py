@@ -142,3 +142,19 @@ def test_sparse_head_serves_what_the_dense_head_serves():
         got = logit_difference(target, sparse, alpha, r, "serve")
         assert torch.equal(torch.isinf(got), torch.isinf(want))
         assert torch.allclose(got[torch.isfinite(want)], want[torch.isfinite(want)], atol=1e-4)
+
+
+@pytest.mark.parametrize("vocab", [32000, 49152, 128256, 151936, 40001])
+@pytest.mark.parametrize("r", [0.001, 0.01, 0.05])
+def test_kth_largest_equals_a_full_top_k(vocab, r):
+    from uld_kernels.torch_impl import kth_largest
+
+    rows = rows_under_test(vocab)
+    huge = torch.randn(2, vocab, generator=torch.Generator().manual_seed(1)) * 1e30
+    rounded = torch.round(torch.randn(2, vocab, generator=torch.Generator().manual_seed(2)) * 2)  # ties everywhere
+    peaked = torch.full((1, vocab), -math.inf)
+    peaked[0, 7::vocab // 5] = 3.0  # a handful of finite entries, fewer than k
+    rows = torch.cat([rows, huge, rounded, peaked])
+    k = max(1, int(r * vocab))
+    assert torch.equal(kth_largest(rows, k), rows.topk(k, dim=-1).values[:, -1:])
+    assert torch.equal(kth_largest(rows[:, :-1], k), rows[:, :-1].topk(k, dim=-1).values[:, -1:])  # not contiguous
