@@ -24,12 +24,12 @@ def kth_largest(t: torch.Tensor, k: int) -> torch.Tensor:
     """(B, 1): the k-th largest entry of each row of t (B, V), without a top-k over the row.
 
     Deal the row's first S x G entries into G >= 8k strided groups (group j: entries j, j + G,
-    ...) and take each group's max. The k-th largest of those maxima is at most the row's
-    k-th largest (its k groups hold k entries at least that large), so every entry at or
-    above the row's k-th largest lies in one of the k groups picked, or in a group whose max
-    is above theirs (also picked), or in the last V - S x G < S entries: the row's k-th
-    largest is the k-th largest of those, about an eighth of the row. Two top-k's over an
-    eighth cost less than one over the row (BENCHMARKS.md)."""
+    ...) and pick the k groups with the largest maxima; let L be the smallest of those k maxima.
+    The k picked maxima are k entries >= L, so the row's k-th largest x is >= L, and every group
+    whose max exceeds L is picked. If x > L, every entry >= x is in a picked group or in the
+    last V - S x G < S entries, so x is the k-th largest of those; if x = L, that set holds k
+    entries >= L and none above x, so again. It is about an eighth of the row, and two top-k's
+    over an eighth cost less than one over the row (BENCHMARKS.md)."""
     batch, vocab = t.shape
     per_group = vocab // (8 * k)
     if per_group < 4:
