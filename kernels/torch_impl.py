@@ -27,9 +27,10 @@ def kth_largest(t: torch.Tensor, k: int) -> torch.Tensor:
     ...) and pick the k groups with the largest maxima; let L be the smallest of those k maxima.
     The k picked maxima are k entries >= L, so the row's k-th largest x is >= L, and every group
     whose max exceeds L is picked. If x > L, every entry >= x is in a picked group or in the
-    last V - S x G < S entries, so x is the k-th largest of those; if x = L, that set holds k
-    entries >= L and none above x, so again. It is about an eighth of the row, and two top-k's
-    over an eighth cost less than one over the row (BENCHMARKS.md)."""
+    last V - S x G < S entries, so x is the k-th largest of those; if x = L, those hold the k
+    picked maxima (>= x) and, being part of the row, fewer than k entries above x, so again.
+    They are about an eighth of the row, and two top-k's over an eighth cost less than one
+    over the row (BENCHMARKS.md)."""
     batch, vocab = t.shape
     per_group = vocab // (8 * k)
     if per_group < 4:
