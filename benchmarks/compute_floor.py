@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -26,7 +27,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from report import cpu_description  # noqa: E402
 from uld_serve.eval.scoring import answer_batches  # noqa: E402
 from uld_serve.eval.tofu_eval import _datasets  # noqa: E402
-from uld_serve.models import load_model, load_tokenizer  # noqa: E402
+from uld_serve.models import load_model, load_tokenizer, resolve_model  # noqa: E402
 from uld_serve.tofu import IGNORE_INDEX, load_qa, load_split, paraphrased_pairs, perturbed_pairs  # noqa: E402
 from uld_training.batching import answer_loss, collate, encode_pairs  # noqa: E402
 from uld_training.loop import adamw, resolve_precision  # noqa: E402
@@ -104,7 +105,7 @@ def main():
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     precision = resolve_precision("auto")
     tokenizer = load_tokenizer(MODEL)
-    config = load_model(MODEL).config
+    config = AutoConfig.from_pretrained(resolve_model(MODEL))
     layer, head = sizes(config)
     depth = config.num_hidden_layers
 

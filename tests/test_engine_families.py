@@ -4,24 +4,22 @@ import pytest
 import torch
 
 from uld_serve.errors import UldError
+from uld_serve.models import TINY_SIZE
 from uld_serve.reference import GenerationRequest, UldModel
 from uld_serve.tofu import chat_prompt_ids
 
 from conftest import amplify_lora
 
-SIZE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
-            head_dim=64, max_position_embeddings=2048, tie_word_embeddings=True, initializer_range=0.2)
-
 
 def tiny_model(family: str, base, out, **overrides):
-    """A random 4-layer model of `family` with the tiny Llama's tokenizer; random biases too,
+    """A random model of `family` the size of tiny-random, with its tokenizer; random biases too,
     so that a layer that dropped them would change the tokens."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     config = AutoConfig.for_model(family, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                  **{**SIZE, **overrides})
+                                  **{**TINY_SIZE, **overrides})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():

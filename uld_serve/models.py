@@ -65,27 +65,19 @@ def _write_smollm2(out: Path) -> None:
     _gguf_tokenizer().save_pretrained(out)
 
 
+TINY_SIZE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
+                 head_dim=64, max_position_embeddings=2048, tie_word_embeddings=True,
+                 initializer_range=0.2)  # peaked logits, so that greedy choices are not near-ties
+
+
 def _write_tiny_random(out: Path) -> None:
     """A 4-layer random Llama with SmolLM2's tokenizer (head_dim 64: vLLM's CPU attention needs >= 32)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     embedded = uld_home() / "models" / EMBEDDED
     tokenizer = AutoTokenizer.from_pretrained(embedded) if (embedded / "config.json").exists() else _gguf_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=64,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.2,  # peaked logits, so that greedy choices are not near-ties
-    )
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **TINY_SIZE)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(out)
