@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from report import cpu_description  # noqa: E402
 from uld_serve.eval.scoring import answer_batches  # noqa: E402
-from uld_serve.eval.tofu_eval import _datasets  # noqa: E402
+from uld_serve.eval.tofu_eval import _datasets, scored_pairs  # noqa: E402
 from uld_serve.models import load_model, load_tokenizer, resolve_model  # noqa: E402
 from uld_serve.tofu import IGNORE_INDEX, load_qa, load_split, paraphrased_pairs, perturbed_pairs  # noqa: E402
 from uld_training.batching import answer_loss, collate, encode_pairs  # noqa: E402
@@ -50,11 +50,7 @@ def tokens(examples) -> tuple:
 
 def scored_tokens(tokenizer, split="forget10") -> tuple:
     """(tokens through the layers, positions through the LM head) of one `uld eval tofu` run's scoring"""
-    pairs = []
-    for name, para in _datasets(split).values():
-        for row in load_split(name):
-            texts = [row["answer"]] + ([row["paraphrased_answer"]] if para else []) + list(row["perturbed_answer"])
-            pairs += [(row["question"], t) for t in texts]
+    pairs = [pair for name, para in _datasets(split).values() for pair in scored_pairs(load_split(name), para)]
     pairs += [(r["question"], r["answer"]) for r in load_split(split.replace("forget", "holdout"))]
     layer_tokens = head_tokens = 0
     for batch in answer_batches(tokenizer, pairs):

@@ -25,7 +25,7 @@ class EngineConfig:
     target_dir: Path
     target_fingerprint: str
     target_layers: int
-    family_overrides: dict  # hf_overrides that make vLLM's Llama layer serve the target's family
+    target_overrides: dict  # hf_overrides that make vLLM's Llama layer serve the target's family (families.py)
     forget_sets: dict  # name -> ForgetSet
     num_assistant_layers: int
     relative_top_range: tuple
@@ -61,7 +61,7 @@ class EngineConfig:
         needed = max([min_lora_rank] + [lora_rank(fs) for fs in sets.values()])
         config = cls(
             target_dir=target_dir, target_fingerprint=target_fingerprint, target_layers=target_layers,
-            family_overrides=overrides, forget_sets=sets,
+            target_overrides=overrides, forget_sets=sets,
             num_assistant_layers=depths.pop() if depths else default_num_layers(target_layers),
             relative_top_range=(low, high), sparse_head=sparse_head,
             weight_level=weight_level or any(fs.is_weight_level for fs in sets.values()),
@@ -93,7 +93,7 @@ class EngineConfig:
     def vllm_kwargs(self) -> dict:
         return {
             "hf_overrides": {
-                **self.family_overrides,
+                **self.target_overrides,
                 "architectures": [ARCHITECTURE],
                 "uld_assistant_layers": self.num_assistant_layers,
                 "uld_relative_top_range": list(self.relative_top_range),

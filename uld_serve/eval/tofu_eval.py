@@ -31,6 +31,14 @@ def _datasets(split):
     }
 
 
+def scored_pairs(rows, has_para) -> list:
+    """The (question, answer) pairs whose probabilities a split is scored on: every answer, then
+    every paraphrased answer (if the split has them), then each question's perturbed answers."""
+    pairs = [(r["question"], r["answer"]) for r in rows]
+    pairs += [(r["question"], r["paraphrased_answer"]) for r in rows if has_para]
+    return pairs + [(r["question"], w) for r in rows for w in r["perturbed_answer"]]
+
+
 def load_logs(path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -76,11 +84,7 @@ def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None,
             questions = [r["question"] for r in rows]
             n, n_wrong = len(rows), len(rows[0]["perturbed_answer"])
             # one call, so that a question's answer, paraphrase and perturbed answers share its prompt
-            texts = [r["answer"] for r in rows] + [r["paraphrased_answer"] for r in rows if has_para]
-            texts += [w for r in rows for w in r["perturbed_answer"]]
-            owners = list(range(n)) * (2 if has_para else 1) + [i for i in range(n) for _ in range(n_wrong)]
-            scored = score_pairs(model, [(questions[i], t) for i, t in zip(owners, texts)], batch_size=batch_size,
-                                 progress=bar.update, **score_kwargs)
+            scored = score_pairs(model, scored_pairs(rows, has_para), batch_size=batch_size, progress=bar.update, **score_kwargs)
             answers, flat = scored[:n], scored[len(scored) - n * n_wrong:]
             logs[f"{prefix}_Q_A_Prob"] = _prob_log(answers)
             if has_para:
