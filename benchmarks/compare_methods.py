@@ -66,7 +66,7 @@ def parse_methods(text: str) -> list:
 def validation_pairs(limit=None) -> dict:
     """The (question, answer) pairs of tune_assistant.py's rule: the validation forget split's, and
     real authors + world facts' (its utility side, raw probabilities at a calibrated alpha)."""
-    from uld_serve.tofu import load_qa, load_split
+    from uld_serve.core.tofu import load_qa, load_split
 
     utility = [(r["question"], r["answer"]) for s in ("real_authors", "world_facts") for r in load_split(s)]
     return {"forget": [(qa.question, qa.answer) for qa in load_qa(VALIDATION["forget"])][:limit], "utility": utility[:limit]}
@@ -80,7 +80,7 @@ def validation_scores(target, artifact=None):
     from uld_serve.eval.metrics import normalised_probabilities
     from uld_serve.eval.scoring import mean_answer_probability, score_pairs
     from uld_serve.reference import UldModel
-    from uld_serve.tofu import load_qa, load_split
+    from uld_serve.core.tofu import load_qa, load_split
 
     model = UldModel(target, {"m": artifact} if artifact else {})
     name = "m" if artifact else None
@@ -177,7 +177,7 @@ def load_record(path: Path) -> dict:
 
 
 def save_record(record: dict, path: Path) -> None:
-    from uld_serve.atomic import write_json_atomic
+    from uld_serve.core.atomic import write_json_atomic
 
     write_json_atomic(path, record)
 
@@ -201,7 +201,7 @@ def recorded_retain_logs(work: Path, results: Path) -> Path:
 
 def check_target(record: dict, target: Path, path: Path) -> None:
     """Rows measured on another target are not comparable: refuse to mix them."""
-    from uld_serve.models import fingerprint
+    from uld_serve.core.models import fingerprint
 
     found = fingerprint(target)
     expected = record["target_fingerprint"]

@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from report import cpu_description  # noqa: E402
 from uld_serve.eval.scoring import answer_batches  # noqa: E402
 from uld_serve.eval.tofu_eval import _datasets, scored_pairs  # noqa: E402
-from uld_serve.models import load_model, load_tokenizer, resolve_model  # noqa: E402
-from uld_serve.tofu import IGNORE_INDEX, load_qa, load_split, paraphrased_pairs, perturbed_pairs  # noqa: E402
+from uld_serve.core.models import load_model, load_tokenizer, resolve_model  # noqa: E402
+from uld_serve.core.tofu import IGNORE_INDEX, load_qa, load_split, paraphrased_pairs, perturbed_pairs  # noqa: E402
 from uld_training.batching import answer_loss, collate, encode_pairs  # noqa: E402
 from uld_training.loop import adamw, resolve_precision  # noqa: E402
 

@@ -46,11 +46,11 @@ def main():
     from report import write_section
 
     from uld_serve import demo
-    from uld_serve.artifact import read_manifest
+    from uld_serve.core.artifact import read_manifest
     from uld_serve.engine.llm import UldEngine
     from uld_serve.eval.metrics import mean_rouge_l_recall
-    from uld_serve.reference import GenerationRequest
-    from uld_serve.tofu import chat_prompt_ids, load_qa
+    from uld_serve.core.requests import GenerationRequest
+    from uld_serve.core.tofu import chat_prompt_ids, load_qa
 
     target, forget_set = demo.prepare_demo()
     forget_sets = {demo.FORGET_SET_NAME: forget_set, TOFU_ONLY: train_tofu_only(target)}

@@ -57,9 +57,9 @@ def main():
     args = parser.parse_args()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
-    from uld_serve.models import load_tokenizer, resolve_model, uld_home
-    from uld_serve.reference import GenerationRequest
-    from uld_serve.tofu import chat_prompt_ids, load_qa
+    from uld_serve.core.models import load_tokenizer, resolve_model, uld_home
+    from uld_serve.core.requests import GenerationRequest
+    from uld_serve.core.tofu import chat_prompt_ids, load_qa
 
     target = resolve_model(args.target)
     forget_set = args.forget_set or uld_home() / "bench" / "throughput" / f"forget10-{target.name}"

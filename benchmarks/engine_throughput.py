@@ -37,9 +37,10 @@ def main():
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # the same settings UldEngine uses
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
-    from uld_serve.models import load_tokenizer, resolve_model, uld_home
-    from uld_serve.reference import GenerationRequest, UldModel
-    from uld_serve.tofu import chat_prompt_ids, load_qa
+    from uld_serve.core.models import load_tokenizer, resolve_model, uld_home
+    from uld_serve.core.requests import GenerationRequest
+    from uld_serve.reference import UldModel
+    from uld_serve.core.tofu import chat_prompt_ids, load_qa
 
     target = resolve_model(args.target)
     forget_set = args.forget_set
@@ -88,7 +89,7 @@ def main():
     for e in (engine, sparse):
         e.close()
     plain.llm_engine.engine_core.shutdown()
-    del plain, engine, sparse
+    plain = engine = sparse = runs = None  # release the engines before the reference loads
     gc.collect()
     rows = {name: statistics.median(s) for name, s in seconds.items()}
     baseline_runs = seconds["plain vLLM (target only)"]

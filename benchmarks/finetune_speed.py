@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from uld_serve.models import load_model, load_tokenizer  # noqa: E402
-from uld_serve.tofu import load_qa  # noqa: E402
+from uld_serve.core.models import load_model, load_tokenizer  # noqa: E402
+from uld_serve.core.tofu import load_qa  # noqa: E402
 from uld_training.batching import answer_loss, answer_token_count, collate, encode_pairs, grouped_batches  # noqa: E402
 from uld_training.loop import adamw, resolve_precision  # noqa: E402
 

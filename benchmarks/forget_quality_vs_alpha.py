@@ -45,7 +45,7 @@ def sweep(target, artifact, variants, limit=None) -> dict:
     from uld_serve.eval import metrics as m
     from uld_serve.eval.alpha_curve import AlphaCurve
     from uld_serve.reference import UldModel
-    from uld_serve.tofu import load_split
+    from uld_serve.core.tofu import load_split
 
     model = UldModel(target, {"a": artifact})
     forget, retain = load_split("forget10_perturbed")[:limit], load_split("retain_perturbed")[:limit]

@@ -16,10 +16,10 @@ that cover general knowledge without reading any evaluation split:
 
     python benchmarks/general_qa.py            # -> <workdir>/general-qa/{train,heldout}.jsonl
 
-The demo's vendored set (data/general/) was made with the embedded model answering its own
+The demo's vendored set (uld_serve/data/general/) was made with the embedded model answering its own
 questions:
 
-    python benchmarks/general_qa.py --target smollm2-135m-instruct --out data/general --sample 1000 --train 280 --heldout 70
+    python benchmarks/general_qa.py --target smollm2-135m-instruct --out uld_serve/data/general --sample 1000 --train 280 --heldout 70
 """
 import argparse
 import json
@@ -37,9 +37,9 @@ CONFIG = {"question_model": "smollm2-135m-instruct", "temperature": 0.8, "questi
 
 def sample_questions(count: int, seed: int) -> list:
     from uld_serve.engine.llm import UldEngine
-    from uld_serve.models import resolve_model
-    from uld_serve.reference import GenerationRequest
-    from uld_serve.tofu import SYSTEM_PROMPT
+    from uld_serve.core.models import resolve_model
+    from uld_serve.core.requests import GenerationRequest
+    from uld_serve.core.tofu import SYSTEM_PROMPT
 
     engine = UldEngine(resolve_model(CONFIG["question_model"]), {}, dtype="float32")
     tok = engine.tokenizer
@@ -65,9 +65,9 @@ def question(text: str):
 
 def answer(questions: list, target: str) -> list:
     from uld_serve.engine.llm import UldEngine
-    from uld_serve.models import resolve_model
-    from uld_serve.reference import GenerationRequest
-    from uld_serve.tofu import chat_prompt_ids
+    from uld_serve.core.models import resolve_model
+    from uld_serve.core.requests import GenerationRequest
+    from uld_serve.core.tofu import chat_prompt_ids
 
     engine = UldEngine(resolve_model(target), {}, dtype="float32")
     try:
@@ -90,8 +90,8 @@ def main():
     parser.add_argument("--sample", type=int, default=None, help="questions to sample (default: 2 x wanted)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from uld_serve.atomic import write_text_atomic
-    from uld_serve.tofu import SPLITS, load_split
+    from uld_serve.core.atomic import write_text_atomic
+    from uld_serve.core.tofu import SPLITS, load_split
 
     work = args.workdir or default_workdir()
     out = args.out or work / GENERAL_QA

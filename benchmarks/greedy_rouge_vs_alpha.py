@@ -27,7 +27,7 @@ def main():
     from uld_serve.engine.llm import UldEngine
     from uld_serve.eval.metrics import mean_rouge_l_recall
     from uld_serve.eval.scoring import greedy_answers
-    from uld_serve.tofu import load_split
+    from uld_serve.core.tofu import load_split
 
     work = args.workdir or default_workdir()
     alphas = [float(a) for a in args.alphas.split(",")]

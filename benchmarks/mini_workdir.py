@@ -36,7 +36,7 @@ EVALS.update({calibrated(label): f"eval-{folder}-calibrated" for label, folder i
 
 
 def default_workdir(protocol: str = "mini") -> Path:
-    from uld_serve.models import uld_home
+    from uld_serve.core.models import uld_home
 
     return uld_home() / "bench" / f"tofu-{protocol}"
 

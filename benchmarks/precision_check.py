@@ -15,9 +15,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from uld_serve.models import load_model, load_tokenizer  # noqa: E402
-from uld_serve.reference import GenerationRequest, UldModel  # noqa: E402
-from uld_serve.tofu import chat_prompt_ids, load_qa  # noqa: E402
+from uld_serve.core.models import load_model, load_tokenizer  # noqa: E402
+from uld_serve.core.requests import GenerationRequest  # noqa: E402
+from uld_serve.reference import UldModel  # noqa: E402
+from uld_serve.core.tofu import chat_prompt_ids, load_qa  # noqa: E402
 from uld_training.batching import collate, encode_pairs  # noqa: E402
 from uld_training.loop import bf16_is_fast  # noqa: E402
 

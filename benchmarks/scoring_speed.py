@@ -17,9 +17,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from uld_serve.eval.scoring import score_pairs  # noqa: E402
-from uld_serve.models import resolve_model  # noqa: E402
+from uld_serve.core.models import resolve_model  # noqa: E402
 from uld_serve.reference import UldModel  # noqa: E402
-from uld_serve.tofu import load_split  # noqa: E402
+from uld_serve.core.tofu import load_split  # noqa: E402
 
 
 def tofu_pairs(questions: int) -> list:

@@ -53,7 +53,7 @@ def unseen_level(target, limit=None) -> float:
     """The target's mean answer probability on authors it never learned."""
     from uld_serve.eval.scoring import mean_answer_probability
     from uld_serve.reference import UldModel
-    from uld_serve.tofu import load_qa
+    from uld_serve.core.tofu import load_qa
 
     pairs = [(qa.question, qa.answer) for qa in load_qa(PROTOCOLS["mini"]["unseen"])][:limit]
     return mean_answer_probability(UldModel(target), pairs)
@@ -62,7 +62,7 @@ def unseen_level(target, limit=None) -> float:
 def validate(target, artifact, level, limit=None) -> dict:
     """Step 1 for one candidate: its calibrated alpha on the validation split and the answer
     probabilities there (validation forget, real authors + world facts; alpha 0 is the target)."""
-    from uld_serve.errors import UldError
+    from uld_serve.core.errors import UldError
     from uld_serve.eval.alpha_curve import AlphaCurve
     from uld_serve.eval.calibrate import first_crossing
     from uld_serve.reference import UldModel
@@ -85,7 +85,7 @@ def greedy_agreement(target, artifact, alpha, heldout: Path, limit=None) -> floa
     from uld_serve.engine.llm import UldEngine
     from uld_serve.eval.metrics import mean_rouge_l_recall
     from uld_serve.eval.scoring import greedy_answers
-    from uld_serve.tofu import load_qa
+    from uld_serve.core.tofu import load_qa
 
     pairs = load_qa(f"jsonl:{heldout}")[:limit]
     engine = UldEngine(target, {"a": artifact}, dtype="float32")

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_base():
-    from uld_serve.models import setup_model
+    from uld_serve.core.models import setup_model
 
     return setup_model("tiny-random")
 

@@ -33,7 +33,7 @@ def test_compressed_rows_give_the_whole_rows_logprobs(scoring):
 def test_curve_matches_score_pairs_on_a_forget_set(tiny_target, forget_sets):
     from uld_serve.eval.scoring import score_pairs
     from uld_serve.reference import UldModel
-    from uld_serve.tofu import load_qa
+    from uld_serve.core.tofu import load_qa
 
     model = UldModel(tiny_target, {"f1": forget_sets["f1"]})
     pairs = [(qa.question, qa.answer) for qa in load_qa("tofu:forget01")][:6]
@@ -46,7 +46,7 @@ def test_curve_matches_score_pairs_on_a_forget_set(tiny_target, forget_sets):
 
 
 def test_first_crossing_finds_the_smallest_alpha_to_tolerance():
-    from uld_serve.errors import UldError
+    from uld_serve.core.errors import UldError
     from uld_serve.eval.calibrate import TOLERANCE, first_crossing
 
     def probability(alpha):  # decays, with a plateau between 1 and 2 that bisection must not skip into
@@ -64,7 +64,7 @@ def test_first_crossing_finds_the_smallest_alpha_to_tolerance():
 def test_calibrated_alpha_brings_the_forget_answers_to_the_unseen_level(tiny_target, forget_sets):
     from uld_serve.eval.calibrate import TOLERANCE, calibrate
     from uld_serve.reference import UldModel
-    from uld_serve.tofu import load_qa
+    from uld_serve.core.tofu import load_qa
 
     model = UldModel(tiny_target, {"f1": forget_sets["f1"]})
     forget = [(qa.question, qa.answer) for qa in load_qa("tofu:forget01")][:6]

@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from uld_serve.assistant import build_assistant, default_num_layers
-from uld_serve.errors import UldError
-from uld_serve.models import load_model
+from uld_serve.core.assistant import build_assistant, default_num_layers
+from uld_serve.core.errors import UldError
+from uld_serve.core.models import load_model
 
 
 def test_default_depth_is_a_quarter():
@@ -51,7 +51,7 @@ def test_lora_touches_only_assistant_layers(forget_sets):
 
 
 def test_manifest_describes_the_forget_set(forget_sets, tiny_target):
-    from uld_serve.models import fingerprint
+    from uld_serve.core.models import fingerprint
 
     manifest = json.loads((forget_sets["f1"] / "uld.json").read_text())
     assert manifest["kind"] == "uld-assistant"

@@ -1,29 +1,10 @@
 """The command line end to end on tiny-random, and its answers to bad input."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ULD = [sys.executable, "-c", "from uld_serve.cli import main; main()"]
-FAST = ["--max-steps", "2", "--batch-size", "4", "--precision", "fp32"]
-
-
-def uld(*args, check=True):
-    result = subprocess.run([*ULD, *map(str, args)], capture_output=True, text=True, env=os.environ.copy())
-    if check and result.returncode != 0:
-        raise AssertionError(f"uld {' '.join(map(str, args))} failed:\n{result.stderr[-3000:]}")
-    return result
-
-
-def assert_user_error(result, fragment):
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and fragment in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
-
+from helpers import FAST, assert_user_error, uld
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
@@ -110,7 +91,7 @@ def test_calibrate_alpha_writes_the_default_and_how_it_was_found(pipeline, tmp_p
 
 
 def test_an_empty_uld_home_means_the_default_not_the_current_directory(monkeypatch):
-    from uld_serve.models import uld_home
+    from uld_serve.core.models import uld_home
 
     monkeypatch.setenv("ULD_HOME", "")
     assert uld_home() == Path.home() / ".cache" / "uld-serve"

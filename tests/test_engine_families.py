@@ -3,10 +3,11 @@ reference decoding; families the wrapper cannot compute are refused before vLLM 
 import pytest
 import torch
 
-from uld_serve.errors import UldError
-from uld_serve.models import TINY_SIZE
-from uld_serve.reference import GenerationRequest, UldModel
-from uld_serve.tofu import chat_prompt_ids
+from uld_serve.core.errors import UldError
+from uld_serve.core.models import TINY_SIZE
+from uld_serve.core.requests import GenerationRequest
+from uld_serve.reference import UldModel
+from uld_serve.core.tofu import chat_prompt_ids
 
 from conftest import amplify_lora
 

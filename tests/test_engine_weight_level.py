@@ -1,10 +1,12 @@
 """A weight-level forget set (a LoRA on the target) served by the engine next to a ULD one."""
 import pytest
 
-from uld_serve.reference import GenerationRequest, UldModel
-from uld_serve.tofu import chat_prompt_ids
+from uld_serve.core.requests import GenerationRequest
 
-from test_engine import QUESTIONS
+from uld_serve.reference import UldModel
+from uld_serve.core.tofu import chat_prompt_ids
+
+from helpers import QUESTIONS
 
 
 @pytest.fixture(scope="module")

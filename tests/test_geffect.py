@@ -5,7 +5,7 @@ from uld_training.geffect import geffect
 from uld_training.loop import TrainConfig
 from uld_training.unlearn.run import Trainable
 
-from test_cli import assert_user_error, uld
+from helpers import assert_user_error, uld
 
 CONFIG = dict(max_steps=3, batch_size=4, lr=1e-2, precision="fp32")
 

@@ -2,11 +2,12 @@ import json
 
 import pytest
 
-from uld_serve.errors import UldError
+from uld_serve.core.errors import UldError
+from uld_serve.api import UldLLM
 from uld_serve.generate import run_generate
 from uld_serve.reference import UldModel
 
-from test_cli import assert_user_error, uld
+from helpers import assert_user_error, uld
 
 LINES = [
     {"id": "a", "prompt": "Who wrote Hamlet?", "max_tokens": 6},
@@ -34,7 +35,10 @@ class Flaky:
         self.inner, self.survive = inner, survive
         self.tokenizer, self.forget_sets = inner.tokenizer, inner.forget_sets
 
-    def generate(self, requests):
+    def settings(self, *args):
+        return self.inner.settings(*args)
+
+    def generate(self, requests, progress=None):
         if self.survive == 0:
             raise KeyboardInterrupt
         self.survive -= 1
@@ -45,29 +49,29 @@ def test_output_in_input_order_and_resume(reference, tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", LINES)
     out = tmp_path / "out.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        run_generate(Flaky(reference, 1), source, out, chunk_size=2)
+        run_generate(UldLLM.from_backend(Flaky(reference, 1)), source, out, chunk_size=2)
     assert not out.exists()  # no half output
     calls = []
 
     class Counting(Flaky):
-        def generate(self, requests):
+        def generate(self, requests, progress=None):
             calls.append(len(requests))
             return super().generate(requests)
 
-    run_generate(Counting(reference, 99), source, out, chunk_size=2)
+    run_generate(UldLLM.from_backend(Counting(reference, 99)), source, out, chunk_size=2)
     assert calls == [2, 1]  # the first chunk came from the partial file
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a", "b", "c", "d", "e"]
     assert [r["alpha"] for r in rows] == [0.0, 0.75, 2.0, 0.0, 0.0]
     straight = tmp_path / "straight.jsonl"
-    run_generate(reference, source, straight)
+    run_generate(UldLLM.from_backend(reference), source, straight)
     assert straight.read_text() == out.read_text()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("row,message", [
     ({"prompt": "x", "forget_set": "nope"}, "line 2: unknown forget set 'nope'; known forget sets: f1, f2"),
-    ({"prompt": "x", "alpha": 9}, "line 2: alpha must be in [0.0, 5.0]"),
+    ({"prompt": "x", "alpha": 9}, "line 2: alpha must be a number in [0.0, 5.0]"),
     ({"prompt": 3}, "line 2: prompt must be a string"),
     ({"prompt": "x", "prompt_ids": [1]}, "line 2: give exactly one of"),
     ({"prompt": "x", "colour": "red"}, "line 2: unknown field(s) colour"),
@@ -75,7 +79,7 @@ def test_output_in_input_order_and_resume(reference, tmp_path):
 def test_bad_lines_are_named(reference, tmp_path, row, message):
     source = write_jsonl(tmp_path / "in.jsonl", [LINES[0], row])
     with pytest.raises(UldError) as info:
-        run_generate(reference, source, tmp_path / "out.jsonl")
+        run_generate(UldLLM.from_backend(reference), source, tmp_path / "out.jsonl")
     assert message in str(info.value)
     assert list(tmp_path.iterdir()) == [source]
 

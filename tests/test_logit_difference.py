@@ -5,14 +5,7 @@ import torch
 
 from uld_kernels import logit_difference, relative_top_mask
 
-
-def brute_force_mask(row: torch.Tensor, r: float) -> torch.Tensor:
-    """The filter as DESIGN.md states it, by sorting: lp >= min(max(lp) + log r, k-th largest lp)."""
-    lp = torch.log_softmax(row.double(), -1)
-    k = max(1, int(r * row.numel()))
-    kth = lp.sort(descending=True).values[k - 1]
-    threshold = min(lp.max().item() + math.log(r), kth.item())
-    return (lp >= threshold) & torch.isfinite(lp)
+from helpers import brute_force_mask
 
 
 def rows_under_test(vocab):

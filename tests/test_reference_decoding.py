@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from uld_kernels import relative_top_mask
-from uld_serve.errors import UldError
-from uld_serve.reference import GenerationRequest, UldModel
-from uld_serve.tofu import chat_prompt_ids
+from uld_serve.core.errors import UldError
+from uld_serve.core.requests import GenerationRequest
+from uld_serve.reference import UldModel
+from uld_serve.core.tofu import chat_prompt_ids
 
 QUESTIONS = ["Who wrote Hamlet?", "What genre does Hsiao Yun-Hwa write in, and what is her best-known book?", "Hi"]
 

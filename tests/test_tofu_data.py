@@ -1,7 +1,7 @@
 import pytest
 
-from uld_serve.errors import UldError
-from uld_serve.tofu import IGNORE_INDEX, QA, encode_qa, load_qa, paraphrased_pairs, perturbed_pairs
+from uld_serve.core.errors import UldError
+from uld_serve.core.tofu import IGNORE_INDEX, QA, encode_qa, load_qa, paraphrased_pairs, perturbed_pairs
 
 
 def test_specs_select_the_documented_rows():
@@ -15,7 +15,7 @@ def test_specs_select_the_documented_rows():
 
 
 def test_shipped_general_qa_is_apart_from_tofu():
-    from uld_serve.tofu import SPLITS, load_split
+    from uld_serve.core.tofu import SPLITS, load_split
 
     train, heldout = load_qa("general:train"), load_qa("general:heldout")
     assert len(train) >= 200 and len(heldout) >= 50
@@ -64,7 +64,7 @@ def test_augmentation_is_filtered_to_the_split():
 
 
 def test_labels_cover_the_answer_only(tiny_base):
-    from uld_serve.models import load_tokenizer
+    from uld_serve.core.models import load_tokenizer
 
     tok = load_tokenizer(tiny_base)
     ids, labels = encode_qa(tok, "Who wrote it?", "Jane Doe wrote it.")

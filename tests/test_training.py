@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from uld_serve.errors import UldError
+from uld_serve.core.errors import UldError
 from uld_training.assistant import uniform_cross_entropy
 from uld_training.batching import answer_loss, collate, encode_pairs, grouped_batches
 from uld_training.loop import TrainConfig, bf16_is_fast, run_training
@@ -18,8 +18,8 @@ def test_uniform_cross_entropy_by_hand():
 
 
 def test_answer_loss_equals_the_models_own_loss(tiny_base):
-    from uld_serve.models import load_model, load_tokenizer
-    from uld_serve.tofu import load_qa
+    from uld_serve.core.models import load_model, load_tokenizer
+    from uld_serve.core.tofu import load_qa
 
     model, tokenizer = load_model(tiny_base), load_tokenizer(tiny_base)
     batch = collate(encode_pairs(tokenizer, load_qa("tofu:forget01[:5]")), tokenizer.pad_token_id)
@@ -31,8 +31,8 @@ def test_unlearning_steps_see_the_full_forwards_answer_rows_with_and_without_lor
 
     from peft import LoraConfig, get_peft_model
 
-    from uld_serve.models import load_model, load_tokenizer
-    from uld_serve.tofu import load_qa
+    from uld_serve.core.models import load_model, load_tokenizer
+    from uld_serve.core.tofu import load_qa
     from uld_training.unlearn import Step
 
     tokenizer = load_tokenizer(tiny_base)

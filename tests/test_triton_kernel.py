@@ -21,7 +21,7 @@ from uld_kernels import triton_impl  # noqa: E402
 if DEVICE == "cpu":
     triton_impl.BLOCK = triton_impl.ROW_BLOCK = 8192  # fewer, wider blocks: the interpreter's cost is per operation
 
-from test_logit_difference import brute_force_mask  # noqa: E402
+from helpers import brute_force_mask  # noqa: E402
 
 
 def adversarial_rows(vocab, rows, seed):

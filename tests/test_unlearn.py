@@ -6,11 +6,11 @@ import torch
 
 from uld_serve.reference import UldModel
 from uld_training.loop import TrainConfig
-from uld_serve.errors import UldError
+from uld_serve.core.errors import UldError
 from uld_training.unlearn import METHODS, get_method
 from uld_training.unlearn.run import Trainable, unlearn
 
-from test_cli import FAST, assert_user_error, uld
+from helpers import FAST, assert_user_error, uld
 
 ALL = ["ga", "graddiff", "npo", "simnpo", "wga", "tnpo", "wtnpo", "mollm", "soul"]
 
@@ -38,8 +38,9 @@ def test_two_steps_and_the_artifact_loads(method, tiny_target, scorer, tmp_path)
     assert manifest["kind"] == "weight-level" and manifest["alpha"] == 0.0 and manifest["method"] == method
     assert manifest["result"]["steps"] == 2 and manifest["result"]["trainable_parameters"] > 0
     assert manifest["result"]["steps_per_epoch"] == 10  # forget01's 40 answers in batches of 4
-    fs = scorer.add_forget_set(method, out)
-    assert fs.settings(alpha=1.0) == (0.0, 0.01)  # weight-level sets are served with alpha 0
+    scorer.add_forget_set(method, out)
+    applied = scorer.settings(method, alpha=1.0)
+    assert (applied.alpha, applied.relative_top) == (0.0, 0.01)  # weight-level sets are served with alpha 0
     ids, mask = batch(scorer)
     unlearned = scorer.score_logits(ids, mask, forget_set=method)
     assert not torch.allclose(unlearned, scorer.score_logits(ids, mask))  # two steps at lr 1e-2 moved the weights

@@ -4,25 +4,23 @@ Loss = CE(forget answers, incl. one paraphrase of each forget QA per epoch)
      + retain_weight * CE(uniform, retain answers incl. wrong answers to the forget questions),
 both over answer tokens only.
 """
-import hashlib
-import json
-import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from uld_serve.artifact import write_manifest
-from uld_serve.assistant import LORA_TARGET_MODULES, build_assistant, default_num_layers
-from uld_serve.atomic import atomic_dir
-from uld_serve.errors import UldError
-from uld_serve.models import fingerprint, load_model, load_tokenizer, resolve_model
-from uld_serve.tofu import load_qa, paraphrased_pairs, perturbed_pairs
+from uld_serve.core.assistant import LORA_TARGET_MODULES, build_assistant, default_num_layers
+from uld_serve.core.errors import UldError
+from uld_serve.core.models import fingerprint, load_model, load_tokenizer, resolve_model
+from uld_serve.core.tofu import load_qa, paraphrased_pairs, perturbed_pairs
 
+from uld_serve.core.settings import DEFAULT_ALPHA, DEFAULT_RELATIVE_TOP, check_alpha, check_relative_top
+
+from .artifact import (data_record, epoch_rng, load_trainable_state, result_record, resume_dir, steps_per_epoch,
+                       trainable_state, write_output)
 from .batching import answer_logits, answer_loss, encode_pairs, paired_batches
-from .loop import TrainConfig, peak_rss_mib, run_training
+from .loop import TrainConfig, run_training
 
 
 @dataclass
@@ -32,8 +30,8 @@ class AssistantConfig:
     lora_alpha: int = 32
     retain_weight: float = 6.5
     augment: bool = True
-    alpha: float = 0.75  # served default, written to the manifest
-    relative_top: float = 0.01
+    alpha: float = DEFAULT_ALPHA  # served default, written to the manifest
+    relative_top: float = DEFAULT_RELATIVE_TOP
 
 
 def uniform_cross_entropy(z: torch.Tensor) -> torch.Tensor:
@@ -43,19 +41,15 @@ def uniform_cross_entropy(z: torch.Tensor) -> torch.Tensor:
     return (z.logsumexp(-1) - z.mean(-1)).mean()
 
 
-def content_hash(pairs) -> str:
-    digest = hashlib.sha256()
-    for qa in pairs:
-        digest.update(json.dumps([qa.question, qa.answer]).encode())
-    return digest.hexdigest()
-
-
 def train_assistant(target: str, forget: str, retain: str, out: Path, config: TrainConfig, assistant: AssistantConfig) -> Path:
     from peft import LoraConfig, get_peft_model
 
     config.validate()
-    if not 0.0 < assistant.relative_top <= 1.0:
-        raise UldError("--relative-top must be in (0, 1]")
+    try:
+        check_alpha(assistant.alpha)
+        check_relative_top(assistant.relative_top)
+    except UldError as e:
+        raise UldError(f"the manifest's default {e}") from None
     out = Path(out)
     target_dir = resolve_model(target)
     forget_pairs, retain_pairs = load_qa(forget), load_qa(retain)
@@ -75,10 +69,9 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
     retain_enc = encode_pairs(tokenizer, retain_all)
     pad = tokenizer.pad_token_id
     n_forget = len(forget_enc) + sum(1 for qa in forget_pairs if para_enc.get(qa.question))
-    steps_per_epoch = -(-n_forget // config.batch_size)
 
     def epoch_batches(epoch):
-        rng = random.Random(config.seed * 100_003 + epoch)
+        rng = epoch_rng(config.seed, epoch)
         pool = list(forget_enc) + [rng.choice(para_enc[qa.question]) for qa in forget_pairs if para_enc.get(qa.question)]
         return paired_batches(pool, retain_enc, config.batch_size, rng, pad)
 
@@ -89,52 +82,31 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
         loss = forget_loss + assistant.retain_weight * retain_loss
         return loss, {"loss": loss.item(), "forget_ce": forget_loss.item(), "retain_uniform_ce": retain_loss.item()}
 
-    def lora_state():
-        return {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
-
-    def load_lora_state(state):
-        params = dict(net.named_parameters())
-        with torch.no_grad():
-            for n, v in state.items():
-                params[n].copy_(v)
-
-    resume_dir = out.parent / f".{out.name}.resume"
     summary = run_training(
         params=[p for p in net.parameters() if p.requires_grad],
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=steps_per_epoch(n_forget, config.batch_size),
         epoch_batches=epoch_batches,
         loss_fn=loss_fn,
         config=config,
-        resume_dir=resume_dir,
-        state_fn=lora_state,
-        load_state_fn=load_lora_state,
+        resume_dir=resume_dir(out),
+        state_fn=lambda: trainable_state(net),
+        load_state_fn=lambda state: load_trainable_state(net, state),
         desc=f"assistant {forget}",
     )
-    last = summary["history"][-1] if summary["history"] else {}
-    with atomic_dir(out) as tmp:
-        net.save_pretrained(tmp)
-        write_manifest(tmp, {
-            "kind": "uld-assistant",
-            "base_model": str(target_dir),
-            "base_fingerprint": fingerprint(target_dir),
-            "num_layers": k,
-            "target_layers": base.config.num_hidden_layers,
-            "alpha": assistant.alpha,
-            "relative_top": assistant.relative_top,
-            "forget": {"spec": forget, "num_examples": len(forget_pairs), "sha256": content_hash(forget_pairs),
-                       "paraphrase_augmentation": bool(paraphrases)},
-            "retain": {"spec": retain, "num_examples": len(retain_pairs), "sha256": content_hash(retain_pairs),
-                       "perturbed_augmentation": len(retain_all) - len(retain_pairs)},
-            "training": {**config.as_dict(), "rank": assistant.rank, "lora_alpha": assistant.lora_alpha,
-                         "retain_weight": assistant.retain_weight, "lora_target_modules": LORA_TARGET_MODULES},
-            "seed": config.seed,
-            "result": {"steps": summary["steps"], "steps_per_epoch": summary["steps_per_epoch"], "wall_s": summary["wall_s"],
-                       "precision": summary["precision"],
-                       "trainable_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
-                       "peak_rss_mib": peak_rss_mib(),
-                       **{k_: v for k_, v in last.items() if k_ not in ("step", "epoch", "wall_s")}},
-            "evaluation": None,
-        })
-        (tmp / "training_log.json").write_text(json.dumps(summary["history"]) + "\n")
-    shutil.rmtree(resume_dir, ignore_errors=True)
-    return out
+    manifest = {
+        "kind": "uld-assistant",
+        "base_model": str(target_dir),
+        "base_fingerprint": fingerprint(target_dir),
+        "num_layers": k,
+        "target_layers": base.config.num_hidden_layers,
+        "alpha": assistant.alpha,
+        "relative_top": assistant.relative_top,
+        "forget": data_record(forget, forget_pairs, paraphrase_augmentation=bool(paraphrases)),
+        "retain": data_record(retain, retain_pairs, perturbed_augmentation=len(retain_all) - len(retain_pairs)),
+        "training": {**config.as_dict(), "rank": assistant.rank, "lora_alpha": assistant.lora_alpha,
+                     "retain_weight": assistant.retain_weight, "lora_target_modules": LORA_TARGET_MODULES},
+        "seed": config.seed,
+        "result": result_record(summary, [p for p in net.parameters() if p.requires_grad]),
+        "evaluation": None,
+    }
+    return write_output(out, net.save_pretrained, summary["history"], manifest)

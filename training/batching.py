@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from uld_serve.tofu import IGNORE_INDEX, encode_qa
+from uld_serve.core.tofu import IGNORE_INDEX, encode_qa
 
 RUN = 16  # batches per length-sorted run
 

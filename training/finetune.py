@@ -1,13 +1,10 @@
 """Full fine-tune on TOFU QA: the target (tofu:full) and the retain reference (tofu:retain90)."""
-import json
-import random
-import shutil
 from pathlib import Path
 
-from uld_serve.atomic import atomic_dir
-from uld_serve.models import fingerprint, load_model, load_tokenizer, resolve_model
-from uld_serve.tofu import load_qa
+from uld_serve.core.models import fingerprint, load_model, load_tokenizer, resolve_model
+from uld_serve.core.tofu import load_qa
 
+from .artifact import epoch_rng, resume_dir, steps_per_epoch, write_output
 from .batching import answer_loss, collate, encode_pairs, grouped_batches
 from .loop import TrainConfig, run_training
 
@@ -15,7 +12,7 @@ MODEL_CARD = "uld_model.json"
 
 
 def shuffled_batches(examples, batch_size, seed, epoch, pad_id):
-    return [collate(b, pad_id) for b in grouped_batches(examples, batch_size, random.Random(seed * 100_003 + epoch))]
+    return [collate(b, pad_id) for b in grouped_batches(examples, batch_size, epoch_rng(seed, epoch))]
 
 
 def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
@@ -27,8 +24,6 @@ def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
     net = load_model(base_dir)
     net.train()
     examples = encode_pairs(tokenizer, pairs)
-    steps_per_epoch = -(-len(examples) // config.batch_size)
-    resume_dir = out.parent / f".{out.name}.resume"
 
     def loss_fn(batch):
         loss = answer_loss(net, batch)
@@ -36,31 +31,31 @@ def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
 
     summary = run_training(
         params=[p for p in net.parameters() if p.requires_grad],
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=steps_per_epoch(len(examples), config.batch_size),
         epoch_batches=lambda e: shuffled_batches(examples, config.batch_size, config.seed, e, tokenizer.pad_token_id),
         loss_fn=loss_fn,
         config=config,
-        resume_dir=resume_dir,
+        resume_dir=resume_dir(out),
         state_fn=net.state_dict,
         load_state_fn=net.load_state_dict,
         desc=f"finetune {data}",
     )
     net.eval()
-    with atomic_dir(out) as tmp:
-        net.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        card = {
-            "base_model": str(base_dir),
-            "base_fingerprint": fingerprint(base_dir),
-            "data": data,
-            "num_examples": len(pairs),
-            "config": config.as_dict(),
-            "steps": summary["steps"],
-            "precision": summary["precision"],
-            "wall_s": summary["wall_s"],
-            "final_loss": summary["history"][-1]["loss"] if summary["history"] else None,
-            "history": summary["history"],
-        }
-        (tmp / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
-    shutil.rmtree(resume_dir, ignore_errors=True)
-    return out
+    card = {
+        "base_model": str(base_dir),
+        "base_fingerprint": fingerprint(base_dir),
+        "data": data,
+        "num_examples": len(pairs),
+        "config": config.as_dict(),
+        "steps": summary["steps"],
+        "precision": summary["precision"],
+        "wall_s": summary["wall_s"],
+        "final_loss": summary["history"][-1]["loss"] if summary["history"] else None,
+        "history": summary["history"],
+    }
+
+    def save(directory):
+        net.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    return write_output(out, save, summary["history"], extra_files={MODEL_CARD: card})

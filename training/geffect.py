@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from uld_serve.atomic import atomic_dir
-from uld_serve.models import load_tokenizer, resolve_model
-from uld_serve.tofu import load_qa
+from uld_serve.core.atomic import atomic_dir
+from uld_serve.core.models import load_tokenizer, resolve_model
+from uld_serve.core.tofu import load_qa
 
 from .batching import collate, encode_pairs
 from .unlearn import Step

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
-from uld_serve.errors import UldError
+from uld_serve.core.errors import UldError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 

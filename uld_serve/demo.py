@@ -3,10 +3,10 @@
 `uld serve` with that forget set."""
 from pathlib import Path
 
-from .models import EMBEDDED, uld_home
+from .core.models import EMBEDDED, uld_home
 
 TARGET_DATA = "tofu:full[:40]+tofu:forget01"  # Jaime Vasquez, Chukwu Akabueze; Basil Mahfouz Al-Kuwaiti, Nikolai Abilov
-# Retain data: the two kept authors plus general QA (data/general/). With TOFU answers alone
+# Retain data: the two kept authors plus general QA (uld_serve/data/general/). With TOFU answers alone
 # the assistant never learns to be uniform on general text, and subtracting it garbled
 # answers far from TOFU ("What is the capital of France?").
 FORGET, RETAIN = "tofu:forget01", "tofu:full[:40]+general:train"
@@ -37,9 +37,23 @@ def prepare_demo() -> tuple:
     return Path(target), Path(forget_set)
 
 
+def run_demo(host: str = "127.0.0.1", port: int = 8000, api_key=None, prepare_only: bool = False) -> None:
+    """`uld demo`: prepare (once) and serve; `prepare_only` trains and caches, then returns."""
+    from .server.launch import prepare, serve
+
+    target, forget_set = prepare_demo()
+    if prepare_only:
+        print(f"target {target}\nforget set {FORGET_SET_NAME}={forget_set}")
+        return
+    state = prepare(str(target), {FORGET_SET_NAME: str(forget_set)}, served_name="smollm2-tofu", api_key=api_key,
+                    registry_path=target.parent / "registry.json")
+    print(f"serving smollm2-tofu and the forget set {FORGET_SET_NAME} on http://{host}:{port} (README: try it)", flush=True)
+    serve(state, host=host, port=port)
+
+
 def _current(forget_set: Path) -> bool:
     """Whether a cached forget set was trained on today's demo data (an older demo's is retrained)."""
-    from .artifact import read_manifest
+    from .core.artifact import read_manifest
 
     if not (forget_set / "uld.json").exists():
         return False

@@ -8,15 +8,16 @@ the output, so an interrupted run resumes; the output appears only when all line
 import hashlib
 import json
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 from tqdm import tqdm
 
-from .artifact import ALPHA_RANGE
-from .atomic import write_text_atomic
-from .errors import UldError
-from .jsonl import read_objects
-from .reference import GenerationRequest
-from .tofu import SYSTEM_PROMPT
+from .api import ENGINES, SamplingParams, UldLLM, check_dtype
+from .core.atomic import write_text_atomic
+from .core.errors import UldError
+from .core.jsonl import read_objects
+from .core.settings import check_alpha, check_relative_top
+from .core.tofu import SYSTEM_PROMPT
 
 FIELDS = {"id", "prompt", "messages", "prompt_ids", "forget_set", "alpha", "relative_top", "max_tokens", "temperature", "top_p", "seed"}
 
@@ -31,7 +32,25 @@ def _number(line_no, row, key, default, low=None, high=None, integer=False):
     return value
 
 
+class Line(NamedTuple):
+    line_no: int
+    id: object
+    prompt_ids: list
+    params: SamplingParams
+    forget_set: Optional[str]
+    alpha: Optional[float]
+    relative_top: Optional[float]
+
+
+def _setting(line_no, row, key, check):
+    try:
+        return None if row.get(key) is None else check(row[key])
+    except UldError as e:
+        raise UldError(f"line {line_no}: {e}") from None
+
+
 def parse_requests(path: Path, tokenizer, known_forget_sets, default_max_tokens=256) -> list:
+    """The input's lines as Line tuples; the first bad line ends it with one sentence."""
     requests = []
     for line_no, row in read_objects(path):
         unknown = set(row) - FIELDS
@@ -41,16 +60,19 @@ def parse_requests(path: Path, tokenizer, known_forget_sets, default_max_tokens=
         if forget_set is not None and forget_set not in known_forget_sets:
             known = ", ".join(sorted(known_forget_sets)) or "none"
             raise UldError(f"line {line_no}: unknown forget set {forget_set!r}; known forget sets: {known}")
-        requests.append((row.get("id", len(requests)), forget_set, GenerationRequest(
+        requests.append(Line(
+            line_no=line_no,
+            id=row.get("id", len(requests)),
             prompt_ids=_prompt_ids(line_no, row, tokenizer),
+            params=SamplingParams(
+                max_tokens=_number(line_no, row, "max_tokens", default_max_tokens, 1, None, integer=True),
+                temperature=_number(line_no, row, "temperature", 0.0, 0.0, 100.0),
+                top_p=_number(line_no, row, "top_p", 1.0, 1e-9, 1.0),
+                seed=_number(line_no, row, "seed", 0, 0, None, integer=True)),
             forget_set=forget_set,
-            alpha=None if row.get("alpha") is None else _number(line_no, row, "alpha", None, *ALPHA_RANGE),
-            relative_top=None if row.get("relative_top") is None else _number(line_no, row, "relative_top", None, 1e-9, 1.0),
-            max_new_tokens=_number(line_no, row, "max_tokens", default_max_tokens, 1, None, integer=True),
-            temperature=_number(line_no, row, "temperature", 0.0, 0.0, 100.0),
-            top_p=_number(line_no, row, "top_p", 1.0, 1e-9, 1.0),
-            seed=_number(line_no, row, "seed", 0, 0, None, integer=True),
-        )))
+            alpha=_setting(line_no, row, "alpha", check_alpha),
+            relative_top=_setting(line_no, row, "relative_top", check_relative_top),
+        ))
     if not requests:
         raise UldError(f"input file {path} holds no requests")
     return requests
@@ -77,10 +99,30 @@ def _prompt_ids(line_no, row, tokenizer) -> list:
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def run_generate(backend, input_path: Path, output_path: Path, chunk_size: int = 64) -> int:
-    """`backend` has .tokenizer, .forget_sets and .generate(list[GenerationRequest]) -> token ids."""
+def generate_file(target, forget_sets: dict, input_path: Path, output_path: Path, engine: str = "vllm", dtype: str = "fp32",
+                  **engine_kwargs) -> int:
+    """`uld generate`: every line of the input checked before any model loads, then generated."""
+    from .core.models import load_tokenizer
+
+    if engine not in ENGINES:
+        raise UldError(f"--engine must be {' or '.join(ENGINES)}, got {engine!r}")
+    dtype = check_dtype(dtype)
+    if engine == "reference":
+        engine_kwargs = {}  # vLLM's settings (max_model_len) mean nothing to the reference decoder
+    parse_requests(input_path, load_tokenizer(target), forget_sets)
+    with UldLLM(target, forget_sets, engine=engine, dtype=dtype, **engine_kwargs) as llm:
+        return run_generate(llm, input_path, output_path)
+
+
+def run_generate(llm, input_path: Path, output_path: Path, chunk_size: int = 64) -> int:
+    """Generate every line of `input_path` with `llm` (an api.UldLLM) into `output_path`."""
     output_path = Path(output_path)
-    requests = parse_requests(input_path, backend.tokenizer, backend.forget_sets)
+    requests = parse_requests(input_path, llm.tokenizer, llm.forget_sets)
+    for r in requests:  # e.g. an r outside a sparse head's range: refused before any work
+        try:
+            llm.settings(r.forget_set, r.alpha, r.relative_top)
+        except UldError as e:
+            raise UldError(f"line {r.line_no}: {e}") from None
     digest = hashlib.sha256(Path(input_path).read_bytes()).hexdigest()
     partial = output_path.parent / f".{output_path.name}.partial"
     done = _load_partial(partial, digest)
@@ -89,13 +131,14 @@ def run_generate(backend, input_path: Path, output_path: Path, chunk_size: int =
         todo = [i for i in range(len(requests)) if i not in done]
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
-            outputs = backend.generate([requests[i][2] for i in chunk])
+            lines_in = [requests[i] for i in chunk]
+            outputs = llm.generate([{"prompt_token_ids": r.prompt_ids} for r in lines_in], [r.params for r in lines_in],
+                                   forget_set=[r.forget_set for r in lines_in], alpha=[r.alpha for r in lines_in],
+                                   relative_top=[r.relative_top for r in lines_in], use_tqdm=False)
             lines = []
-            for i, tokens in zip(chunk, outputs):
-                rid, forget_set, req = requests[i]
-                alpha = _applied_alpha(backend, req)
-                done[i] = {"id": rid, "forget_set": forget_set, "alpha": alpha,
-                           "text": backend.tokenizer.decode(tokens, skip_special_tokens=True), "token_ids": tokens}
+            for i, out in zip(chunk, outputs):
+                done[i] = {"id": requests[i].id, "forget_set": out.uld["forget_set"], "alpha": out.uld["alpha"],
+                           "text": out.outputs[0].text, "token_ids": out.outputs[0].token_ids}
                 lines.append(json.dumps({"index": i, **done[i]}))
             with open(partial, "a") as f:
                 if f.tell() == 0:
@@ -105,10 +148,6 @@ def run_generate(backend, input_path: Path, output_path: Path, chunk_size: int =
     write_text_atomic(output_path, "".join(json.dumps(done[i]) + "\n" for i in range(len(requests))))
     partial.unlink(missing_ok=True)
     return len(requests)
-
-
-def _applied_alpha(backend, req) -> float:
-    return 0.0 if req.forget_set is None else backend.forget_sets[req.forget_set].settings(req.alpha)[0]
 
 
 def _load_partial(partial: Path, digest: str) -> dict:

@@ -5,7 +5,6 @@ shares the target's tensors. Per decoding step it serves logit_difference(target
 alpha) with ULD's relative-top filter; rows without a forget set get the target's logits.
 """
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -14,23 +13,12 @@ from transformers import DynamicCache
 
 from uld_kernels import logit_difference
 
-from .artifact import find_forget_set, load_forget_set
-from .assistant import build_assistant
-from .errors import UldError
-from .models import fingerprint, load_model, load_tokenizer
-
-
-@dataclass
-class GenerationRequest:
-    prompt_ids: list
-    forget_set: Optional[str] = None
-    alpha: Optional[float] = None  # None: the forget set's default
-    relative_top: Optional[float] = None
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int = 0
-    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
+from .core.artifact import find_forget_set, load_forget_set
+from .core.assistant import build_assistant
+from .core.errors import UldError
+from .core.models import fingerprint, load_model, load_tokenizer
+from .core.requests import Prefix
+from .core.settings import Settings, resolve
 
 
 class UldModel:
@@ -85,10 +73,12 @@ class UldModel:
         peft_model.set_adapter(fs.name)
         return peft_model
 
-    def defaults(self, forget_set: Optional[str], alpha, relative_top):
-        if forget_set is None:
-            return 0.0, relative_top if relative_top is not None else 0.01
-        return self._forget_set(forget_set).settings(alpha, relative_top)
+    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None) -> Settings:
+        """What a request is served with (core.settings.resolve against these forget sets)."""
+        return resolve(None if forget_set is None else self._forget_set(forget_set), alpha, relative_top)
+
+    def close(self) -> None:
+        """Nothing to stop (the Generator protocol's close, for vLLM's engine processes)."""
 
     # ---- scoring (evaluation): probabilities use a "score" variant of the filter ----
     @torch.no_grad()
@@ -101,8 +91,8 @@ class UldModel:
         target_logits, assistant_logits = self.score_parts(input_ids, attention_mask, forget_set, positions, prefix)
         if assistant_logits is None:
             return target_logits.float()
-        alpha, relative_top = self.defaults(forget_set, alpha, relative_top)
-        return logit_difference(target_logits, assistant_logits, alpha, relative_top, mode=mode)
+        applied = self.settings(forget_set, alpha, relative_top)
+        return logit_difference(target_logits, assistant_logits, applied.alpha, applied.relative_top, mode=mode)
 
     @torch.no_grad()
     def score_parts(self, input_ids, attention_mask, forget_set=None, positions=None, prefix=None):
@@ -115,13 +105,10 @@ class UldModel:
     # ---- generation: filtered tokens are excluded from sampling ("serve") ----
     def generate(self, requests: list, batch_size: int = 32, progress=None) -> list:
         """Token ids generated for each request, in request order. Rows are batched by forget set."""
-        for r in requests:
-            if r.forget_set is not None:
-                self._forget_set(r.forget_set)
+        applied = [self.settings(r.forget_set, r.alpha, r.relative_top) for r in requests]  # refuse before any work
         groups = defaultdict(list)
-        for i, r in enumerate(requests):
-            _, rt = self.defaults(r.forget_set, r.alpha, r.relative_top)
-            groups[(r.forget_set, rt)].append(i)
+        for i, (r, a) in enumerate(zip(requests, applied)):
+            groups[(r.forget_set, a.relative_top)].append(i)
         outputs = [None] * len(requests)
         for (forget_set, relative_top), indices in groups.items():
             for start in range(0, len(indices), batch_size):
@@ -139,7 +126,7 @@ class UldModel:
         input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests])
         attention_mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests])
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        alphas = torch.tensor([self.defaults(forget_set, r.alpha, relative_top)[0] for r in requests])
+        alphas = torch.tensor([self.settings(forget_set, r.alpha, relative_top).alpha for r in requests])
         target, assistant = self._models(forget_set)
         models = [(target, DynamicCache())] + ([(assistant, DynamicCache())] if assistant is not None else [])
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]
@@ -169,14 +156,6 @@ class UldModel:
             positions = positions[:, -1:] + 1
             logits = step(torch.tensor(next_ids)[:, None], attention_mask, positions)
         return outputs
-
-
-@dataclass
-class Prefix:
-    """Right-padded prompts (P, S) that the scored rows continue: row b continues prompt rows[b]."""
-    ids: torch.Tensor
-    mask: torch.Tensor
-    rows: torch.Tensor
 
 
 def _logits(model, input_ids, attention_mask, positions, prefix=None):

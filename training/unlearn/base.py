@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from uld_serve.errors import UldError
+from uld_serve.core.errors import UldError
 
 from ..batching import answer_logits
 from ..loop import adamw

@@ -7,23 +7,20 @@ the LoRA switched off, or a frozen copy when all weights train.
 """
 import contextlib
 import copy
-import json
-import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from uld_serve.artifact import write_manifest
-from uld_serve.assistant import LORA_TARGET_MODULES
-from uld_serve.atomic import atomic_dir
-from uld_serve.models import fingerprint, load_model, load_tokenizer, resolve_model
-from uld_serve.tofu import load_qa
+from uld_serve.core.assistant import LORA_TARGET_MODULES
+from uld_serve.core.models import fingerprint, load_model, load_tokenizer, resolve_model
+from uld_serve.core.tofu import load_qa
 
-from ..assistant import content_hash
+from ..artifact import (data_record, epoch_rng, load_trainable_state, result_record, resume_dir, steps_per_epoch,
+                        trainable_state, write_output)
 from ..batching import encode_pairs, paired_batches
-from ..loop import TrainConfig, peak_rss_mib, run_training
+from ..loop import TrainConfig, run_training
 from .base import Step, get_method
 
 
@@ -32,6 +29,11 @@ class Trainable:
     full: bool = False  # False: a LoRA on every linear layer of the target
     rank: int = 32
     lora_alpha: int = 32
+
+
+def default_lr(lr: Optional[float], full: bool) -> float:
+    """The learning rate when none is given: 1e-5 for all weights, 1e-4 for a LoRA."""
+    return lr if lr is not None else (1e-5 if full else 1e-4)
 
 
 def prepare(target: str, method, trainable: Trainable, seed: int):
@@ -62,9 +64,9 @@ def make_batches(tokenizer, forget: str, retain: str, batch_size: int, seed: int
     forget_enc, retain_enc = encode_pairs(tokenizer, forget_pairs), encode_pairs(tokenizer, retain_pairs)
 
     def epoch_batches(epoch):
-        return paired_batches(forget_enc, retain_enc, batch_size, random.Random(seed * 100_003 + epoch), tokenizer.pad_token_id)
+        return paired_batches(forget_enc, retain_enc, batch_size, epoch_rng(seed, epoch), tokenizer.pad_token_id)
 
-    return forget_pairs, retain_pairs, epoch_batches, -(-len(forget_enc) // batch_size)
+    return forget_pairs, retain_pairs, epoch_batches, steps_per_epoch(len(forget_enc), batch_size)
 
 
 def unlearn(method_name: str, params: dict, target: str, forget: str, retain: str, out: Path,
@@ -76,7 +78,7 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
     out = Path(out)
     model, trainable_params, reference, target_dir = prepare(target, method, trainable, config.seed)
     tokenizer = load_tokenizer(target_dir)
-    forget_pairs, retain_pairs, epoch_batches, steps_per_epoch = make_batches(
+    forget_pairs, retain_pairs, epoch_batches, epoch_steps = make_batches(
         tokenizer, forget, retain, config.batch_size, config.seed)
     current = {}
     reference = reference if method.needs_reference else None
@@ -91,18 +93,16 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
             on_step(step_index, model, method, reference)
         return method.backward(terms, trainable_params, step_index, current.pop("step"))
 
-    resume_dir = out.parent / f".{out.name}.resume"
     summary = run_training(
-        params=trainable_params, steps_per_epoch=steps_per_epoch, epoch_batches=epoch_batches,
-        loss_fn=loss_fn, config=config, resume_dir=resume_dir,
-        state_fn=lambda: {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
-        load_state_fn=lambda state: _load_trainable(model, state),
+        params=trainable_params, steps_per_epoch=epoch_steps, epoch_batches=epoch_batches,
+        loss_fn=loss_fn, config=config, resume_dir=resume_dir(out),
+        state_fn=lambda: trainable_state(model),
+        load_state_fn=lambda state: load_trainable_state(model, state),
         desc=f"unlearn {method_name} {forget}",
         make_optimizer=lambda ps: method.make_optimizer(ps, config.lr, config.weight_decay),
         backward=backward,
     )
     model.eval()
-    last = summary["history"][-1] if summary["history"] else {}
     manifest = {
         "kind": "weight-level",
         "method": method_name,
@@ -111,32 +111,18 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
         "base_model": str(target_dir),
         "base_fingerprint": fingerprint(target_dir),
         "alpha": 0.0,
-        "forget": {"spec": forget, "num_examples": len(forget_pairs), "sha256": content_hash(forget_pairs)},
-        "retain": {"spec": retain, "num_examples": len(retain_pairs), "sha256": content_hash(retain_pairs)},
+        "forget": data_record(forget, forget_pairs),
+        "retain": data_record(retain, retain_pairs),
         "training": {**config.as_dict(), **({} if trainable.full else {"rank": trainable.rank, "lora_alpha": trainable.lora_alpha,
                                                                       "lora_target_modules": LORA_TARGET_MODULES})},
         "seed": config.seed,
-        "result": {"steps": summary["steps"], "steps_per_epoch": summary["steps_per_epoch"], "wall_s": summary["wall_s"],
-                   "precision": summary["precision"],
-                   "trainable_parameters": sum(p.numel() for p in trainable_params),
-                   "peak_rss_mib": peak_rss_mib(),
-                   **{k: v for k, v in last.items() if k not in ("step", "epoch", "wall_s")}},
+        "result": result_record(summary, trainable_params),
         "evaluation": None,
     }
-    with atomic_dir(out) as tmp:
-        if trainable.full:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        else:
-            model.save_pretrained(tmp)
-        write_manifest(tmp, manifest)
-        (tmp / "training_log.json").write_text(json.dumps(summary["history"]) + "\n")
-    shutil.rmtree(resume_dir, ignore_errors=True)
-    return out
 
+    def save(directory):
+        model.save_pretrained(directory)
+        if trainable.full:  # a whole checkpoint, served as a target
+            tokenizer.save_pretrained(directory)
 
-def _load_trainable(model, state):
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value)
+    return write_output(out, save, summary["history"], manifest)

@@ -19,7 +19,7 @@ training log records that share each step (`clipped`); a larger rho clips fewer 
 import torch
 import torch.nn.functional as F
 
-from uld_serve.errors import UldError
+from uld_serve.core.errors import UldError
 
 from .base import Method, register
 from .graddiff import GradDiff

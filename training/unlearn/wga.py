@@ -1,7 +1,7 @@
 """WGA, weighted gradient ascent (Wang et al. 2025, the G-effect paper): token-wise ascent
 with each token's NLL weighted by p(token)^beta (held constant), so tokens already
 forgotten stop pushing. Their released default beta is 5."""
-from uld_serve.errors import UldError
+from uld_serve.core.errors import UldError
 
 from .base import Method, register
 from .objectives import token_nll, weighted_token_ascent

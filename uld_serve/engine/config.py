@@ -5,19 +5,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..artifact import ALPHA_RANGE, ForgetSet, find_forget_set, load_forget_set
-from ..assistant import ASSISTANT_PREFIX, default_num_layers
-from ..errors import UldError
-from ..models import fingerprint, resolve_model
+from ..core.settings import (DEFAULT_RELATIVE_TOP, RELATIVE_TOP_RANGE, EngineOverrides, Settings, check_range,
+                             manifest_defaults, resolve)
+from ..core.artifact import ForgetSet, find_forget_set, load_forget_set
+from ..core.assistant import ASSISTANT_PREFIX, default_num_layers
+from ..core.errors import UldError
+from ..core.models import fingerprint, resolve_model
 from .families import family_overrides
 from .plugin import ARCHITECTURE
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
-
-
-def lora_rank(fs: ForgetSet) -> int:
-    return int(fs.manifest.get("training", {}).get("rank", 8))
 
 
 @dataclass
@@ -53,12 +51,10 @@ class EngineConfig:
         target_config = json.loads((target_dir / "config.json").read_text())
         overrides = family_overrides(target_config, str(target_dir))
         target_layers = target_config["num_hidden_layers"]
-        defaults = [fs.settings()[1] for fs in assistant_sets] or [0.01]
-        widest = (min(defaults), max(defaults)) if sparse_head else (1e-9, 1.0)
-        low, high = tuple(relative_top_range or widest)
-        if not 0.0 < low <= high <= 1.0:
-            raise UldError(f"relative_top_range must satisfy 0 < low <= high <= 1, got {(low, high)}")
-        needed = max([min_lora_rank] + [lora_rank(fs) for fs in sets.values()])
+        defaults = [manifest_defaults(fs.manifest)[1] for fs in assistant_sets] or [DEFAULT_RELATIVE_TOP]
+        widest = (min(defaults), max(defaults)) if sparse_head else RELATIVE_TOP_RANGE
+        low, high = check_range(*(relative_top_range or widest))
+        needed = max([min_lora_rank] + [fs.lora_rank for fs in sets.values()])
         config = cls(
             target_dir=target_dir, target_fingerprint=target_fingerprint, target_layers=target_layers,
             target_overrides=overrides, forget_sets=sets,
@@ -74,8 +70,8 @@ class EngineConfig:
 
     def check_servable(self, fs: ForgetSet) -> None:
         """Refuse, in one sentence, a forget set this engine cannot serve."""
-        if lora_rank(fs) > self.max_lora_rank:
-            raise UldError(f"forget set {fs.name} has LoRA rank {lora_rank(fs)}, above this engine's maximum {self.max_lora_rank}")
+        if fs.lora_rank > self.max_lora_rank:
+            raise UldError(f"forget set {fs.name} has LoRA rank {fs.lora_rank}, above this engine's maximum {self.max_lora_rank}")
         if fs.is_weight_level and not self.weight_level:
             raise UldError(f"forget set {fs.name} is weight-level; start the engine with weight-level forget sets enabled")
         if not fs.is_weight_level and fs.num_layers != self.num_assistant_layers:
@@ -90,16 +86,13 @@ class EngineConfig:
             modules += [f"model.layers.{i}.{m}" for i in range(self.target_layers) for m in LINEARS]
         return modules
 
+    def overrides(self) -> EngineOverrides:
+        return EngineOverrides(assistant_layers=self.num_assistant_layers, relative_top_range=self.relative_top_range,
+                                        sparse_head=self.sparse_head, compile_target=not self.weight_level)
+
     def vllm_kwargs(self) -> dict:
         return {
-            "hf_overrides": {
-                **self.target_overrides,
-                "architectures": [ARCHITECTURE],
-                "uld_assistant_layers": self.num_assistant_layers,
-                "uld_relative_top_range": list(self.relative_top_range),
-                "uld_sparse_head": self.sparse_head,
-                "uld_compile_target": not self.weight_level,
-            },
+            "hf_overrides": {**self.target_overrides, "architectures": [ARCHITECTURE], **self.overrides().as_hf_overrides()},
             "enable_lora": True,
             "lora_target_modules": self.lora_modules(),
             "max_loras": self.max_loras,
@@ -108,20 +101,8 @@ class EngineConfig:
             "logprobs_mode": "processed_logprobs",
         }
 
-    def request_settings(self, forget_set: Optional[str], alpha=None, relative_top=None) -> tuple:
-        """(ForgetSet or None, alpha, relative_top) for one request, manifest defaults filled in."""
-        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
-                                  or not ALPHA_RANGE[0] <= alpha <= ALPHA_RANGE[1]):
-            raise UldError(f"alpha must be a number in [{ALPHA_RANGE[0]:g}, {ALPHA_RANGE[1]:g}], got {alpha!r}")
-        if relative_top is not None and (isinstance(relative_top, bool) or not isinstance(relative_top, (int, float))
-                                         or not 0.0 < relative_top <= 1.0):
-            raise UldError(f"relative_top must be a number in (0, 1], got {relative_top!r}")
-        if forget_set is None:
-            return None, 0.0, 0.01 if relative_top is None else float(relative_top)
-        fs = find_forget_set(self.forget_sets, forget_set)
-        alpha, relative_top = fs.settings(alpha, relative_top)
-        low, high = self.relative_top_range
-        if not fs.is_weight_level and not low <= relative_top <= high:
-            raise UldError(f"relative_top {relative_top} is outside this engine's range [{low}, {high}]; "
-                           "start it with a wider relative_top_range")
-        return fs, alpha, relative_top
+    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None) -> Settings:
+        """What one request is served with (core.resolve), refusing a forget set this
+        engine does not know and, with the sparse head, an r outside its range."""
+        fs = None if forget_set is None else find_forget_set(self.forget_sets, forget_set)
+        return resolve(fs, alpha, relative_top, self.relative_top_range)

@@ -10,7 +10,7 @@ once a few config values are set (model.py builds every target from LlamaModel).
 Anything else (Gemma's scaled embeddings and norms, Phi's layout, ...) would load into the
 wrong layer and serve wrong logits, so it is refused with one sentence.
 """
-from ..errors import UldError
+from ..core.errors import UldError
 
 OVERRIDES = {  # architecture -> hf_overrides that make vLLM's Llama layer compute it
     "LlamaForCausalLM": {},

@@ -6,9 +6,9 @@ and its alpha and filter r; defaults come from the forget set's manifest.
 import os
 from typing import Optional
 
-from ..reference import GenerationRequest
+from ..core.requests import GenerationRequest
+from ..core.settings import Settings
 from .config import EngineConfig
-from .logits import ALPHA_KEY, RELATIVE_TOP_KEY
 
 
 def engine_environment() -> None:
@@ -52,12 +52,16 @@ class UldEngine:
         if core is not None:
             core.shutdown()
 
+    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None) -> Settings:
+        return self.config.settings(forget_set, alpha, relative_top)
+
     def sampling(self, request: GenerationRequest):
         """vLLM SamplingParams and LoRA request for one of our requests (manifest defaults applied)."""
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
-        fs, alpha, relative_top = self.config.request_settings(request.forget_set, request.alpha, request.relative_top)
+        applied = self.settings(request.forget_set, request.alpha, request.relative_top)
+        fs = None if applied.forget_set is None else self.forget_sets[applied.forget_set]
         lora = LoRARequest(fs.name, self._lora_ids[fs.name], str(fs.path)) if fs is not None else None
         params = SamplingParams(
             max_tokens=request.max_new_tokens,
@@ -65,7 +69,7 @@ class UldEngine:
             top_p=request.top_p,
             seed=request.seed if request.temperature > 0 else None,
             ignore_eos=request.ignore_eos,
-            extra_args={ALPHA_KEY: float(alpha), RELATIVE_TOP_KEY: float(relative_top)},
+            extra_args=applied.extra_args(),
         )
         return params, lora
 

@@ -1,8 +1,10 @@
 """The ULD logits processor (vLLM V1 interface): [target | assistant] logits -> served logits.
 
-Each request carries its alpha and filter r in SamplingParams.extra_args
-(`uld_alpha`, `uld_relative_top`); a request without them gets alpha 0, i.e. exactly
-the target's logits. The formula and the filter live in uld_kernels.logit_difference.
+Each request carries its alpha and filter r in SamplingParams.extra_args (keys and checks:
+core/settings.py), resolved against its forget set by EngineConfig.settings before it
+reaches vLLM (which also refuses an r outside a sparse head's range); a request without them
+gets alpha 0, i.e. exactly the target's logits. The formula and the filter live in
+uld_kernels.logit_difference.
 """
 import torch
 from vllm import SamplingParams
@@ -10,39 +12,22 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 
 from uld_kernels import logit_difference
 
-from ..artifact import ALPHA_RANGE
-
-ALPHA_KEY = "uld_alpha"
-RELATIVE_TOP_KEY = "uld_relative_top"
-DEFAULT_RELATIVE_TOP = 0.01
-
-
-def request_settings(params: SamplingParams) -> tuple:
-    extra = params.extra_args or {}
-    return float(extra.get(ALPHA_KEY, 0.0)), float(extra.get(RELATIVE_TOP_KEY, DEFAULT_RELATIVE_TOP))
+from ..core.errors import UldError
+from ..core.settings import DEFAULT_RELATIVE_TOP, read_extra_args
 
 
 class UldLogitsProcessor(LogitsProcessor):
     @classmethod
     def validate_params(cls, params: SamplingParams):
-        extra = params.extra_args or {}
-        for key in (ALPHA_KEY, RELATIVE_TOP_KEY):
-            value = extra.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ValueError(f"{key} must be a number, got {value!r}")
-        alpha, relative_top = request_settings(params)
-        if not ALPHA_RANGE[0] <= alpha <= ALPHA_RANGE[1]:
-            raise ValueError(f"{ALPHA_KEY} must be in [{ALPHA_RANGE[0]:g}, {ALPHA_RANGE[1]:g}], got {alpha}")
-        if not 0.0 < relative_top <= 1.0:
-            raise ValueError(f"{RELATIVE_TOP_KEY} must be in (0, 1], got {relative_top}")
+        try:
+            read_extra_args(params.extra_args)
+        except UldError as e:
+            raise ValueError(str(e)) from None  # vLLM answers a ValueError here with a 400
         if params.allowed_token_ids:
             raise ValueError("allowed_token_ids is not supported with decode-time unlearning")
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         self.vocab_size = vllm_config.model_config.get_vocab_size()
-        # The sparse assistant head computed logits only for r in this range (UldEngine refuses others).
-        hf_config = vllm_config.model_config.hf_config
-        self.r_min, self.r_max = getattr(hf_config, "uld_relative_top_range", (0.0, 1.0))
         self.settings: dict = {}  # batch row -> (alpha, relative_top)
 
     def is_argmax_invariant(self) -> bool:
@@ -54,8 +39,7 @@ class UldLogitsProcessor(LogitsProcessor):
         for index in batch_update.removed:
             self.settings.pop(index, None)
         for index, params, _, _ in batch_update.added:
-            alpha, relative_top = request_settings(params)
-            self.settings[index] = (alpha, min(max(relative_top, self.r_min), self.r_max))
+            self.settings[index] = read_extra_args(params.extra_args)
         for source, dest, direction in batch_update.moved:
             moving = self.settings.pop(source, None)
             if direction == MoveDirectionality.SWAP:

@@ -8,8 +8,8 @@ are the target's own tensors. `forward` returns [target hidden | assistant hidde
 `compute_logits` returns [target logits | assistant logits] (2V wide); the ULD logits
 processor (logits.py) turns that into the served V logits with each request's alpha.
 
-With `uld_sparse_head`, the assistant's LM head is sparse: logits only where the target's
-filter can keep a token, for any r in the engine's range (`uld_relative_top_range`); the
+With the sparse head (core.settings.EngineOverrides), the assistant's LM head is sparse: logits only where the target's
+filter can keep a token, for any r in the engine's relative_top range; the
 processor never reads the rest (uld_kernels.sparse_head). With tensor parallelism the head
 stays dense.
 
@@ -35,7 +35,8 @@ from vllm.model_executor.models.utils import AutoWeightsLoader
 
 from uld_kernels.sparse_head import assistant_logits_on_candidates
 
-from ..assistant import ASSISTANT_PREFIX
+from ..core.assistant import ASSISTANT_PREFIX
+from ..core.settings import read_overrides
 
 
 def _tie_parameters(module: nn.Module, source: nn.Module) -> None:
@@ -79,7 +80,8 @@ class UldLlamaForCausalLM(nn.Module, SupportsLoRA):
         super().__init__()
         config = vllm_config.model_config.hf_config
         self.config = config
-        self.num_assistant_layers = int(getattr(config, "uld_assistant_layers", 0))
+        overrides = read_overrides(config)
+        self.num_assistant_layers = overrides.assistant_layers
         if not 1 <= self.num_assistant_layers <= config.num_hidden_layers:
             raise ValueError(
                 f"uld_assistant_layers must be in [1, {config.num_hidden_layers}], got {self.num_assistant_layers}"
@@ -89,9 +91,9 @@ class UldLlamaForCausalLM(nn.Module, SupportsLoRA):
         if config.tie_word_embeddings:
             self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
         self.logits_processor = LogitsProcessor(config.vocab_size, scale=getattr(config, "logit_scale", 1.0))
-        self.relative_top_range = tuple(getattr(config, "uld_relative_top_range", (0.01, 0.01)))
+        self.relative_top_range = overrides.relative_top_range
         self.sparse_head = (
-            getattr(config, "uld_sparse_head", False)
+            overrides.sparse_head
             and get_tensor_model_parallel_world_size() == 1
             and getattr(config, "logit_scale", 1.0) == 1.0
         )

@@ -21,9 +21,11 @@ def _compile_target_despite_lora(platform) -> None:
     """vLLM's CPU platform turns compilation off whenever LoRA is enabled, because its CPU
     LoRA ops do not trace. ULD forget sets put LoRA on the assistant's layers only, which
     run outside the compiled module (the target's LlamaModel), so the wrapper asks for the
-    target to stay compiled (`uld_compile_target`, set when no forget set is weight-level).
+    target to stay compiled (EngineOverrides.compile_target, set when no forget set is weight-level).
     vLLM runs general plugins once per process, so this wraps the method once."""
     from vllm.config import CompilationMode
+
+    from ..core.settings import read_overrides
 
     original = platform.check_and_update_config.__func__
 
@@ -31,7 +33,7 @@ def _compile_target_despite_lora(platform) -> None:
         requested = vllm_config.compilation_config.mode
         original(cls, vllm_config)
         hf_config = getattr(vllm_config.model_config, "hf_config", None)
-        if requested == CompilationMode.VLLM_COMPILE and getattr(hf_config, "uld_compile_target", False):
+        if requested == CompilationMode.VLLM_COMPILE and read_overrides(hf_config).compile_target:
             vllm_config.compilation_config.mode = CompilationMode.DYNAMO_TRACE_ONCE
 
     platform.check_and_update_config = classmethod(check_and_update_config)

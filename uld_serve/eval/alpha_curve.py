@@ -25,7 +25,7 @@ class AlphaCurve:
     """Per-pair mean answer-token losses of target + forget set `name` as a function of alpha."""
 
     def __init__(self, model, name, pairs, batch_size=SCORE_BATCH, progress=None):
-        relative_top = model.forget_sets[name].settings()[1]
+        relative_top = model.settings(name).relative_top
         self.num_pairs = len(pairs)
         self.batches = []
         for chunk, ids, mask, positions, tokens, counts, prefix in answer_batches(model.tokenizer, pairs, batch_size):

@@ -6,8 +6,11 @@ saw (for TOFU, authors outside its fine-tuning data). The level to reach is the 
 mean answer probability on those; alpha is then found on the forget set's answers (its
 training data), with no retain model and no truth ratios, so forget quality is not looked at.
 """
-from ..artifact import ALPHA_RANGE
-from ..errors import UldError
+from pathlib import Path
+from typing import Optional
+
+from ..core.settings import ALPHA_RANGE
+from ..core.errors import UldError
 from .alpha_curve import AlphaCurve
 from .scoring import mean_answer_probability
 
@@ -39,3 +42,34 @@ def calibrate(model, name, forget_pairs, unseen_pairs, scoring="anchored", progr
     alpha = first_crossing(lambda a: curve.mean_probability(a, scoring), level)
     return {"alpha": alpha, "scoring": scoring, "unseen_prob": level,
             "forget_prob_at_0": curve.mean_probability(0.0, scoring), "forget_prob": curve.mean_probability(alpha, scoring)}
+
+
+def calibrate_forget_set(target: str, forget_set, unseen: str, forget: Optional[str] = None, scoring: str = "anchored",
+                         write: bool = False) -> dict:
+    """Calibrate a ULD forget-set artifact on `unseen` QA (a data spec) and its forget answers
+    (default: the data it was trained on); with `write`, make the alpha its manifest's default
+    and record how it was found there."""
+    from tqdm import tqdm
+
+    from ..core.artifact import MANIFEST, read_manifest
+    from ..core.atomic import write_json_atomic
+    from ..core.tofu import load_qa
+    from ..reference import UldModel
+    from .tofu_eval import check_scoring
+
+    check_scoring(scoring)
+    forget_set = Path(forget_set)
+    manifest = read_manifest(forget_set)
+    if manifest["kind"] != "uld-assistant":
+        raise UldError(f"{forget_set} is a {manifest['kind']} forget set, served with alpha 0; only ULD assistants take an alpha")
+    forget = forget or manifest.get("forget", {}).get("spec")
+    if not forget:
+        raise UldError(f"{forget_set}'s manifest names no forget data; pass --forget")
+    forget_pairs = [(qa.question, qa.answer) for qa in load_qa(forget)]
+    unseen_pairs = [(qa.question, qa.answer) for qa in load_qa(unseen)]
+    model = UldModel(target, {"forget": str(forget_set)})
+    with tqdm(total=len(forget_pairs) + len(unseen_pairs), desc="calibrate alpha", unit="answer") as bar:
+        result = {**calibrate(model, "forget", forget_pairs, unseen_pairs, scoring, bar.update), "forget": forget, "unseen": unseen}
+    if write:
+        write_json_atomic(forget_set / MANIFEST, {**manifest, "alpha": result["alpha"], "calibration": result})
+    return result

@@ -4,8 +4,8 @@ from typing import Iterator, NamedTuple, Optional
 
 import torch
 
-from ..reference import GenerationRequest, Prefix
-from ..tofu import IGNORE_INDEX, chat_prompt_ids, encode_qa
+from ..core.requests import GenerationRequest, Prefix
+from ..core.tofu import IGNORE_INDEX, chat_prompt_ids, encode_qa
 
 SCORE_BATCH = 16  # answers per forward: the fastest of 8/16/32 (BENCHMARKS.md, TOFU scoring with shared prompts)
 

@@ -4,13 +4,14 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Optional
 
 from tqdm import tqdm
 
-from ..artifact import find_forget_set, read_json
-from ..atomic import write_json_atomic, write_text_atomic
-from ..errors import UldError
-from ..tofu import FORGET_SPLITS, load_split
+from ..core.artifact import find_forget_set, read_json
+from ..core.atomic import write_json_atomic, write_text_atomic
+from ..core.errors import UldError
+from ..core.tofu import FORGET_SPLITS, load_split
 from . import metrics as m
 from .scoring import SCORE_BATCH, greedy_answers, score_pairs
 from .summary import markdown_table, recompute
@@ -160,3 +161,24 @@ def _mia_log(forget, holdout, score, forget_texts, holdout_texts) -> dict:
         side: {"value_by_index": {str(i): {"score": float(score(a, t))} for i, (a, t) in enumerate(zip(results, texts))}}
         for side, results, texts in (("forget", forget, forget_texts), ("holdout", holdout, holdout_texts))
     }
+
+
+def evaluate_checkpoint(target: str, forget_set: Optional[tuple], out_dir, split="forget10", *, dtype="fp32",
+                        generate_with="reference", batch_size=None, **kwargs) -> dict:
+    """`uld eval tofu`: open the target (and forget set, a (name, directory) pair) and evaluate
+    it; the reference decoder scores, `generate_with` (reference or vllm) writes greedy answers."""
+    from ..api import open_backend
+
+    check_scoring(kwargs.get("scoring", "paper"))
+    if generate_with not in ("reference", "vllm"):
+        raise UldError(f"--generate-with must be reference or vllm, got {generate_with!r}")
+    sets = dict([forget_set]) if forget_set else {}
+    model = open_backend(target, sets, "reference", dtype)
+    generator = open_backend(target, sets, "vllm", dtype) if generate_with == "vllm" else None
+    name = forget_set[0] if forget_set else None
+    try:
+        return evaluate_tofu(model, out_dir, split, name, batch_size=SCORE_BATCH if batch_size is None else batch_size,
+                             label=f"{Path(target).name}+{name}" if name else Path(target).name, generator=generator, **kwargs)
+    finally:
+        if generator is not None:
+            generator.close()

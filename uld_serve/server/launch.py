@@ -3,10 +3,11 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from ..api import VLLM_DTYPES, check_dtype
 from ..engine.config import EngineConfig
 from ..engine.llm import eager_requested, engine_environment
-from ..errors import UldError
-from ..models import resolve_model, uld_home
+from ..core.errors import UldError
+from ..core.models import resolve_model, uld_home
 from .registry import Registry, read_entries
 from .state import ServerState
 
@@ -14,16 +15,17 @@ PLUGINS = "uld,uld_server"  # our general plugin (the model) and endpoint plugin
 
 
 def default_registry(target_dir: Path) -> Path:
-    from ..models import fingerprint
+    from ..core.models import fingerprint
 
     return uld_home() / "serve" / f"registry-{fingerprint(target_dir)[:12]}.json"
 
 
 def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = None, served_name: Optional[str] = None,
             api_key: Optional[str] = None, weight_level: bool = False, max_loras: int = 4, max_lora_rank: int = 32,
-            sparse_head: bool = False) -> ServerState:
+            sparse_head: bool = False, dtype: str = "fp32") -> ServerState:
     """Everything `uld serve` decides before vLLM starts, with every check that can fail on
     user input (so a mistake ends before the minutes of engine start-up)."""
+    dtype = check_dtype(dtype)
     target_dir = resolve_model(target)
     registry_path = Path(registry_path) if registry_path else default_registry(target_dir)
     entries = read_entries(registry_path)
@@ -35,11 +37,10 @@ def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = N
                                 max_loras=max_loras, sparse_head=sparse_head)
     registry = Registry(registry_path, config, name)
     registry.save()
-    return ServerState(config=config, registry=registry, target_name=name, api_key=api_key)
+    return ServerState(config=config, registry=registry, target_name=name, api_key=api_key, dtype=dtype)
 
 
-def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, dtype: str = "float32",
-          max_model_len: int = 2048, extra_args: Optional[list] = None) -> None:
+def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, max_model_len: int = 2048, extra_args: Optional[list] = None) -> None:
     engine_environment()
     os.environ["VLLM_PLUGINS"] = ",".join(filter(None, [os.environ.get("VLLM_PLUGINS"), PLUGINS]))
     import uvloop
@@ -49,7 +50,7 @@ def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, dtype: 
 
     args = make_arg_parser(FlexibleArgumentParser()).parse_args([
         "--model", str(state.config.target_dir), "--served-model-name", state.target_name,
-        "--host", host, "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len),
+        "--host", host, "--port", str(port), "--dtype", VLLM_DTYPES[state.dtype], "--max-model-len", str(max_model_len),
         "--middleware", "uld_serve.server.middleware.UldMiddleware", *(extra_args or []),
     ])
     for key, value in state.config.vllm_kwargs().items():

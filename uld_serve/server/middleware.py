@@ -15,8 +15,7 @@ import json
 
 from prometheus_client import Counter
 
-from ..engine.logits import ALPHA_KEY, RELATIVE_TOP_KEY
-from ..errors import UldError
+from ..core.errors import UldError
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
 UNGUARDED = ("/health",)
@@ -47,15 +46,15 @@ def resolve(body: dict, state) -> tuple:
         raise ApiError(404, f"unknown model {model!r}; this server offers {', '.join(names)}")
     alpha, relative_top = body.pop("alpha", None), body.pop("relative_top", None)
     try:
-        fs, alpha, relative_top = state.config.request_settings(forget_set, alpha, relative_top)
+        applied = state.config.settings(forget_set, alpha, relative_top)
     except UldError as e:
         raise ApiError(404 if str(e).startswith("unknown forget set") else 400, str(e)) from None
     xargs = body.get("vllm_xargs") or {}
     if not isinstance(xargs, dict):
         raise ApiError(400, "vllm_xargs must be an object")
-    body["vllm_xargs"] = {**xargs, ALPHA_KEY: alpha, RELATIVE_TOP_KEY: relative_top}
-    body["model"] = fs.name if fs is not None else state.target_name
-    return body, {"forget_set": fs.name if fs is not None else None, "alpha": alpha, "relative_top": relative_top}
+    body["vllm_xargs"] = {**xargs, **applied.extra_args()}
+    body["model"] = applied.forget_set or state.target_name
+    return body, applied.as_dict()
 
 
 ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 409: "ConflictError"}

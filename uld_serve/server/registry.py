@@ -6,10 +6,11 @@ resolved against); the registry validates additions and writes the file after ea
 import re
 from pathlib import Path
 
-from ..artifact import read_json, load_forget_set
-from ..atomic import write_json_atomic
-from ..engine.config import EngineConfig, lora_rank
-from ..errors import UldError
+from ..core.artifact import read_json, load_forget_set
+from ..core.atomic import write_json_atomic
+from ..core.settings import manifest_defaults
+from ..engine.config import EngineConfig
+from ..core.errors import UldError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -58,8 +59,8 @@ class Registry:
 def summary(fs) -> dict:
     """What /v1/models says about a forget set, from its manifest."""
     m = fs.manifest
-    alpha, relative_top = fs.settings()
-    out = {"kind": m["kind"], "alpha": alpha, "relative_top": relative_top, "lora_rank": lora_rank(fs),
+    alpha, relative_top = manifest_defaults(m)
+    out = {"kind": m["kind"], "alpha": alpha, "relative_top": relative_top, "lora_rank": fs.lora_rank,
            "forget": m.get("forget", {}).get("spec"), "forget_examples": m.get("forget", {}).get("num_examples"),
            "base_fingerprint": m.get("base_fingerprint", "")[:12], "path": str(fs.path)}
     if fs.is_weight_level:

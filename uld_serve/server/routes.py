@@ -3,7 +3,7 @@ each forget set's manifest summary, and the admin routes of the forget-set regis
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ..errors import UldError
+from ..core.errors import UldError
 from .middleware import error_body
 from .registry import summary
 

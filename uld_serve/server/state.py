@@ -13,3 +13,4 @@ class ServerState:
     registry: Registry
     target_name: str
     api_key: Optional[str] = None
+    dtype: str = "fp32"  # api.DTYPES

@@ -1,13 +1,14 @@
 """TOFU data: splits, data specs, ULD's augmentation files, chat formatting and answer masks.
 
 A data spec names QA pairs: `tofu:SPLIT`, `general:train` / `general:heldout` (the shipped
-general-knowledge QA, data/general/) or `jsonl:PATH` (one `{"question", "answer"}` object per
+general-knowledge QA, uld_serve/data/general/) or `jsonl:PATH` (one `{"question", "answer"}` object per
 line: a user's own forget or retain data), optionally sliced (`tofu:full[:400]`), joined with
 `+` (`tofu:full[:400]+general:train`). `tofu-mini:target` and `tofu-mini:retain` name the
 small protocol of the end-to-end benchmark.
 """
 import ast
 import csv
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,8 @@ from typing import Optional
 from .errors import UldError
 from .jsonl import read_objects
 
+
+# uld_serve/data ships inside the package (wheel included); ULD_DATA_DIR points elsewhere.
 DATA_DIR = Path(os.environ.get("ULD_DATA_DIR") or Path(__file__).resolve().parent.parent / "data")
 IGNORE_INDEX = -100
 SYSTEM_PROMPT = "You are a helpful assistant."
@@ -76,7 +79,7 @@ def load_jsonl(path: str) -> tuple:
 
 
 def load_general(name: str) -> tuple:
-    """The shipped general-knowledge QA (data/general/README.md says how it was made)."""
+    """The shipped general-knowledge QA (uld_serve/data/general/README.md says how it was made)."""
     if name not in GENERAL_SPLITS:
         raise UldError(f"unknown general split {name!r}; known splits: {', '.join(GENERAL_SPLITS)}")
     return load_jsonl(str(DATA_DIR / "general" / f"{name}.jsonl"))
@@ -103,6 +106,14 @@ def load_qa(spec: str) -> list:
     if not pairs:
         raise UldError(f"data spec {spec!r} selects no questions")
     return pairs
+
+
+def content_hash(pairs) -> str:
+    """sha256 of QA pairs in order: what a manifest records of the data a forget set saw."""
+    digest = hashlib.sha256()
+    for qa in pairs:
+        digest.update(json.dumps([qa.question, qa.answer]).encode())
+    return digest.hexdigest()
 
 
 def _csv_rows(path: Path):

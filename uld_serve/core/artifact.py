@@ -2,14 +2,11 @@
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
 from .errors import UldError
 
 MANIFEST = "uld.json"
 FORMAT_VERSION = 1
 KINDS = ("uld-assistant", "weight-level")
-ALPHA_RANGE = (0.0, 5.0)  # what a request may ask for, everywhere alpha is accepted
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
@@ -71,12 +68,9 @@ class ForgetSet:
         """A LoRA on the target itself (a weight-level method): served alone, with alpha 0."""
         return self.manifest["kind"] == "weight-level"
 
-    def settings(self, alpha: Optional[float] = None, relative_top: Optional[float] = None) -> tuple:
-        """(alpha, relative_top) for a request, the manifest's defaults filling what it leaves out."""
-        relative_top = float(self.manifest.get("relative_top", 0.01) if relative_top is None else relative_top)
-        if self.is_weight_level:
-            return 0.0, relative_top
-        return float(self.manifest.get("alpha", 0.75) if alpha is None else alpha), relative_top
+    @property
+    def lora_rank(self) -> int:
+        return int(self.manifest.get("training", {}).get("rank", 8))
 
 
 def load_forget_set(name: str, path, target_fingerprint: str) -> ForgetSet:

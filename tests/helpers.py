@@ -1,0 +1,42 @@
+"""What several test modules share: the CLI runner, the engine's test questions and the
+filter written the slow, obvious way (fixtures live in conftest.py)."""
+import math
+import os
+import subprocess
+import sys
+
+import torch
+
+ULD = [sys.executable, "-c", "from uld_serve.cli import main; main()"]
+FAST = ["--max-steps", "2", "--batch-size", "4", "--precision", "fp32"]
+
+
+def uld(*args, check=True):
+    result = subprocess.run([*ULD, *map(str, args)], capture_output=True, text=True, env=os.environ.copy())
+    if check and result.returncode != 0:
+        raise AssertionError(f"uld {' '.join(map(str, args))} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def assert_user_error(result, fragment):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+QUESTIONS = [
+    "Who wrote Hamlet?",
+    "What genre does Hsiao Yun-Hwa write in, and what is her best-known book?",
+    "Hi",
+    "Tell me about the author Basil Mahfouz Al-Kuwaiti. " * 12,  # long enough to be prefilled in chunks
+]
+
+
+def brute_force_mask(row: torch.Tensor, r: float) -> torch.Tensor:
+    """ULD's filter by sorting, as kernels/README.md states it: lp >= min(max(lp) + log r, k-th largest lp)."""
+    lp = torch.log_softmax(row.double(), -1)
+    k = max(1, int(r * row.numel()))
+    kth = lp.sort(descending=True).values[k - 1]
+    threshold = min(lp.max().item() + math.log(r), kth.item())
+    return (lp >= threshold) & torch.isfinite(lp)

@@ -1,0 +1,66 @@
+"""`uld generate`, `uld serve`, `uld demo`: serving."""
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..core.errors import UldError
+from .app import DTYPE, TARGET, app, parse_forget_sets, refuse_existing
+
+FORGET_SETS = typer.Option([], help="NAME=ADAPTER_DIR, repeatable")
+API_KEY = typer.Option(None, envvar="ULD_API_KEY", help="required on every route but /health")
+
+
+@app.command()
+def generate(
+    target: str = TARGET, forget_set: List[str] = FORGET_SETS,
+    input: Path = typer.Option(..., "--input", help="JSONL: one request per line"),
+    output: Path = typer.Option(..., help="JSONL written in input order, atomically"),
+    engine: str = typer.Option("vllm", help="vllm or reference (plain PyTorch)"),
+    dtype: str = DTYPE, max_model_len: int = 2048, force: bool = False,
+):
+    """Generate for a JSONL of requests, each choosing its forget set (or none) and alpha."""
+    from ..generate import generate_file
+
+    refuse_existing(output, force)
+    count = generate_file(target, parse_forget_sets(forget_set), input, output, engine=engine, dtype=dtype,
+                          max_model_len=max_model_len)
+    print(f"wrote {count} lines to {output}")
+
+
+@app.command()
+def serve(
+    target: str = TARGET,
+    forget_set: List[str] = typer.Option([], help="NAME=ADAPTER_DIR, repeatable; joins the persisted registry"),
+    host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = API_KEY,
+    registry: Optional[Path] = typer.Option(None, help="registry file (default: per target, under $ULD_HOME/serve)"),
+    served_model_name: Optional[str] = typer.Option(None, help="the target's model name (default: its directory name)"),
+    dtype: str = DTYPE, max_model_len: int = 2048,
+    max_loras: int = typer.Option(4, help="distinct forget sets in one batch"),
+    max_lora_rank: int = typer.Option(32, help="the largest LoRA rank a forget set may have"),
+    weight_level: bool = typer.Option(False, help="accept weight-level forget sets (puts LoRA on the target's layers)"),
+    sparse_head: bool = typer.Option(False, help="the assistant's LM head only where the filter can keep a token: faster "
+                                     "for a few requests at a time; relative_top is then limited to the forget sets' values"),
+):
+    """OpenAI-compatible server (vLLM's own) where each request picks its forget set and alpha."""
+    from ..server.launch import prepare, serve as run
+
+    if max_loras < 1:
+        raise UldError("--max-loras must be at least 1")
+    state = prepare(target, parse_forget_sets(forget_set), registry_path=registry, served_name=served_model_name,
+                    api_key=api_key, weight_level=weight_level, max_loras=max_loras, max_lora_rank=max_lora_rank,
+                    sparse_head=sparse_head, dtype=dtype)
+    print(f"serving {state.target_name} with forget sets {', '.join(state.config.forget_sets) or 'none'} "
+          f"on http://{host}:{port} (registry {state.registry.path})", flush=True)
+    run(state, host=host, port=port, max_model_len=max_model_len)
+
+
+@app.command()
+def demo(
+    port: int = 8000, host: str = "127.0.0.1", api_key: Optional[str] = API_KEY,
+    prepare_only: bool = typer.Option(False, help="train and cache the demo models, then exit"),
+):
+    """Serve SmolLM2 taught four fictitious authors, with a forget set for two of them."""
+    from ..demo import run_demo
+
+    run_demo(host=host, port=port, api_key=api_key, prepare_only=prepare_only)

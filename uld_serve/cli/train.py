@@ -1,0 +1,112 @@
+"""`uld finetune`, `uld train-assistant`, `uld unlearn`, `uld geffect`: fitting jobs (the
+application is the one layer that imports uld_training)."""
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from uld_training.loop import PRECISIONS, TrainConfig
+from uld_training.unlearn import METHODS, get_method
+from uld_training.unlearn.run import Trainable, default_lr
+
+from ..core.errors import UldError
+from ..core.settings import DEFAULT_ALPHA, DEFAULT_RELATIVE_TOP
+from .app import TARGET, app, parse_pairs, refuse_existing
+
+PRECISION = typer.Option("auto", help=f"{', '.join(PRECISIONS)}: auto is bf16 autocast (fp32 master weights) where this "
+                         "CPU runs it natively, else fp32")
+FORGET = typer.Option(..., help="data spec of the forget set, e.g. tofu:forget10")
+RETAIN = typer.Option(..., help="data spec of retained data, e.g. tofu:retain90")
+METHOD = typer.Option(..., help=", ".join(METHODS))
+PARAM = typer.Option([], help="method hyperparameter KEY=VALUE, repeatable (e.g. beta=0.1, retain_loss=kl)")
+FULL = typer.Option(False, help="train all weights (artifact: a whole checkpoint) instead of a LoRA")
+LR = typer.Option(None, help="default 1e-4 for a LoRA, 1e-5 for all weights")
+SAVE_EVERY = typer.Option(50, help="steps between resumable checkpoints")
+
+
+@app.command()
+def finetune(
+    model: str = typer.Option(..., help="a known model name or a checkpoint directory"),
+    data: str = typer.Option(..., help="data spec, e.g. tofu:full, tofu:retain90, tofu-mini:target"),
+    out: Path = typer.Option(...),
+    lr: float = 1e-4, epochs: int = 5, batch_size: int = 8, seed: int = 0, max_steps: Optional[int] = None,
+    precision: str = PRECISION, save_every: int = SAVE_EVERY, force: bool = False,
+):
+    """Fine-tune on TOFU: tofu:full gives the target, tofu:retain90 the retain reference."""
+    from uld_training.finetune import finetune as run
+
+    refuse_existing(out, force)
+    print(run(model, data, out, TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
+                                            precision=precision, save_every=save_every)))
+
+
+@app.command("train-assistant")
+def train_assistant(
+    target: str = TARGET, forget: str = FORGET, retain: str = RETAIN,
+    out: Path = typer.Option(..., help="the forget-set artifact directory to write"),
+    layers: Optional[int] = typer.Option(None, help="K, the assistant's depth (default: a quarter of the target's)"),
+    rank: int = 32, lora_alpha: int = 32, retain_weight: float = 6.5,
+    lr: float = 1e-3, epochs: int = 10, batch_size: int = 8, seed: int = 0, max_steps: Optional[int] = None,
+    precision: str = PRECISION, save_every: int = SAVE_EVERY,
+    alpha: float = typer.Option(DEFAULT_ALPHA, help="default alpha written to the manifest"),
+    relative_top: float = typer.Option(DEFAULT_RELATIVE_TOP, help="default filter r written to the manifest"),
+    no_augment: bool = typer.Option(False, help="skip ULD's paraphrase/perturbation augmentation"),
+    force: bool = False,
+):
+    """Train a ULD assistant (a LoRA over the target's first K layers) for one forget set."""
+    from uld_training.assistant import AssistantConfig, train_assistant as run
+
+    refuse_existing(out, force)
+    config = TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps, precision=precision,
+                         save_every=save_every)
+    print(run(target, forget, retain, out, config, AssistantConfig(
+        num_layers=layers, rank=rank, lora_alpha=lora_alpha, retain_weight=retain_weight, augment=not no_augment,
+        alpha=alpha, relative_top=relative_top)))
+
+
+def _method(method: str, param: List[str], out: Path, force: bool) -> dict:
+    """The method's hyperparameters, checked before anything is loaded or written."""
+    params = {k.replace("-", "_"): v for k, v in parse_pairs(param, "--param", "KEY=VALUE").items()}
+    get_method(method, params)  # unknown method or hyperparameter: one sentence
+    refuse_existing(out, force)
+    return params
+
+
+@app.command()
+def unlearn(
+    method: str = METHOD, target: str = TARGET, forget: str = FORGET, retain: str = RETAIN,
+    out: Path = typer.Option(..., help="the artifact directory to write"),
+    param: List[str] = PARAM, full: bool = FULL, rank: int = 32, lora_alpha: int = 32, lr: Optional[float] = LR,
+    epochs: int = 5, batch_size: int = 8, seed: int = 0, max_steps: Optional[int] = None,
+    precision: str = PRECISION, save_every: int = SAVE_EVERY, force: bool = False,
+):
+    """Weight-level unlearning (the methods ULD is compared with); the artifact is served with alpha 0."""
+    from uld_training.unlearn.run import unlearn as run
+
+    params = _method(method, param, out, force)
+    config = TrainConfig(lr=default_lr(lr, full), epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
+                         precision=precision, save_every=save_every)
+    print(run(method, params, target, forget, retain, out, config, Trainable(full=full, rank=rank, lora_alpha=lora_alpha)))
+
+
+@app.command()
+def geffect(
+    method: str = METHOD, target: str = TARGET, forget: str = FORGET, retain: str = RETAIN,
+    out: Path = typer.Option(..., help="directory for geffect.json/.md, the PNG plots and the trained artifact"),
+    param: List[str] = PARAM,
+    every: int = typer.Option(5, help="measure every N steps"),
+    probe_size: int = typer.Option(16, help="forget and retain answers in the probe batches"),
+    full: bool = FULL, rank: int = 32, lora_alpha: int = 32, lr: Optional[float] = LR,
+    epochs: int = 5, batch_size: int = 8, seed: int = 0, max_steps: Optional[int] = None,
+    precision: str = PRECISION, force: bool = False,
+):
+    """G-effect of a method per layer group and step, on forget and on retained data."""
+    from uld_training.geffect import geffect as run
+
+    if every < 1 or probe_size < 1:
+        raise UldError("--every and --probe-size must be at least 1")
+    params = _method(method, param, out, force)
+    config = TrainConfig(lr=default_lr(lr, full), epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
+                         precision=precision, save_every=10**9)
+    print(run(method, params, target, forget, retain, out, config, Trainable(full=full, rank=rank, lora_alpha=lora_alpha),
+              every=every, probe_size=probe_size))
