@@ -262,14 +262,16 @@ def write_results(record, out: Path, publish=True):
     models = record["models"]
     order = [label for label in models if label == "target"] + [label for label in models if label.startswith("ULD")]
     order += [method for method in METHODS if method in models]
-    lines = ["| model | forget quality | model utility | forget ROUGE-L | privleak | train s | train s per epoch | trainable params | peak RSS MiB | lr |",
+    lines = ["| model | forget quality | model utility | forget ROUGE-L | privleak | train s | train s per epoch | trainable params "
+             "| peak RSS MiB | lr |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for label in order:
         row, s = models[label], models[label]["summary"]
         cells = [row.get(key) for key in ("train_s", "train_s_per_epoch", "trainable_parameters", "peak_rss_mib", "lr")]
         cells = ["" if label == "target" else "n/a" if cell is None else cell for cell in cells]
         lines.append(f"| {'target (no unlearning)' if label == 'target' else label} | {s['forget_quality']:.3g} | "
-                     f"{s['model_utility']:.4f} | {s['forget_Q_A_ROUGE']:.4f} | {s['privleak']:.2f} | " + " | ".join(map(str, cells)) + " |")
+                     f"{s['model_utility']:.4f} | {s['forget_Q_A_ROUGE']:.4f} | {s['privleak']:.2f} | "
+                     + " | ".join(map(str, cells)) + " |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"budget": BUDGET, "learning_rates": LEARNING_RATES, "validation": VALIDATION,
                                                  "utility_floor": UTILITY_FLOOR, "protocol": PROTOCOLS["mini"]}, indent=2) + "\n")

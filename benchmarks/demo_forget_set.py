@@ -45,33 +45,28 @@ def train_tofu_only(target: Path) -> Path:
 def main():
     from report import write_section
 
-    from uld_serve import demo
+    from uld_serve import SamplingParams, UldLLM, demo
     from uld_serve.core.artifact import read_manifest
-    from uld_serve.engine.llm import UldEngine
+    from uld_serve.core.tofu import SYSTEM_PROMPT, load_qa
     from uld_serve.eval.metrics import mean_rouge_l_recall
-    from uld_serve.core.requests import GenerationRequest
-    from uld_serve.core.tofu import chat_prompt_ids, load_qa
 
     target, forget_set = demo.prepare_demo()
     forget_sets = {demo.FORGET_SET_NAME: forget_set, TOFU_ONLY: train_tofu_only(target)}
     splits = {"forgotten authors (forget01)": load_qa(demo.FORGET), "kept authors (full[:40])": load_qa("tofu:full[:40]"),
               "general questions (general:heldout)": load_qa("general:heldout")}
-    engine = UldEngine(target, {name: str(path) for name, path in forget_sets.items()}, dtype="float32")
-    try:
-        tok = engine.tokenizer
+    with UldLLM(target, {name: str(path) for name, path in forget_sets.items()}, dtype="fp32") as llm:
+        greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
 
-        def answers(questions, forget_set_name, prompt=lambda q: chat_prompt_ids(tok, q)):
-            requests = [GenerationRequest(prompt(q), forget_set=forget_set_name, max_new_tokens=MAX_TOKENS)
-                        for q in questions]
-            return [tok.decode(ids, skip_special_tokens=True).strip() for ids in engine.generate(requests)]
+        def answers(questions, forget_set_name, system=SYSTEM_PROMPT):
+            chats = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}]
+                     for q in questions]
+            return [o.outputs[0].text.strip() for o in llm.chat(chats, greedy, forget_set=forget_set_name, use_tqdm=False)]
 
         columns = {"target": None, "demo forget set (general retain data)": demo.FORGET_SET_NAME,
                    "TOFU-only retain data": TOFU_ONLY}
         outputs = {(split, col): answers([qa.question for qa in pairs], name)
                    for split, pairs in splits.items() for col, name in columns.items()}
-        readme = {col: answers(README_QUESTIONS, name, lambda q: chat_prompt_ids(tok, q, system=None)) for col, name in columns.items()}
-    finally:
-        engine.close()
+        readme = {col: answers(README_QUESTIONS, name, system=None) for col, name in columns.items()}
 
     rows = ["| questions | reference | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for split, pairs in splits.items():
@@ -83,7 +78,8 @@ def main():
     alphas = ", ".join(f"{name} {read_manifest(path)['alpha']}" for name, path in forget_sets.items())
     lines = [f"ROUGE-L recall of greedy answers (fp32, vLLM engine, at most {MAX_TOKENS} tokens; forget sets at "
              f"their default alpha: {alphas}).", ""]
-    lines += rows + ["", "The README's questions, asked as the chat endpoint asks them (no system message):", "", "| question | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += rows + ["", "The README's questions, asked as the chat endpoint asks them (no system message):", "",
+                     "| question | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for i, q in enumerate(README_QUESTIONS):
         lines.append(f"| {q} | " + " | ".join(readme[col][i].replace("|", "/").replace("\n", " ") for col in columns) + " |")
     text = "\n".join(lines)

@@ -92,7 +92,8 @@ def main():
     print("| part | with a forget set | no forget set | share of the ULD call |")
     print("|---|---|---|---|")
     for case in (with_fs, without):
-        case["  of which target layers"] = case["wrapper forward (target + assistant layers)"] - case["  of which assistant layers (with LoRA)"]
+        case["  of which target layers"] = (case["wrapper forward (target + assistant layers)"]
+                                           - case["  of which assistant layers (with LoRA)"])
     labels = list(PARTS)
     labels.insert(1, "  of which target layers")
     for label in ["whole generate call", *labels]:

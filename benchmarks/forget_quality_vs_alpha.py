@@ -113,7 +113,8 @@ def main():
             mode, alpha = key.split(":")
             ratios = np.asarray(row["truth_ratios"])
             fq = m.ks_pvalue(ratios, reference[: len(ratios)])
-            lines.append(f"| {label} | {mode} | {alpha} | {fq:.3g} | {np.median(ratios):.3f} | {row['forget_prob']:.4f} | {row['retain_prob']:.4f} |")
+            lines.append(f"| {label} | {mode} | {alpha} | {fq:.3g} | {np.median(ratios):.3f} | {row['forget_prob']:.4f} "
+                         f"| {row['retain_prob']:.4f} |")
     lines.insert(0, f"Retain reference: forget truth ratio median {np.median(reference):.3f}. "
                     "Alpha 0 is the target. Diagnostic only: not a way to choose alpha (that reads the test metric).\n")
     print("\n".join(lines))

@@ -36,12 +36,12 @@ CONFIG = {"question_model": "smollm2-135m-instruct", "temperature": 0.8, "questi
 
 
 def sample_questions(count: int, seed: int) -> list:
-    from uld_serve.engine.llm import UldEngine
+    from uld_serve.api import open_backend
     from uld_serve.core.models import resolve_model
     from uld_serve.core.requests import GenerationRequest
     from uld_serve.core.tofu import SYSTEM_PROMPT
 
-    engine = UldEngine(resolve_model(CONFIG["question_model"]), {}, dtype="float32")
+    engine = open_backend(resolve_model(CONFIG["question_model"]), {}, "vllm", "fp32")
     tok = engine.tokenizer
     try:
         head = tok.apply_chat_template([{"role": "system", "content": SYSTEM_PROMPT}], tokenize=True)
@@ -64,12 +64,12 @@ def question(text: str):
 
 
 def answer(questions: list, target: str) -> list:
-    from uld_serve.engine.llm import UldEngine
+    from uld_serve.api import open_backend
     from uld_serve.core.models import resolve_model
     from uld_serve.core.requests import GenerationRequest
     from uld_serve.core.tofu import chat_prompt_ids
 
-    engine = UldEngine(resolve_model(target), {}, dtype="float32")
+    engine = open_backend(resolve_model(target), {}, "vllm", "fp32")
     try:
         requests = [GenerationRequest(chat_prompt_ids(engine.tokenizer, q), max_new_tokens=CONFIG["answer_tokens"])
                     for q in questions]

@@ -24,14 +24,14 @@ def main():
     parser.add_argument("--alphas", default="0,0.475,0.6,0.7,0.75,0.803")
     parser.add_argument("--limit", type=int, default=100, help="first N questions of each split")
     args = parser.parse_args()
-    from uld_serve.engine.llm import UldEngine
+    from uld_serve.api import open_backend
     from uld_serve.eval.metrics import mean_rouge_l_recall
     from uld_serve.eval.scoring import greedy_answers
     from uld_serve.core.tofu import load_split
 
     work = args.workdir or default_workdir()
     alphas = [float(a) for a in args.alphas.split(",")]
-    engine = UldEngine(work / "target", {"f": work / FORGET_SETS[args.forget_set]}, dtype="float32")
+    engine = open_backend(work / "target", {"f": work / FORGET_SETS[args.forget_set]}, "vllm", "fp32")
     table = {}
     try:
         for split in SPLITS:

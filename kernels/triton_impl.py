@@ -21,8 +21,8 @@ Layouts. "split" (the default): four launches, one per stage, each over all (row
 pairs so that small batches still fill the GPU; chunks hand their maxima and counts to the
 next launch through small buffers. "row": one launch, one program per row running every
 stage, for batches with enough rows to fill the GPU by themselves (fewer launches, no
-hand-over). Which one wins from which batch size is for `benchmarks/kernel_bench.py` to
-measure on a GPU; until it has, "split" is used everywhere.
+hand-over). `benchmarks/kernel_bench.py` times both on a GPU (BENCHMARKS.md: each wins at
+some shapes); "split" is the default until the dispatch chooses by shape.
 """
 import math
 
@@ -33,7 +33,7 @@ import triton.language as tl
 INT_MIN = tl.constexpr(-2147483648)
 LADDER = 32  # rungs d_j = 0.125 * 1.25 ** j
 CAP = 4096  # bracketed entries selected in registers; more go to the radix fallback
-WAYS = 2  # the k-th value's search splits its range this many ways a round (a power of 2; 2: bisection, as measured)
+WAYS = 2  # the k-th value's search splits its range this many ways a round (a power of 2; 2 is bisection, the fastest timed: BENCHMARKS.md)
 BLOCK = 1024
 NUM_WARPS = 4
 PROGRAMS_PER_SM = 2  # (row, chunk) programs per multiprocessor the split aims for

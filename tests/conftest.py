@@ -8,6 +8,8 @@ os.environ.setdefault("ULD_ENFORCE_EAGER", "1")
 
 import pytest  # noqa: E402
 
+from helpers import amplify_lora  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def tiny_base():
@@ -42,15 +44,6 @@ def forget_sets(tiny_target, tmp_path_factory):
     for path in sets.values():
         amplify_lora(path, 50.0)
     return sets
-
-
-def amplify_lora(artifact, factor):
-    """Three training steps leave LoRA-B tiny; scale it so that tests can tell forget sets apart."""
-    from safetensors.torch import load_file, save_file
-
-    path = artifact / "adapter_model.safetensors"
-    weights = {k: (v * factor if "lora_B" in k else v) for k, v in load_file(path).items()}
-    save_file(weights, path, metadata={"format": "pt"})
 
 
 @pytest.fixture(scope="session")

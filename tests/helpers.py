@@ -40,3 +40,12 @@ def brute_force_mask(row: torch.Tensor, r: float) -> torch.Tensor:
     kth = lp.sort(descending=True).values[k - 1]
     threshold = min(lp.max().item() + math.log(r), kth.item())
     return (lp >= threshold) & torch.isfinite(lp)
+
+
+def amplify_lora(artifact, factor):
+    """Three training steps leave LoRA-B tiny; scale it so that tests can tell forget sets apart."""
+    from safetensors.torch import load_file, save_file
+
+    path = artifact / "adapter_model.safetensors"
+    weights = {k: (v * factor if "lora_B" in k else v) for k, v in load_file(path).items()}
+    save_file(weights, path, metadata={"format": "pt"})

@@ -1,8 +1,12 @@
 """The command line end to end on tiny-random, and its answers to bad input."""
 import json
+import statistics
 from pathlib import Path
 
 import pytest
+import scipy.stats
+
+from uld_serve.eval.summary import UTILITY
 
 from helpers import FAST, assert_user_error, uld
 
@@ -25,8 +29,15 @@ def test_end_to_end(pipeline):
     out = uld("eval", "tofu", "--target", work / "target", "--forget-set", f"forget01={work / 'forget01'}",
               "--split", "forget01", "--out", work / "eval-uld", "--retain-logs", work / "eval-retain" / "TOFU_EVAL.json", *small)
     summary = json.loads(out.stdout)
-    assert 0.0 <= summary["forget_quality"] <= 1.0 and summary["model_utility"] >= 0.0
     logs = json.loads((work / "eval-uld" / "TOFU_EVAL.json").read_text())
+    retain_logs = json.loads((work / "eval-retain" / "TOFU_EVAL.json").read_text())
+
+    def truth_ratios(per_sample):
+        return [v["score"] for v in per_sample["forget_truth_ratio"]["value_by_index"].values()]
+
+    # the headline numbers, recomputed here with scipy/statistics from the per-sample logs
+    assert summary["forget_quality"] == pytest.approx(scipy.stats.ks_2samp(truth_ratios(logs), truth_ratios(retain_logs)).pvalue)
+    assert summary["model_utility"] == pytest.approx(statistics.harmonic_mean([summary[name] for name in UTILITY]))
     assert set(logs["forget_Q_A_PERT_Prob"]["value_by_index"]) == {"0", "1", "2", "3"}
     assert len(logs["forget_Q_A_PERT_Prob"]["value_by_index"]["0"]["prob"]) == 5
     assert "generation" in logs["forget_Q_A_ROUGE"]["value_by_index"]["0"]
@@ -36,6 +47,7 @@ def test_end_to_end(pipeline):
     assert (work / "eval-uld" / "summary.md").read_text().startswith("| model |")
 
 
+@pytest.mark.vllm
 def test_eval_answers_from_vllm_equal_the_reference(pipeline):
     work = pipeline
     args = ["eval", "tofu", "--target", work / "target", "--forget-set", f"forget01={work / 'forget01'}", "--split", "forget01",

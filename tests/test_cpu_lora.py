@@ -1,8 +1,11 @@
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from uld_serve.engine import cpu_lora
+
+pytestmark = pytest.mark.vllm  # every test here starts or imports vLLM
 
 
 def tokenwise(x, weights, indices):
@@ -84,6 +87,8 @@ def test_the_shared_slot_is_noted_once_per_step():
 
     update = cpu_lora._with_shared_slot(update_metadata)
     wrapper = SimpleNamespace()
-    for indices, shared in ((torch.full((4,), 2), 2), (torch.tensor([2, 2, 0, 2]), None), (torch.full((4,), -1), None), (torch.zeros(0, dtype=torch.long), None)):
+    cases = ((torch.full((4,), 2), 2), (torch.tensor([2, 2, 0, 2]), None), (torch.full((4,), -1), None),
+             (torch.zeros(0, dtype=torch.long), None))
+    for indices, shared in cases:
         update(wrapper, indices)
         assert wrapper.uld_shared_slot == shared

@@ -8,6 +8,8 @@ from uld_serve.core.tofu import chat_prompt_ids
 
 from helpers import QUESTIONS
 
+pytestmark = pytest.mark.vllm  # every test here starts or imports vLLM
+
 
 @pytest.fixture(scope="module")
 def reference(tiny_target, forget_sets):
@@ -52,7 +54,8 @@ def test_mixed_batch_equals_reference(engine, reference):
 def test_forget_sets_and_alpha_matter(engine, reference):
     p = chat_prompt_ids(reference.tokenizer, QUESTIONS[1])
     outs = engine.generate([GenerationRequest(p, None, max_new_tokens=12), GenerationRequest(p, "f1", alpha=1.0, max_new_tokens=12),
-                            GenerationRequest(p, "f2", alpha=1.0, max_new_tokens=12), GenerationRequest(p, "f1", alpha=0.0, max_new_tokens=12)],
+                            GenerationRequest(p, "f2", alpha=1.0, max_new_tokens=12),
+                            GenerationRequest(p, "f1", alpha=0.0, max_new_tokens=12)],
                            use_tqdm=False)
     assert outs[0] != outs[1] != outs[2] != outs[0]  # each adapter changes the output its own way
     assert outs[3] == outs[0]  # alpha 0 is the plain target

@@ -9,7 +9,9 @@ from uld_serve.core.requests import GenerationRequest
 from uld_serve.reference import UldModel
 from uld_serve.core.tofu import chat_prompt_ids
 
-from conftest import amplify_lora
+from helpers import amplify_lora
+
+pytestmark = pytest.mark.vllm  # every test here starts or imports vLLM
 
 
 def tiny_model(family: str, base, out, **overrides):

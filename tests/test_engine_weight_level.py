@@ -8,6 +8,8 @@ from uld_serve.core.tofu import chat_prompt_ids
 
 from helpers import QUESTIONS
 
+pytestmark = pytest.mark.vllm  # every test here starts or imports vLLM
+
 
 @pytest.fixture(scope="module")
 def sets(forget_sets, weight_level_set):

@@ -72,6 +72,7 @@ def test_output_in_input_order_and_resume(reference, tmp_path):
 @pytest.mark.parametrize("row,message", [
     ({"prompt": "x", "forget_set": "nope"}, "line 2: unknown forget set 'nope'; known forget sets: f1, f2"),
     ({"prompt": "x", "alpha": 9}, "line 2: alpha must be a number in [0.0, 5.0]"),
+    ({"prompt": "x", "relative_top": 0}, "line 2: relative_top must be a number in (0, 1]"),
     ({"prompt": 3}, "line 2: prompt must be a string"),
     ({"prompt": "x", "prompt_ids": [1]}, "line 2: give exactly one of"),
     ({"prompt": "x", "colour": "red"}, "line 2: unknown field(s) colour"),
@@ -84,6 +85,7 @@ def test_bad_lines_are_named(reference, tmp_path, row, message):
     assert list(tmp_path.iterdir()) == [source]
 
 
+@pytest.mark.vllm
 def test_cli_vllm_equals_reference(tiny_target, forget_sets, tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", LINES)
     sets = [x for name, path in forget_sets.items() for x in ("--forget-set", f"{name}={path}")]

@@ -115,10 +115,12 @@ def test_recompute_matches_independent_statement():
     for p in ("ra", "wf"):
         c, w = np.array(vals(f"{p}_Q_A_Prob", "prob")), np.array(vals(f"{p}_Q_A_PERT_Prob", "prob")).sum(axis=1)
         expected[f"{p}_Q_A_Prob_normalised"] = np.mean(c / (c + w + 1e-10))
-    forget_auc = np.mean([[1.0 if h > f else 0.5 if h == f else 0.0 for h in [v["score"] for v in logs["mia_min_k"]["holdout"]["value_by_index"].values()]]
+    holdout = [v["score"] for v in logs["mia_min_k"]["holdout"]["value_by_index"].values()]
+    forget_auc = np.mean([[1.0 if h > f else 0.5 if h == f else 0.0 for h in holdout]
                           for f in [v["score"] for v in logs["mia_min_k"]["forget"]["value_by_index"].values()]])
     expected["mia_min_k"] = forget_auc
-    expected["privleak"] = ((1 - forget_auc) - (1 - retain["mia_min_k"]["agg_value"])) / (1 - retain["mia_min_k"]["agg_value"] + 1e-10) * 100
+    retain_auc = retain["mia_min_k"]["agg_value"]
+    expected["privleak"] = ((1 - forget_auc) - (1 - retain_auc)) / (1 - retain_auc + 1e-10) * 100
     for name, value in expected.items():
         assert summary[name] == pytest.approx(value, rel=1e-9), name
     assert summary["model_utility"] == pytest.approx(len(UTILITY) / sum(1 / summary[n] for n in UTILITY), rel=1e-9)

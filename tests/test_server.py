@@ -12,6 +12,8 @@ import httpx
 import openai
 import pytest
 
+pytestmark = pytest.mark.vllm  # every test here starts or imports vLLM
+
 KEY = "test-key"
 
 

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from uld_serve.core.errors import UldError
@@ -26,9 +28,13 @@ def test_shipped_general_qa_is_apart_from_tofu():
     assert load_qa("tofu:full[:2]+general:train[:1]")[2] == train[0]
 
 
-@pytest.mark.parametrize("spec", ["tofu:nope", "general:test", "wiki:forget10", "tofu:forget10[a:b]", "tofu:forget10[5:5]"])
-def test_bad_specs_are_refused(spec):
-    with pytest.raises(UldError):
+@pytest.mark.parametrize("spec,message", [
+    ("tofu:nope", "unknown TOFU split 'nope'"), ("general:test", "unknown general split 'test'"),
+    ("wiki:forget10", "bad data spec 'wiki:forget10'"), ("tofu:forget10[a:b]", "bad data spec 'tofu:forget10[a:b]'"),
+    ("tofu:forget10[5:5]", "selects no questions"),
+])
+def test_bad_specs_are_refused(spec, message):
+    with pytest.raises(UldError, match=re.escape(message)):
         load_qa(spec)
 
 

@@ -55,7 +55,7 @@ def test_full_weights_artifact_is_a_target(tiny_target, tmp_path):
     model = UldModel(out)  # served and evaluated as a target of its own
     ids, mask = batch(model)
     assert torch.isfinite(model.score_logits(ids, mask)).all()
-    with pytest.raises(Exception, match="pass it as the target"):
+    with pytest.raises(UldError, match="pass it as the target"):
         UldModel(tiny_target, {"full": out})
 
 

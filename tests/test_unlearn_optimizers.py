@@ -32,7 +32,8 @@ def test_descent_direction_on_random_gradients(seed):
 def test_descent_direction_on_nearly_parallel_gradients():
     gen = torch.Generator().manual_seed(0)
     g = torch.randn(300, generator=gen, dtype=torch.float64)
-    grads = [g, 2 * g + 1e-7 * torch.randn(300, generator=gen, dtype=torch.float64), g + 1e-9 * torch.randn(300, generator=gen, dtype=torch.float64)]
+    grads = [g, 2 * g + 1e-7 * torch.randn(300, generator=gen, dtype=torch.float64),
+             g + 1e-9 * torch.randn(300, generator=gen, dtype=torch.float64)]
     d, _ = assert_descent(grads)
     assert float(d @ d) == pytest.approx(float(g @ g), rel=1e-5)  # the shortest is (nearly) g itself
 

@@ -34,7 +34,7 @@ def answer_token_count(batch) -> int:
 
 def grouped_batches(examples, batch_size, rng) -> list:
     """Shuffle `examples` with `rng` and cut them into batches of similar lengths: each run of
-    RUN batches is sorted by length before it is cut (random batches of TOFU QA were 23%
+    RUN batches is sorted by length before it is cut (random batches of TOFU QA carry much
     padding), and the batches' order is shuffled again."""
     pool = list(examples)
     rng.shuffle(pool)

@@ -82,7 +82,8 @@ def report(method: str, records: list) -> str:
     lines = [f"# G-effect of {method}", "", "| step | forget G-effect | retain G-effect | forget risk | retain risk |",
              "|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['step']} | {r['forget_total']:.4g} | {r['retain_total']:.4g} | {r['forget_risk']:.4f} | {r['retain_risk']:.4f} |")
+        lines.append(f"| {r['step']} | {r['forget_total']:.4g} | {r['retain_total']:.4g} | {r['forget_risk']:.4f} "
+                     f"| {r['retain_risk']:.4f} |")
     if records:
         groups = list(records[-1]["forget"])
         lines += ["", f"Per layer group at step {records[-1]['step']}:", "", "| group | forget | retain |", "|---|---|---|"]

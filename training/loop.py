@@ -18,7 +18,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def bf16_is_fast() -> bool:
     """Whether oneDNN has a native bf16 path on this CPU (AVX-512 or AMX). Without one (AVX2-only
-    machines) a bf16 matmul ran 100x and a training step 11x slower than fp32 (BENCHMARKS.md)."""
+    machines) bf16 is emulated and far slower than fp32 (BENCHMARKS.md)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -64,7 +64,7 @@ class TrainConfig:
 
 def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW with the fused update: one kernel over all parameters instead of a loop of small
-    ops per tensor (11x faster on SmolLM2 on this CPU, the same values to 1e-7; BENCHMARKS.md)."""
+    ops per tensor (same values to rounding; BENCHMARKS.md has the gain)."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
@@ -147,4 +147,5 @@ def run_training(
             if step >= total:
                 break
     bar.close()
-    return {"steps": step, "steps_per_epoch": steps_per_epoch, "precision": precision, "wall_s": round(time.time() - started, 2), "history": history}
+    return {"steps": step, "steps_per_epoch": steps_per_epoch, "precision": precision, "wall_s": round(time.time() - started, 2),
+            "history": history}

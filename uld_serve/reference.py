@@ -132,7 +132,8 @@ class UldModel:
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]
 
         def step(ids, mask, pos):
-            return [m(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=c, use_cache=True).logits[:, -1] for m, c in models]
+            return [m(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=c, use_cache=True).logits[:, -1]
+                    for m, c in models]
 
         logits = step(input_ids, attention_mask, positions)
         outputs = [[] for _ in requests]

@@ -3,15 +3,14 @@
 vLLM 0.32's CPU LoRA ops (vllm.lora.ops.torch_ops) copy each token's adapter weights
 (`weights[indices]`, tokens x out x in) and multiply them one token at a time (a batched
 einsum). A decode batch holds only a few distinct adapters, so one matrix product per
-adapter does the same arithmetic without the copies: on SmolLM2 with a forget set on
-every request this doubled ULD decode throughput (BENCHMARKS.md). The plugin installs
+adapter does the same arithmetic without the copies (BENCHMARKS.md has the gain). The plugin installs
 these in place of the three token-wise ops on the CPU platform only; the results are the
 same products, summed in another order.
 
 vLLM's V1 runner also marks every step as a prefill, so each LoRA linear went through the
 prefill (sgmv) ops: per slice and per shrink/expand, per-sequence indices expanded to
-tokens again and an adapter check, about 2 ms of bookkeeping per assistant layer and step
-against 1.4 ms of products (BENCHMARKS.md). `add_lora_linear` below replaces that path:
+tokens again and an adapter check, bookkeeping that cost more than the products themselves
+(BENCHMARKS.md). `add_lora_linear` below replaces that path:
 each token's adapter slot is read from vLLM's token-level indices, and whether the whole
 step shares one slot is decided once per step (`update_metadata`), not once per product.
 

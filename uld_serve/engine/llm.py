@@ -16,15 +16,15 @@ def engine_environment() -> None:
     # the ULD processor implements (Model Runner V2 has another one).
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
     # vLLM on CPU reserves one core for itself unless told otherwise; on a 2-core machine
-    # that halves throughput (DESIGN.md: 360 vs 244 tokens/s).
+    # that leaves a 2-core machine one core for the model (BENCHMARKS.md).
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 
 def eager_requested() -> bool:
-    """ULD_ENFORCE_EAGER=1 skips vLLM's warm-up compilation: on a 2-core AVX2 CPU an engine
-    started in 46 s instead of 71-115 s, and decodes slower. The test suite sets it; one engine
-    test opts out to keep the default compiled path covered."""
+    """ULD_ENFORCE_EAGER=1 skips vLLM's warm-up compilation: the engine starts sooner and
+    decodes slower. The test suite sets it; one engine test opts out to keep the default
+    compiled path covered."""
     return os.environ.get("ULD_ENFORCE_EAGER", "0") not in ("", "0")
 
 
@@ -32,8 +32,8 @@ class UldEngine:
     def __init__(self, target_dir, forget_sets: Optional[dict] = None, dtype: str = "float32",
                  max_model_len: int = 2048, seed: int = 0, relative_top_range: Optional[tuple] = None,
                  sparse_head: bool = False, **llm_kwargs):
-        """sparse_head is off by default: on the CPU it measured slower than vLLM's dense head
-        (BENCHMARKS.md); see EngineConfig.build for it and relative_top_range."""
+        """sparse_head is off by default (it pays only at small batches: BENCHMARKS.md); see
+        EngineConfig.build for it and relative_top_range."""
         engine_environment()
         if eager_requested():
             llm_kwargs.setdefault("enforce_eager", True)

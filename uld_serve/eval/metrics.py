@@ -1,7 +1,7 @@
 """open-unlearning's TOFU statistics as pure functions of per-sample values.
 
 Each function states the definition it follows; the per-sample values come from
-`scoring.py` (model forward passes) and `generation.py` (greedy answers).
+`scoring.py` (model forward passes and greedy answers).
 """
 import zlib
 

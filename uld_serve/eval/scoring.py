@@ -7,7 +7,7 @@ import torch
 from ..core.requests import GenerationRequest, Prefix
 from ..core.tofu import IGNORE_INDEX, chat_prompt_ids, encode_qa
 
-SCORE_BATCH = 16  # answers per forward: the fastest of 8/16/32 (BENCHMARKS.md, TOFU scoring with shared prompts)
+SCORE_BATCH = 16  # answers per forward: the fastest of those timed (BENCHMARKS.md, TOFU scoring with shared prompts)
 
 
 class AnswerBatch(NamedTuple):

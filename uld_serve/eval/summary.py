@@ -28,7 +28,8 @@ UTILITY = [
 ]
 MIA = ["mia_min_k", "mia_loss", "mia_zlib"]
 PER_SAMPLE_SCORE = ["extraction_strength"]
-HEADLINE = ["forget_quality", "model_utility", "forget_Q_A_ROUGE", "forget_truth_ratio", "forget_Q_A_Prob", "privleak", "extraction_strength"]
+HEADLINE = ["forget_quality", "model_utility", "forget_Q_A_ROUGE", "forget_truth_ratio", "forget_Q_A_Prob", "privleak",
+            "extraction_strength"]
 
 
 def _items(log, field):

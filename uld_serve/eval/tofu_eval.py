@@ -91,16 +91,19 @@ def evaluate_tofu(model, out_dir, split="forget10", forget_set=None, alpha=None,
             if has_para:
                 logs[f"{prefix}_Q_A_PARA_Prob"] = _prob_log(scored[n : 2 * n])
             logs[f"{prefix}_Q_A_PERT_Prob"] = _prob_log([flat[i * n_wrong : (i + 1) * n_wrong] for i in range(n)])
-            generations = greedy_answers(generator or model, questions, max_new_tokens=max_new_tokens, batch_size=gen_batch_size, progress=bar.update, **kwargs)
+            generations = greedy_answers(generator or model, questions, max_new_tokens=max_new_tokens, batch_size=gen_batch_size,
+                                         progress=bar.update, **kwargs)
             logs[f"{prefix}_Q_A_ROUGE"] = {"value_by_index": {
                 str(i): {**m.rouge_scores(scorer, r["answer"], g), "input": r["question"], "ground_truth": r["answer"], "generation": g}
                 for i, (r, g) in enumerate(zip(rows, generations))
             }}
             if prefix == "forget":
                 partial.forget_answers = answers
-                logs["extraction_strength"] = {"value_by_index": {str(i): {"score": m.extraction_strength(a["matches"])} for i, a in enumerate(answers)}}
+                logs["extraction_strength"] = {"value_by_index": {
+                    str(i): {"score": m.extraction_strength(a["matches"])} for i, a in enumerate(answers)}}
             partial.save()
-        held = score_pairs(model, [(r["question"], r["answer"]) for r in holdout], batch_size=batch_size, progress=bar.update, **score_kwargs)
+        held = score_pairs(model, [(r["question"], r["answer"]) for r in holdout], batch_size=batch_size, progress=bar.update,
+                           **score_kwargs)
     forget_answers = partial.forget_answers
     forget_texts = [r["answer"] for r in datasets["forget"][0]]
     holdout_texts = [r["answer"] for r in holdout]

@@ -40,7 +40,8 @@ def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = N
     return ServerState(config=config, registry=registry, target_name=name, api_key=api_key, dtype=dtype)
 
 
-def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, max_model_len: int = 2048, extra_args: Optional[list] = None) -> None:
+def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, max_model_len: int = 2048,
+          extra_args: Optional[list] = None) -> None:
     engine_environment()
     os.environ["VLLM_PLUGINS"] = ",".join(filter(None, [os.environ.get("VLLM_PLUGINS"), PLUGINS]))
     import uvloop

@@ -1,0 +1,27 @@
+"""The rules the code keeps: one way down the layers (import-linter contracts in
+pyproject.toml) and ruff's checks with the project's line length."""
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def check(command):
+    result = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+def test_imports_follow_the_layers():
+    assert "0 broken" in check(["lint-imports"])
+
+
+def test_ruff():
+    check(["ruff", "check", "."])
+
+
+def test_only_the_application_imports_training():
+    importers = sorted(str(p.relative_to(REPO)) for p in (REPO / "uld_serve").rglob("*.py") if "uld_training" in p.read_text())
+    assert importers == ["uld_serve/cli/train.py", "uld_serve/demo.py"]

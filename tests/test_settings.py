@@ -1,0 +1,60 @@
+"""core/settings.py: the one owner of alpha and r (defaults, ranges, checks, resolution
+against a forget set, and the keys that carry them into vLLM)."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from uld_serve.core.artifact import ForgetSet
+from uld_serve.core.errors import UldError
+from uld_serve.core.settings import (EngineOverrides, Settings, check_alpha, check_relative_top, read_extra_args,
+                                     read_overrides, resolve)
+
+ULD = ForgetSet("f", Path("f"), {"kind": "uld-assistant", "alpha": 1.5, "relative_top": 0.02, "num_layers": 2})
+BARE = ForgetSet("bare", Path("bare"), {"kind": "uld-assistant", "num_layers": 2})  # a manifest without defaults
+WEIGHT_LEVEL = ForgetSet("ga", Path("ga"), {"kind": "weight-level", "alpha": 0.0})
+
+
+def test_requests_fill_in_from_the_manifest_then_the_papers_defaults():
+    assert resolve(ULD) == Settings("f", 1.5, 0.02)
+    assert resolve(ULD, alpha=0.5, relative_top=0.1) == Settings("f", 0.5, 0.1)
+    assert resolve(BARE) == Settings("bare", 0.75, 0.01)
+    assert resolve(None) == Settings(None, 0.0, 0.01)
+    assert resolve(None, alpha=2.0, relative_top=0.5) == Settings(None, 0.0, 0.5)  # no forget set: the target alone
+    assert resolve(WEIGHT_LEVEL, alpha=2.0) == Settings("ga", 0.0, 0.01)  # weight-level: served with alpha 0
+
+
+@pytest.mark.parametrize("value", [-0.1, 5.01, True, "1", float("nan")])
+def test_alpha_out_of_range_is_refused(value):
+    with pytest.raises(UldError, match=r"alpha must be a number in \[0.0, 5.0\]"):
+        check_alpha(value)
+    with pytest.raises(UldError, match="alpha must be"):
+        resolve(None, alpha=value)  # refused even where it would not apply
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, False, "0.1", float("nan")])
+def test_relative_top_out_of_range_is_refused(value):
+    with pytest.raises(UldError, match=r"relative_top must be a number in \(0, 1\]"):
+        check_relative_top(value)
+
+
+def test_an_engines_narrower_range_refuses_rather_than_clamps():
+    assert resolve(ULD, relative_top=0.015, relative_top_range=(0.01, 0.02)).relative_top == 0.015
+    with pytest.raises(UldError, match="outside this engine's range"):
+        resolve(ULD, relative_top=0.05, relative_top_range=(0.01, 0.02))
+    with pytest.raises(UldError, match="outside this engine's range"):
+        resolve(ULD, relative_top_range=(0.005, 0.01))  # the manifest's own 0.02 is outside too
+
+
+def test_engine_overrides_round_trip_through_the_model_config():
+    overrides = EngineOverrides(assistant_layers=3, relative_top_range=(0.01, 0.05), sparse_head=True, compile_target=True)
+    assert read_overrides(SimpleNamespace(**overrides.as_hf_overrides())) == overrides
+    assert read_overrides(SimpleNamespace()).assistant_layers == 0  # not a uld-serve config: the model refuses it
+
+
+def test_extra_args_carry_the_resolved_settings_and_are_checked_again():
+    applied = resolve(ULD, alpha=0.25)
+    assert read_extra_args(applied.extra_args()) == (0.25, 0.02)
+    assert read_extra_args(None) == (0.0, 0.01)  # a request without ULD settings: the target's logits
+    with pytest.raises(UldError, match="alpha must be"):
+        read_extra_args({"uld_alpha": 9})
