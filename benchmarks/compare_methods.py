@@ -44,7 +44,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from mini_workdir import FORGET_SETS, calibrated, default_workdir, eval_logs  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 
-METHODS = ["ga", "graddiff", "npo", "simnpo", "wga", "tnpo", "wtnpo", "mollm", "soul"]
+from uld_training.unlearn import METHODS as REGISTRY  # noqa: E402
+
+METHODS = list(REGISTRY)  # the registry's order
 BUDGET = {"epochs": 5, "batch_size": 8, "precision": "auto", "rank": 32, "lora_alpha": 32}
 LEARNING_RATES = [1e-4, 1e-3]
 VALIDATION = {"forget": "tofu:full[200:400]", "retain": "tofu:full[:200]"}

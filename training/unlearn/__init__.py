@@ -1,3 +1,5 @@
-"""Weight-level unlearning methods, one file each, registered by name in base.METHODS."""
-from . import ga, graddiff, mollm, npo, simnpo, soul, tnpo, wga, wtnpo  # noqa: F401  (registration)
+"""Weight-level unlearning methods, one file each, registered by name in base.METHODS (in
+this order: the gradient-ascent family, then the G-effect paper's objectives, then MOLLM
+and SOUL; `uld unlearn --help` and the comparison benchmark list them so)."""
+from . import ga, graddiff, npo, simnpo, wga, tnpo, wtnpo, mollm, soul  # noqa: F401  (registration, in order)
 from .base import METHODS, Method, Step, get_method, register  # noqa: F401
