@@ -5,6 +5,10 @@ os.environ.setdefault("ULD_HOME", tempfile.mkdtemp(prefix="uld-test-home-"))
 # vLLM engines start without warm-up compilation (46 s instead of 71-115 s here); the
 # engine fixture of test_engine.py opts out, so the default compiled path stays tested.
 os.environ.setdefault("ULD_ENFORCE_EAGER", "1")
+# ULD_TEST_DEVICE=cuda runs the training, evaluation and reference-decoding tests on a GPU
+# (benchmarks/gpu_session.sh); otherwise the GPU is hidden, so that every `auto` is the CPU.
+if os.environ.setdefault("ULD_TEST_DEVICE", "cpu") == "cpu":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import pytest  # noqa: E402
 

@@ -1,5 +1,6 @@
 """The command line end to end on tiny-random, and its answers to bad input."""
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -81,6 +82,13 @@ def test_bad_input_gets_one_sentence(pipeline, tmp_path):
     assert_user_error(uld("eval", "tofu", "--target", work / "target", "--out", tmp_path / "e", "--scoring", "best",
                           check=False), "--scoring must be one of paper, anchored")
     assert uld("eval", "tofu", "--bogus", check=False).returncode == 2
+    if os.environ["ULD_TEST_DEVICE"] == "cpu":  # the GPU is hidden: asking for one is a user mistake
+        assert_user_error(uld("finetune", "--model", "tiny-random", "--data", "tofu:forget01", "--out", tmp_path / "g",
+                              "--device", "cuda", check=False), "no CUDA GPU is visible")
+    assert_user_error(uld("eval", "tofu", "--target", work / "target", "--out", tmp_path / "e", "--device", "tpu",
+                          check=False), "--device must be auto, cpu, cuda or cuda:N")
+    assert_user_error(uld("generate", "--target", work / "target", "--input", tmp_path / "in.jsonl", "--output", tmp_path / "o",
+                          "--device", "cpu", check=False), "--device places the reference engine")
 
 
 def test_calibrate_alpha_writes_the_default_and_how_it_was_found(pipeline, tmp_path):

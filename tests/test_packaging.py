@@ -1,6 +1,7 @@
 """The wheel, installed in a fresh virtual environment outside the source tree, carries
 everything a user needs: the commands, the training package and the TOFU data."""
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -16,7 +17,13 @@ def run(*args, cwd, env=None):
 
 
 def test_the_wheel_runs_setup_and_finetune_from_a_fresh_venv(tmp_path):
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", REPO, cwd=tmp_path)
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("uld_serve", "training", "kernels"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", source, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("uld_serve-*.whl"))
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv, cwd=tmp_path)

@@ -1,4 +1,5 @@
 import math
+import os
 import random
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from uld_serve.core.errors import UldError
 from uld_training.assistant import uniform_cross_entropy
 from uld_training.batching import answer_loss, collate, encode_pairs, grouped_batches
-from uld_training.loop import TrainConfig, bf16_is_fast, run_training
+from uld_training.loop import TrainConfig, accelerator_for, bf16_is_fast, run_training
 
 
 def test_uniform_cross_entropy_by_hand():
@@ -88,7 +89,7 @@ def _train(tmp_path, crash_at=None, steps=6, precision="fp32"):
         return loss, {"loss": loss.item()}
 
     config = TrainConfig(lr=0.1, epochs=3, batch_size=1, max_steps=steps, save_every=2, precision=precision)
-    summary = run_training([weight], 2, lambda e: [data[(2 * e) % 4], data[(2 * e + 1) % 4]], loss_fn, config,
+    summary = run_training(accelerator_for(config), [weight], 2, lambda e: [data[(2 * e) % 4], data[(2 * e + 1) % 4]], loss_fn, config,
                            tmp_path, lambda: {"w": weight.detach().clone()}, lambda s: weight.data.copy_(s["w"]), "test")
     return weight.detach(), summary, calls
 
@@ -101,6 +102,12 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     assert len(calls) == 2  # steps 5 and 6 only: 4 were checkpointed
     assert summary["steps"] == 6
     assert torch.equal(resumed, straight)
+
+
+def test_jobs_run_where_the_tests_run():
+    """auto is the GPU under ULD_TEST_DEVICE=cuda and the CPU otherwise (conftest.py hides the GPU)."""
+    device = accelerator_for(TrainConfig(precision="fp32")).device
+    assert device.type == os.environ["ULD_TEST_DEVICE"]
 
 
 def test_bad_training_settings():

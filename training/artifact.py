@@ -14,7 +14,7 @@ from uld_serve.core.artifact import write_manifest
 from uld_serve.core.atomic import atomic_dir
 from uld_serve.core.tofu import content_hash
 
-from .loop import peak_rss_mib
+from .loop import peak_gpu_mib, peak_rss_mib
 
 TRAINING_LOG = "training_log.json"
 
@@ -51,19 +51,25 @@ def data_record(spec: str, pairs, **extra) -> dict:
 
 
 def result_record(summary: dict, trainable_params) -> dict:
-    """A manifest's `result`: steps, time, precision, sizes and the last logged values."""
+    """A manifest's `result`: steps, time, where it ran, memory, sizes and the last logged values."""
     last = summary["history"][-1] if summary["history"] else {}
+    params = list(trainable_params)
+    device = params[0].device if params else torch.device("cpu")
     return {"steps": summary["steps"], "steps_per_epoch": summary["steps_per_epoch"], "wall_s": summary["wall_s"],
-            "precision": summary["precision"], "trainable_parameters": sum(p.numel() for p in trainable_params),
-            "peak_rss_mib": peak_rss_mib(), **{k: v for k, v in last.items() if k not in ("step", "epoch", "wall_s")}}
+            "precision": summary["precision"], "device": str(device), "processes": summary["processes"],
+            "trainable_parameters": sum(p.numel() for p in params), "peak_rss_mib": peak_rss_mib(),
+            "peak_gpu_mib": peak_gpu_mib(device), **{k: v for k, v in last.items() if k not in ("step", "epoch", "wall_s")}}
 
 
-def write_output(out: Path, save: Callable[[Path], None], history: list, manifest: Optional[dict] = None,
+def write_output(accelerator, out: Path, save: Callable[[Path], None], history: list, manifest: Optional[dict] = None,
                  extra_files: Optional[dict] = None) -> Path:
-    """Write a job's output directory in one rename: `save(dir)` writes the weights or adapter,
-    then the manifest (forget sets), `extra_files` (name -> JSON value) and the training log;
-    the resume directory goes once the output is in place."""
+    """Write a job's output directory in one rename (the main process; the others wait):
+    `save(dir)` writes the weights or adapter, then the manifest (forget sets), `extra_files`
+    (name -> JSON value) and the training log; the resume directory goes once the output is in place."""
     out = Path(out)
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return out
     with atomic_dir(out) as tmp:
         save(tmp)
         if manifest is not None:
@@ -72,4 +78,5 @@ def write_output(out: Path, save: Callable[[Path], None], history: list, manifes
             (tmp / name).write_text(json.dumps(value, indent=2) + "\n")
         (tmp / TRAINING_LOG).write_text(json.dumps(history) + "\n")
     shutil.rmtree(resume_dir(out), ignore_errors=True)
+    accelerator.wait_for_everyone()
     return out

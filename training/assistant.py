@@ -20,7 +20,7 @@ from uld_serve.core.settings import DEFAULT_ALPHA, DEFAULT_RELATIVE_TOP, check_a
 from .artifact import (data_record, epoch_rng, load_trainable_state, result_record, resume_dir, steps_per_epoch,
                        trainable_state, write_output)
 from .batching import answer_logits, answer_loss, encode_pairs, paired_batches
-from .loop import TrainConfig, run_training
+from .loop import TrainConfig, accelerator_for, run_training
 
 
 @dataclass
@@ -44,7 +44,7 @@ def uniform_cross_entropy(z: torch.Tensor) -> torch.Tensor:
 def train_assistant(target: str, forget: str, retain: str, out: Path, config: TrainConfig, assistant: AssistantConfig) -> Path:
     from peft import LoraConfig, get_peft_model
 
-    config.validate()
+    accelerator = accelerator_for(config)
     try:
         check_alpha(assistant.alpha)
         check_relative_top(assistant.relative_top)
@@ -54,12 +54,15 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
     target_dir = resolve_model(target)
     forget_pairs, retain_pairs = load_qa(forget), load_qa(retain)
     tokenizer = load_tokenizer(target_dir)
-    base = load_model(target_dir)
+    base = load_model(target_dir, device=accelerator.device)
     k = assistant.num_layers or default_num_layers(base.config.num_hidden_layers)
     lora = LoraConfig(r=assistant.rank, lora_alpha=assistant.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGET_MODULES)
     torch.manual_seed(config.seed)
     net = get_peft_model(build_assistant(base, k), lora)
     net.train()
+    if config.gradient_checkpointing:
+        net.get_base_model().assistant.gradient_checkpointing_enable()
+        net.enable_input_require_grads()
     lm = net.get_base_model().assistant  # the causal LM, its LoRA layers in place
 
     paraphrases = paraphrased_pairs(forget_pairs) if assistant.augment else {}
@@ -83,6 +86,7 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
         return loss, {"loss": loss.item(), "forget_ce": forget_loss.item(), "retain_uniform_ce": retain_loss.item()}
 
     summary = run_training(
+        accelerator,
         params=[p for p in net.parameters() if p.requires_grad],
         steps_per_epoch=steps_per_epoch(n_forget, config.batch_size),
         epoch_batches=epoch_batches,
@@ -109,4 +113,4 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
         "result": result_record(summary, [p for p in net.parameters() if p.requires_grad]),
         "evaluation": None,
     }
-    return write_output(out, net.save_pretrained, summary["history"], manifest)
+    return write_output(accelerator, out, net.save_pretrained, summary["history"], manifest)

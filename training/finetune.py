@@ -6,7 +6,7 @@ from uld_serve.core.tofu import load_qa
 
 from .artifact import epoch_rng, resume_dir, steps_per_epoch, write_output
 from .batching import answer_loss, collate, encode_pairs, grouped_batches
-from .loop import TrainConfig, run_training
+from .loop import TrainConfig, accelerator_for, run_training
 
 MODEL_CARD = "uld_model.json"
 
@@ -16,13 +16,15 @@ def shuffled_batches(examples, batch_size, seed, epoch, pad_id):
 
 
 def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
-    config.validate()
+    accelerator = accelerator_for(config)
     out = Path(out)
     base_dir = resolve_model(model)
     pairs = load_qa(data)
     tokenizer = load_tokenizer(base_dir)
-    net = load_model(base_dir)
+    net = load_model(base_dir, device=accelerator.device)
     net.train()
+    if config.gradient_checkpointing:
+        net.gradient_checkpointing_enable()
     examples = encode_pairs(tokenizer, pairs)
 
     def loss_fn(batch):
@@ -30,6 +32,7 @@ def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
         return loss, {"loss": loss.item()}
 
     summary = run_training(
+        accelerator,
         params=[p for p in net.parameters() if p.requires_grad],
         steps_per_epoch=steps_per_epoch(len(examples), config.batch_size),
         epoch_batches=lambda e: shuffled_batches(examples, config.batch_size, config.seed, e, tokenizer.pad_token_id),
@@ -49,6 +52,8 @@ def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
         "config": config.as_dict(),
         "steps": summary["steps"],
         "precision": summary["precision"],
+        "device": str(accelerator.device),
+        "processes": summary["processes"],
         "wall_s": summary["wall_s"],
         "final_loss": summary["history"][-1]["loss"] if summary["history"] else None,
         "history": summary["history"],
@@ -58,4 +63,4 @@ def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
         net.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
 
-    return write_output(out, save, summary["history"], extra_files={MODEL_CARD: card})
+    return write_output(accelerator, out, save, summary["history"], extra_files={MODEL_CARD: card})

@@ -17,7 +17,10 @@ from uld_serve.core.atomic import atomic_dir
 from uld_serve.core.models import load_tokenizer, resolve_model
 from uld_serve.core.tofu import load_qa
 
+from uld_serve.core.errors import UldError
+
 from .batching import collate, encode_pairs
+from .loop import launched, to_device
 from .unlearn import Step
 from .unlearn.objectives import mean_nll
 from .unlearn.run import unlearn
@@ -44,7 +47,8 @@ class Probe:
             return
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
-        step = Step(model, self.forget, self.retain, reference)
+        device = params[0].device
+        step = Step(model, to_device(self.forget, device), to_device(self.retain, device), reference)
         # the risks reuse the objective's forward passes, so its graph is kept for them
         objective = method.objective_gradient(method.terms(step), params, retain_graph=True)
         record = {"step": step_index}
@@ -65,6 +69,8 @@ class Probe:
 def geffect(method: str, params: dict, target: str, forget: str, retain: str, out: Path, config, trainable,
             every: int = 1, probe_size: int = 16) -> Path:
     """Train `method` (its artifact lands in out/artifact) and write the G-effects beside it."""
+    if launched() or config.grad_accum != 1:
+        raise UldError("uld geffect measures one process's full-batch steps: run it without accelerate launch or --grad-accum")
     out = Path(out)
     tokenizer = load_tokenizer(resolve_model(target))
     probe = Probe(tokenizer, forget, retain, probe_size, every)

@@ -12,6 +12,7 @@ sampling_params, forget_set=..., alpha=...)` and `.chat(messages, ...)`, over th
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .core.devices import resolve_device
 from .core.errors import UldError
 from .core.requests import GenerationRequest
 
@@ -59,21 +60,31 @@ class RequestOutput:
     uld: dict = field(default_factory=dict)
 
 
-def open_backend(target, forget_sets: Optional[dict] = None, engine: str = "vllm", dtype: str = "fp32", **engine_kwargs):
+def check_backend(engine: str, dtype: str, device: str = "auto") -> str:
+    """Refuse a bad engine, dtype or device in one sentence, before anything loads; returns the dtype."""
+    if engine not in ENGINES:
+        raise UldError(f"engine must be {' or '.join(ENGINES)}, got {engine!r}")
+    resolve_device(device)
+    if engine == "vllm" and device != "auto":
+        raise UldError("--device places the reference engine; vLLM runs on its own platform (leave --device auto)")
+    return check_dtype(dtype)
+
+
+def open_backend(target, forget_sets: Optional[dict] = None, engine: str = "vllm", dtype: str = "fp32", device: str = "auto",
+                 **engine_kwargs):
     """A core.requests.Generator: vLLM's engine or the reference decoder over the same target
-    and forget sets (name -> artifact directory)."""
-    dtype = check_dtype(dtype)
+    and forget sets (name -> artifact directory). `device` places the reference decoder
+    (core/devices.py); vLLM runs on its own platform."""
+    dtype = check_backend(engine, dtype, device)
     if engine == "reference":
         import torch
 
         from .reference import UldModel
 
-        return UldModel(target, forget_sets, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
-    if engine == "vllm":
-        from .engine.llm import UldEngine
+        return UldModel(target, forget_sets, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype], device=device)
+    from .engine.llm import UldEngine
 
-        return UldEngine(target, forget_sets, dtype=VLLM_DTYPES[dtype], **engine_kwargs)
-    raise UldError(f"engine must be vllm or reference, got {engine!r}")
+    return UldEngine(target, forget_sets, dtype=VLLM_DTYPES[dtype], **engine_kwargs)
 
 
 def _per_prompt(name: str, value, count: int) -> list:
@@ -86,10 +97,11 @@ def _per_prompt(name: str, value, count: int) -> list:
 
 class UldLLM:
     def __init__(self, target, forget_sets: Optional[dict] = None, *, engine: str = "vllm", dtype: str = "fp32",
-                 **engine_kwargs):
+                 device: str = "auto", **engine_kwargs):
         """target: a checkpoint directory or a known model name; forget_sets: name -> forget-set
-        directory; engine_kwargs go to the vLLM engine (max_model_len, sparse_head, ...)."""
-        self._attach(open_backend(target, forget_sets, engine, dtype, **engine_kwargs))
+        directory; device places the reference engine; engine_kwargs go to the vLLM engine
+        (max_model_len, sparse_head, ...)."""
+        self._attach(open_backend(target, forget_sets, engine, dtype, device, **engine_kwargs))
 
     @classmethod
     def from_backend(cls, backend) -> "UldLLM":

@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional
 
 from tqdm import tqdm
 
-from .api import ENGINES, SamplingParams, UldLLM, check_dtype
+from .api import SamplingParams, UldLLM, check_backend
 from .core.atomic import write_text_atomic
 from .core.errors import UldError
 from .core.jsonl import read_objects
@@ -100,17 +100,15 @@ def _prompt_ids(line_no, row, tokenizer) -> list:
 
 
 def generate_file(target, forget_sets: dict, input_path: Path, output_path: Path, engine: str = "vllm", dtype: str = "fp32",
-                  **engine_kwargs) -> int:
+                  device: str = "auto", **engine_kwargs) -> int:
     """`uld generate`: every line of the input checked before any model loads, then generated."""
     from .core.models import load_tokenizer
 
-    if engine not in ENGINES:
-        raise UldError(f"--engine must be {' or '.join(ENGINES)}, got {engine!r}")
-    dtype = check_dtype(dtype)
+    dtype = check_backend(engine, dtype, device)
     if engine == "reference":
         engine_kwargs = {}  # vLLM's settings (max_model_len) mean nothing to the reference decoder
     parse_requests(input_path, load_tokenizer(target), forget_sets)
-    with UldLLM(target, forget_sets, engine=engine, dtype=dtype, **engine_kwargs) as llm:
+    with UldLLM(target, forget_sets, engine=engine, dtype=dtype, device=device, **engine_kwargs) as llm:
         return run_generate(llm, input_path, output_path)
 
 

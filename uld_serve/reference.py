@@ -15,6 +15,7 @@ from uld_kernels import logit_difference
 
 from .core.artifact import find_forget_set, load_forget_set
 from .core.assistant import build_assistant
+from .core.devices import resolve_device
 from .core.errors import UldError
 from .core.models import fingerprint, load_model, load_tokenizer
 from .core.requests import Prefix
@@ -22,9 +23,10 @@ from .core.settings import Settings, resolve
 
 
 class UldModel:
-    def __init__(self, target_dir, forget_sets: Optional[dict] = None, dtype=torch.float32):
+    def __init__(self, target_dir, forget_sets: Optional[dict] = None, dtype=torch.float32, device="auto"):
         self.target_dir = Path(target_dir)
-        self.target = load_model(target_dir, dtype=dtype)
+        self.device = resolve_device(device)
+        self.target = load_model(target_dir, dtype=dtype, device=self.device)
         self.tokenizer = load_tokenizer(target_dir)
         self.target_fingerprint = fingerprint(target_dir)
         self.forget_sets: dict = {}
@@ -43,7 +45,7 @@ class UldModel:
             raise UldError(f"forget set name {name!r} is given twice")
         fs = load_forget_set(name, path, self.target_fingerprint)
         if fs.is_weight_level:  # the target's own weights change: a merged copy of the target
-            model = PeftModel.from_pretrained(load_model(self.target_dir, dtype=self.target.dtype), str(path))
+            model = PeftModel.from_pretrained(load_model(self.target_dir, dtype=self.target.dtype, device=self.device), str(path))
             self._weight_level[name] = model.merge_and_unload().eval()
             self.forget_sets[name] = fs
             return fs
@@ -99,6 +101,10 @@ class UldModel:
         """(target logits, assistant logits or None) as score_logits takes them, before the
         difference: one forward each, for any number of alphas (benchmarks/tune_assistant.py)."""
         target, assistant = self._models(forget_set)
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        positions = None if positions is None else positions.to(self.device)
+        if prefix is not None:
+            prefix = Prefix(prefix.ids.to(self.device), prefix.mask.to(self.device), prefix.rows.to(self.device))
         target_logits = _logits(target, input_ids, attention_mask, positions, prefix)
         return target_logits, None if assistant is None else _logits(assistant, input_ids, attention_mask, positions, prefix)
 
@@ -123,10 +129,11 @@ class UldModel:
     def _generate_batch(self, requests, forget_set, relative_top):
         pad = self.tokenizer.pad_token_id
         width = max(len(r.prompt_ids) for r in requests)
-        input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests])
-        attention_mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests])
+        device = self.device
+        input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests], device=device)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        alphas = torch.tensor([self.settings(forget_set, r.alpha, relative_top).alpha for r in requests])
+        alphas = torch.tensor([self.settings(forget_set, r.alpha, relative_top).alpha for r in requests], device=device)
         target, assistant = self._models(forget_set)
         models = [(target, DynamicCache())] + ([(assistant, DynamicCache())] if assistant is not None else [])
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]
@@ -146,16 +153,17 @@ class UldModel:
                 if done[b]:
                     token = pad
                 else:
-                    token = greedy[b] if r.temperature == 0 else sample_token(served[b], r.temperature, r.top_p, generators[b])
+                    # sampling on the CPU: a seed draws the same tokens whatever the device
+                    token = greedy[b] if r.temperature == 0 else sample_token(served[b].cpu(), r.temperature, r.top_p, generators[b])
                 if not done[b]:
                     outputs[b].append(token)
                     done[b] = (token in self.eos_ids and not r.ignore_eos) or len(outputs[b]) >= r.max_new_tokens
                 next_ids.append(token)
             if all(done):
                 break
-            attention_mask = torch.cat([attention_mask, torch.ones(len(requests), 1, dtype=attention_mask.dtype)], dim=1)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(requests), 1)], dim=1)
             positions = positions[:, -1:] + 1
-            logits = step(torch.tensor(next_ids)[:, None], attention_mask, positions)
+            logits = step(torch.tensor(next_ids, device=device)[:, None], attention_mask, positions)
         return outputs
 
 
@@ -180,7 +188,7 @@ def _continue_prompts(body, prefix: Prefix, input_ids, attention_mask):
     cache.batch_select_indices(prefix.rows)
     mask = torch.cat([prefix.mask[prefix.rows], attention_mask], dim=1)
     start = prefix.mask.sum(-1)[prefix.rows]
-    position_ids = start[:, None] + torch.arange(input_ids.shape[1])
+    position_ids = start[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)
     return body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
                 use_cache=True).last_hidden_state
 

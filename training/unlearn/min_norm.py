@@ -13,7 +13,7 @@ import torch
 
 
 def min_norm_weights(gram: torch.Tensor) -> torch.Tensor:
-    gram = gram.double()
+    gram = gram.double().cpu()  # n x n with n <= 3: solved on the CPU wherever the gradients live
     n = gram.shape[0]
     best, best_value = None, float("inf")
     for size in range(1, n + 1):
@@ -50,12 +50,12 @@ def common_descent_direction(grads: list, normalize: bool = False) -> tuple:
     reference measured 2e-8 of the retain term's on tiny-random, float32 rounding that
     normalising would turn into a full vote."""
     flat = torch.stack([g.double() for g in grads])
-    moving = torch.ones(len(grads), dtype=torch.bool)
+    moving = torch.ones(len(grads), dtype=torch.bool, device=flat.device)
     if normalize:
         norms = flat.norm(dim=1)
         moving = norms > 1e-6 * norms.max()
         flat = flat / norms.clamp(min=torch.finfo(torch.float64).tiny)[:, None]
-    weights = torch.zeros(len(grads), dtype=torch.float64)
+    weights = torch.zeros(len(grads), dtype=torch.float64, device=flat.device)
     if moving.any():
-        weights[moving] = min_norm_weights(flat[moving] @ flat[moving].T)
+        weights[moving] = min_norm_weights(flat[moving] @ flat[moving].T).to(flat.device)
     return -(weights[:, None] * flat).sum(0), weights

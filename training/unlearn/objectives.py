@@ -15,7 +15,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple:
     """(-log p of each next answer token (B, T-1), 0 elsewhere; mask of answer positions (B, T-1))."""
     mask = answer_mask(labels)
     nll = F.cross_entropy(logits.float(), labels[:, 1:][mask], reduction="none")
-    return torch.zeros(mask.shape, dtype=nll.dtype).masked_scatter(mask, nll), mask
+    return torch.zeros(mask.shape, dtype=nll.dtype, device=nll.device).masked_scatter(mask, nll), mask
 
 
 def mean_nll(logits, labels) -> torch.Tensor:

@@ -20,7 +20,7 @@ from uld_serve.core.tofu import load_qa
 from ..artifact import (data_record, epoch_rng, load_trainable_state, result_record, resume_dir, steps_per_epoch,
                         trainable_state, write_output)
 from ..batching import encode_pairs, paired_batches
-from ..loop import TrainConfig, run_training
+from ..loop import TrainConfig, accelerator_for, run_training
 from .base import Step, get_method
 
 
@@ -36,10 +36,10 @@ def default_lr(lr: Optional[float], full: bool) -> float:
     return lr if lr is not None else (1e-5 if full else 1e-4)
 
 
-def prepare(target: str, method, trainable: Trainable, seed: int):
+def prepare(target: str, method, trainable: Trainable, seed: int, device="cpu", gradient_checkpointing: bool = False):
     """(model to train, its trainable parameters, reference() context manager, target dir)."""
     target_dir = resolve_model(target)
-    model = load_model(target_dir)
+    model = load_model(target_dir, device=device)
     torch.manual_seed(seed)
     if trainable.full:
         reference_model = copy.deepcopy(model).requires_grad_(False) if method.needs_reference else None
@@ -56,6 +56,10 @@ def prepare(target: str, method, trainable: Trainable, seed: int):
             with model.disable_adapter():
                 yield model
     model.train()
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if not trainable.full:
+            model.enable_input_require_grads()
     return model, [p for p in model.parameters() if p.requires_grad], reference, target_dir
 
 
@@ -73,10 +77,11 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
             config: TrainConfig, trainable: Trainable, on_step=None) -> Path:
     """Train, then write the artifact atomically. `on_step(step_index, model, method, reference)`
     runs before each update (G-effect probes)."""
-    config.validate()
+    accelerator = accelerator_for(config)
     method = get_method(method_name, params)
     out = Path(out)
-    model, trainable_params, reference, target_dir = prepare(target, method, trainable, config.seed)
+    model, trainable_params, reference, target_dir = prepare(target, method, trainable, config.seed, accelerator.device,
+                                                             config.gradient_checkpointing)
     tokenizer = load_tokenizer(target_dir)
     forget_pairs, retain_pairs, epoch_batches, epoch_steps = make_batches(
         tokenizer, forget, retain, config.batch_size, config.seed)
@@ -94,6 +99,7 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
         return method.backward(terms, trainable_params, step_index, current.pop("step"))
 
     summary = run_training(
+        accelerator,
         params=trainable_params, steps_per_epoch=epoch_steps, epoch_batches=epoch_batches,
         loss_fn=loss_fn, config=config, resume_dir=resume_dir(out),
         state_fn=lambda: trainable_state(model),
@@ -125,4 +131,4 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
         if trainable.full:  # a whole checkpoint, served as a target
             tokenizer.save_pretrained(directory)
 
-    return write_output(out, save, summary["history"], manifest)
+    return write_output(accelerator, out, save, summary["history"], manifest)

@@ -5,7 +5,10 @@ from typing import Optional
 
 import typer
 
+from ..core.devices import DEVICE_HELP
 from .app import DTYPE, TARGET, app, eval_app, parse_forget_sets
+
+DEVICE = typer.Option("auto", help=f"where the reference model scores and answers: {DEVICE_HELP}")
 
 SCORING_HELP = "paper (the ULD paper's forward) or anchored (invariant to the assistant's logit level; kernels/README.md)"
 
@@ -24,12 +27,14 @@ def eval_tofu(
     limit: Optional[int] = typer.Option(None, help="first N items of each split only (smoke tests)"),
     generate_with: str = typer.Option("reference", help="reference or vllm: who writes the greedy answers"),
     scoring: str = typer.Option("paper", help=f"probabilities of target + forget set: {SCORING_HELP}"),
+    device: str = DEVICE,
 ):
     """open-unlearning's TOFU metrics for a model, or for target + a ULD forget set."""
     from ..eval.tofu_eval import evaluate_checkpoint
 
     pair = next(iter(parse_forget_sets([forget_set]).items())) if forget_set else None
-    summary = evaluate_checkpoint(target, pair, out, split, dtype=dtype, generate_with=generate_with, batch_size=batch_size,
+    summary = evaluate_checkpoint(target, pair, out, split, dtype=dtype, device=device, generate_with=generate_with,
+                                  batch_size=batch_size,
                                   alpha=alpha, relative_top=relative_top, retain_logs=retain_logs,
                                   max_new_tokens=max_new_tokens, limit=limit, scoring=scoring)
     print(json.dumps(summary, indent=2))
@@ -59,8 +64,9 @@ def calibrate_alpha(
     forget: Optional[str] = typer.Option(None, help="data spec of the forget answers (default: the artifact's forget set)"),
     scoring: str = typer.Option("anchored", help="anchored or paper, as `uld eval tofu --scoring`"),
     write: bool = typer.Option(False, help="make the alpha the artifact's default (its manifest records how it was found)"),
+    device: str = DEVICE,
 ):
     """Find the smallest alpha at which the forget answers are no more likely than unseen ones."""
     from ..eval.calibrate import calibrate_forget_set
 
-    print(json.dumps(calibrate_forget_set(target, forget_set, unseen, forget, scoring, write), indent=2))
+    print(json.dumps(calibrate_forget_set(target, forget_set, unseen, forget, scoring, write, device), indent=2))

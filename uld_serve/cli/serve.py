@@ -4,6 +4,7 @@ from typing import List, Optional
 
 import typer
 
+from ..core.devices import DEVICE_HELP
 from ..core.errors import UldError
 from .app import DTYPE, TARGET, app, parse_forget_sets, refuse_existing
 
@@ -18,12 +19,13 @@ def generate(
     output: Path = typer.Option(..., help="JSONL written in input order, atomically"),
     engine: str = typer.Option("vllm", help="vllm or reference (plain PyTorch)"),
     dtype: str = DTYPE, max_model_len: int = 2048, force: bool = False,
+    device: str = typer.Option("auto", help=f"the reference engine's device: {DEVICE_HELP}"),
 ):
     """Generate for a JSONL of requests, each choosing its forget set (or none) and alpha."""
     from ..generate import generate_file
 
     refuse_existing(output, force)
-    count = generate_file(target, parse_forget_sets(forget_set), input, output, engine=engine, dtype=dtype,
+    count = generate_file(target, parse_forget_sets(forget_set), input, output, engine=engine, dtype=dtype, device=device,
                           max_model_len=max_model_len)
     print(f"wrote {count} lines to {output}")
 

@@ -5,16 +5,17 @@ from typing import List, Optional
 
 import typer
 
-from uld_training.loop import PRECISIONS, TrainConfig
+from uld_training.loop import PRECISIONS, TrainConfig, is_main_process
 from uld_training.unlearn import METHODS, get_method
 from uld_training.unlearn.run import Trainable, default_lr
 
+from ..core.devices import DEVICE_HELP
 from ..core.errors import UldError
 from ..core.settings import DEFAULT_ALPHA, DEFAULT_RELATIVE_TOP
 from .app import TARGET, app, parse_pairs, refuse_existing
 
-PRECISION = typer.Option("auto", help=f"{', '.join(PRECISIONS)}: auto is bf16 autocast (fp32 master weights) where this "
-                         "CPU runs it natively, else fp32")
+PRECISION = typer.Option("auto", help=f"{', '.join(PRECISIONS)}: auto is bf16 autocast (fp32 master weights) on a GPU "
+                         "and where this CPU runs it natively, else fp32")
 FORGET = typer.Option(..., help="data spec of the forget set, e.g. tofu:forget10")
 RETAIN = typer.Option(..., help="data spec of retained data, e.g. tofu:retain90")
 METHOD = typer.Option(..., help=", ".join(METHODS))
@@ -22,6 +23,9 @@ PARAM = typer.Option([], help="method hyperparameter KEY=VALUE, repeatable (e.g.
 FULL = typer.Option(False, help="train all weights (artifact: a whole checkpoint) instead of a LoRA")
 LR = typer.Option(None, help="default 1e-4 for a LoRA, 1e-5 for all weights")
 SAVE_EVERY = typer.Option(50, help="steps between resumable checkpoints")
+DEVICE = typer.Option("auto", help=DEVICE_HELP + "; under `accelerate launch`, the launcher's")
+GRAD_ACCUM = typer.Option(1, help="micro-batches per process and step (the step's batch stays --batch-size)")
+CHECKPOINTING = typer.Option(False, "--gradient-checkpointing", help="recompute activations in the backward pass (long sequences)")
 
 
 @app.command()
@@ -31,13 +35,15 @@ def finetune(
     out: Path = typer.Option(...),
     lr: float = 1e-4, epochs: int = 5, batch_size: int = 8, seed: int = 0, max_steps: Optional[int] = None,
     precision: str = PRECISION, save_every: int = SAVE_EVERY, force: bool = False,
+    device: str = DEVICE, grad_accum: int = GRAD_ACCUM, gradient_checkpointing: bool = CHECKPOINTING,
 ):
     """Fine-tune on TOFU: tofu:full gives the target, tofu:retain90 the retain reference."""
     from uld_training.finetune import finetune as run
 
     refuse_existing(out, force)
-    print(run(model, data, out, TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
-                                            precision=precision, save_every=save_every)))
+    report(run(model, data, out, TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
+                                            precision=precision, save_every=save_every, device=device, grad_accum=grad_accum,
+                                            gradient_checkpointing=gradient_checkpointing)))
 
 
 @app.command("train-assistant")
@@ -51,17 +57,23 @@ def train_assistant(
     alpha: float = typer.Option(DEFAULT_ALPHA, help="default alpha written to the manifest"),
     relative_top: float = typer.Option(DEFAULT_RELATIVE_TOP, help="default filter r written to the manifest"),
     no_augment: bool = typer.Option(False, help="skip ULD's paraphrase/perturbation augmentation"),
-    force: bool = False,
+    force: bool = False, device: str = DEVICE, grad_accum: int = GRAD_ACCUM, gradient_checkpointing: bool = CHECKPOINTING,
 ):
     """Train a ULD assistant (a LoRA over the target's first K layers) for one forget set."""
     from uld_training.assistant import AssistantConfig, train_assistant as run
 
     refuse_existing(out, force)
     config = TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps, precision=precision,
-                         save_every=save_every)
-    print(run(target, forget, retain, out, config, AssistantConfig(
+                         save_every=save_every, device=device, grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing)
+    report(run(target, forget, retain, out, config, AssistantConfig(
         num_layers=layers, rank=rank, lora_alpha=lora_alpha, retain_weight=retain_weight, augment=not no_augment,
         alpha=alpha, relative_top=relative_top)))
+
+
+def report(out: Path) -> None:
+    """Print the output's path once, from the main process of a multi-process run."""
+    if is_main_process():
+        print(out)
 
 
 def _method(method: str, param: List[str], out: Path, force: bool) -> dict:
@@ -79,14 +91,16 @@ def unlearn(
     param: List[str] = PARAM, full: bool = FULL, rank: int = 32, lora_alpha: int = 32, lr: Optional[float] = LR,
     epochs: int = 5, batch_size: int = 8, seed: int = 0, max_steps: Optional[int] = None,
     precision: str = PRECISION, save_every: int = SAVE_EVERY, force: bool = False,
+    device: str = DEVICE, grad_accum: int = GRAD_ACCUM, gradient_checkpointing: bool = CHECKPOINTING,
 ):
     """Weight-level unlearning (the methods ULD is compared with); the artifact is served with alpha 0."""
     from uld_training.unlearn.run import unlearn as run
 
     params = _method(method, param, out, force)
     config = TrainConfig(lr=default_lr(lr, full), epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
-                         precision=precision, save_every=save_every)
-    print(run(method, params, target, forget, retain, out, config, Trainable(full=full, rank=rank, lora_alpha=lora_alpha)))
+                         precision=precision, save_every=save_every, device=device, grad_accum=grad_accum,
+                         gradient_checkpointing=gradient_checkpointing)
+    report(run(method, params, target, forget, retain, out, config, Trainable(full=full, rank=rank, lora_alpha=lora_alpha)))
 
 
 @app.command()
@@ -98,7 +112,7 @@ def geffect(
     probe_size: int = typer.Option(16, help="forget and retain answers in the probe batches"),
     full: bool = FULL, rank: int = 32, lora_alpha: int = 32, lr: Optional[float] = LR,
     epochs: int = 5, batch_size: int = 8, seed: int = 0, max_steps: Optional[int] = None,
-    precision: str = PRECISION, force: bool = False,
+    precision: str = PRECISION, force: bool = False, device: str = DEVICE,
 ):
     """G-effect of a method per layer group and step, on forget and on retained data."""
     from uld_training.geffect import geffect as run
@@ -107,6 +121,6 @@ def geffect(
         raise UldError("--every and --probe-size must be at least 1")
     params = _method(method, param, out, force)
     config = TrainConfig(lr=default_lr(lr, full), epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
-                         precision=precision, save_every=10**9)
-    print(run(method, params, target, forget, retain, out, config, Trainable(full=full, rank=rank, lora_alpha=lora_alpha),
+                         precision=precision, save_every=10**9, device=device)
+    report(run(method, params, target, forget, retain, out, config, Trainable(full=full, rank=rank, lora_alpha=lora_alpha),
               every=every, probe_size=probe_size))

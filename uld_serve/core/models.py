@@ -94,10 +94,10 @@ def resolve_model(name_or_path: str) -> Path:
     return path
 
 
-def load_model(path, dtype=torch.float32):
+def load_model(path, dtype=torch.float32, device="cpu"):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(str(path)), dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(str(path)), dtype=dtype, device_map={"": torch.device(device)})
     model.eval()
     return model
 

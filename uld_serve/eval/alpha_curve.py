@@ -30,7 +30,7 @@ class AlphaCurve:
         self.batches = []
         for chunk, ids, mask, positions, tokens, counts, prefix in answer_batches(model.tokenizer, pairs, batch_size):
             t, a = model.score_parts(ids, mask, name, positions, prefix)
-            self.batches.append((chunk, counts, _compress(t.float(), a.float(), tokens, relative_top)))
+            self.batches.append((chunk, counts, _compress(t.float(), a.float(), tokens.to(t.device), relative_top)))
             if progress is not None:
                 progress(len(chunk))
 

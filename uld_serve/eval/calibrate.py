@@ -45,7 +45,7 @@ def calibrate(model, name, forget_pairs, unseen_pairs, scoring="anchored", progr
 
 
 def calibrate_forget_set(target: str, forget_set, unseen: str, forget: Optional[str] = None, scoring: str = "anchored",
-                         write: bool = False) -> dict:
+                         write: bool = False, device: str = "auto") -> dict:
     """Calibrate a ULD forget-set artifact on `unseen` QA (a data spec) and its forget answers
     (default: the data it was trained on); with `write`, make the alpha its manifest's default
     and record how it was found there."""
@@ -67,7 +67,7 @@ def calibrate_forget_set(target: str, forget_set, unseen: str, forget: Optional[
         raise UldError(f"{forget_set}'s manifest names no forget data; pass --forget")
     forget_pairs = [(qa.question, qa.answer) for qa in load_qa(forget)]
     unseen_pairs = [(qa.question, qa.answer) for qa in load_qa(unseen)]
-    model = UldModel(target, {"forget": str(forget_set)})
+    model = UldModel(target, {"forget": str(forget_set)}, device=device)
     with tqdm(total=len(forget_pairs) + len(unseen_pairs), desc="calibrate alpha", unit="answer") as bar:
         result = {**calibrate(model, "forget", forget_pairs, unseen_pairs, scoring, bar.update), "forget": forget, "unseen": unseen}
     if write:

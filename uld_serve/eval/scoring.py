@@ -76,6 +76,7 @@ def score_pairs(model, pairs, forget_set=None, alpha=None, relative_top=None, ba
     for chunk, ids, mask, positions, tokens, counts, prefix in answer_batches(model.tokenizer, pairs, batch_size, share_prompts):
         logits = model.score_logits(ids, mask, forget_set, alpha, relative_top, positions=positions, mode=mode, prefix=prefix)
         logprobs = torch.log_softmax(logits, dim=-1)
+        tokens = tokens.to(logprobs.device)
         token_lp = logprobs.gather(-1, tokens[:, None]).squeeze(-1)
         matches = logprobs.argmax(-1) == tokens
         for i, lp, match in zip(chunk, token_lp.split(counts), matches.split(counts)):

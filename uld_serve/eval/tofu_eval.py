@@ -166,7 +166,7 @@ def _mia_log(forget, holdout, score, forget_texts, holdout_texts) -> dict:
     }
 
 
-def evaluate_checkpoint(target: str, forget_set: Optional[tuple], out_dir, split="forget10", *, dtype="fp32",
+def evaluate_checkpoint(target: str, forget_set: Optional[tuple], out_dir, split="forget10", *, dtype="fp32", device="auto",
                         generate_with="reference", batch_size=None, **kwargs) -> dict:
     """`uld eval tofu`: open the target (and forget set, a (name, directory) pair) and evaluate
     it; the reference decoder scores, `generate_with` (reference or vllm) writes greedy answers."""
@@ -176,7 +176,7 @@ def evaluate_checkpoint(target: str, forget_set: Optional[tuple], out_dir, split
     if generate_with not in ("reference", "vllm"):
         raise UldError(f"--generate-with must be reference or vllm, got {generate_with!r}")
     sets = dict([forget_set]) if forget_set else {}
-    model = open_backend(target, sets, "reference", dtype)
+    model = open_backend(target, sets, "reference", dtype, device)
     generator = open_backend(target, sets, "vllm", dtype) if generate_with == "vllm" else None
     name = forget_set[0] if forget_set else None
     try:
