@@ -58,11 +58,11 @@ def test_unlearning_changes_the_output(engine):
 def test_greedy_step_is_the_filtered_difference(engine):
     """One decode step by hand: argmax of t - alpha*a over the target's relative-top set."""
     p = prompts(engine)[1]
-    ids = torch.tensor([p])
+    ids = torch.tensor([p], device=engine.device)
     t = engine.target(input_ids=ids).logits[0, -1]
     a = engine._assistant(engine.forget_sets["f1"])(input_ids=ids).logits[0, -1]
     keep = relative_top_mask(t, 0.01)
-    served = torch.where(keep, t - 2.0 * a, torch.tensor(float("-inf")))
+    served = torch.where(keep, t - 2.0 * a, float("-inf"))
     token = engine.generate([GenerationRequest(p, "f1", alpha=2.0, max_new_tokens=1)])[0][0]
     assert token == int(served.argmax())
 
@@ -79,7 +79,7 @@ def test_scoring_at_chosen_positions_equals_the_full_forward(engine, mode):
         full = engine.score_logits(ids, mask, forget_set, positions=None, mode=mode)
         chosen = engine.score_logits(ids, mask, forget_set, positions=positions, mode=mode)
         assert chosen.shape == (int(positions.sum()), full.shape[-1])
-        assert torch.allclose(chosen, full[positions], rtol=1e-5, atol=1e-5), forget_set
+        assert torch.allclose(chosen, full[positions.to(full.device)], rtol=1e-5, atol=1e-5), forget_set
 
 
 def test_sampling_is_seeded_and_stays_inside_the_filter(engine):
@@ -87,7 +87,7 @@ def test_sampling_is_seeded_and_stays_inside_the_filter(engine):
     request = GenerationRequest(p, "f1", alpha=1.0, max_new_tokens=1, temperature=1.0, top_p=0.95, seed=7)
     firsts = {engine.generate([request])[0][0] for _ in range(3)}
     assert len(firsts) == 1
-    ids = torch.tensor([p])
+    ids = torch.tensor([p], device=engine.device)
     keep = relative_top_mask(engine.target(input_ids=ids).logits[0, -1], 0.01)
     for seed in range(20):
         request.seed = seed

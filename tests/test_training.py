@@ -76,9 +76,11 @@ class Crash(Exception):
 
 
 def _train(tmp_path, crash_at=None, steps=6, precision="fp32"):
+    config = TrainConfig(lr=0.1, epochs=3, batch_size=1, max_steps=steps, save_every=2, precision=precision)
+    accelerator = accelerator_for(config)
     torch.manual_seed(0)
-    weight = torch.nn.Parameter(torch.zeros(3))
-    data = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    weight = torch.nn.Parameter(torch.zeros(3, device=accelerator.device))
+    data = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)).to(accelerator.device)
     calls = []
 
     def loss_fn(batch):
@@ -88,8 +90,7 @@ def _train(tmp_path, crash_at=None, steps=6, precision="fp32"):
         loss = ((weight - batch) ** 2).sum()
         return loss, {"loss": loss.item()}
 
-    config = TrainConfig(lr=0.1, epochs=3, batch_size=1, max_steps=steps, save_every=2, precision=precision)
-    summary = run_training(accelerator_for(config), [weight], 2, lambda e: [data[(2 * e) % 4], data[(2 * e + 1) % 4]], loss_fn, config,
+    summary = run_training(accelerator, [weight], 2, lambda e: [data[(2 * e) % 4], data[(2 * e + 1) % 4]], loss_fn, config,
                            tmp_path, lambda: {"w": weight.detach().clone()}, lambda s: weight.data.copy_(s["w"]), "test")
     return weight.detach(), summary, calls
 
@@ -122,6 +123,6 @@ def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(tmp_path):
     # default must not pick it there; the run records what it actually used.
     assert TrainConfig().precision == "auto"
     _, summary, _ = _train(tmp_path, steps=2, precision="auto")
-    assert summary["precision"] == ("bf16" if bf16_is_fast() else "fp32")
+    assert summary["precision"] == ("bf16" if os.environ["ULD_TEST_DEVICE"] == "cuda" or bf16_is_fast() else "fp32")
     _, summary, _ = _train(tmp_path / "b", steps=2, precision="fp32")
     assert summary["precision"] == "fp32"
