@@ -1,3 +1,4 @@
+import json
 import math
 import os
 import random
@@ -126,3 +127,32 @@ def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(tmp_path):
     assert summary["precision"] == ("bf16" if os.environ["ULD_TEST_DEVICE"] == "cuda" or bf16_is_fast() else "fp32")
     _, summary, _ = _train(tmp_path / "b", steps=2, precision="fp32")
     assert summary["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("job", ["finetune", "assistant", "npo"])
+def test_gradient_checkpointing_changes_memory_not_results(job, tiny_target, tmp_path, monkeypatch):
+    import transformers.modeling_utils
+
+    from uld_training.assistant import AssistantConfig, train_assistant
+    from uld_training.finetune import finetune
+    from uld_training.unlearn.run import Trainable, unlearn
+
+    recomputed = []  # transformers wraps each decoder layer in torch.utils.checkpoint.checkpoint
+    original = transformers.modeling_utils.checkpoint
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", lambda *a, **k: recomputed.append(1) or original(*a, **k))
+
+    def losses(checkpointing):
+        config = TrainConfig(max_steps=2, batch_size=4, lr=5e-3, precision="fp32", gradient_checkpointing=checkpointing)
+        out = tmp_path / f"{job}-{checkpointing}"
+        if job == "finetune":
+            finetune(str(tiny_target), "tofu:forget01", out, config)
+        elif job == "npo":
+            unlearn("npo", {}, str(tiny_target), "tofu:forget01", "tofu:retain90[:20]", out, config, Trainable(rank=8, lora_alpha=8))
+        else:
+            train_assistant(str(tiny_target), "tofu:forget01", "tofu:retain90[:20]", out, config, AssistantConfig(num_layers=2))
+        return [row["loss"] for row in json.loads((out / "training_log.json").read_text())]
+
+    plain = losses(False)
+    assert not recomputed
+    assert losses(True) == pytest.approx(plain, rel=1e-5)
+    assert recomputed  # the decoder layers ran under the checkpoint

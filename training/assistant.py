@@ -20,7 +20,7 @@ from uld_serve.core.settings import DEFAULT_ALPHA, DEFAULT_RELATIVE_TOP, check_a
 from .artifact import (data_record, epoch_rng, load_trainable_state, result_record, resume_dir, steps_per_epoch,
                        trainable_state, write_output)
 from .batching import answer_logits, answer_loss, encode_pairs, paired_batches
-from .loop import TrainConfig, accelerator_for, run_training
+from .loop import CHECKPOINTING, TrainConfig, accelerator_for, run_training
 
 
 @dataclass
@@ -61,8 +61,7 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
     net = get_peft_model(build_assistant(base, k), lora)
     net.train()
     if config.gradient_checkpointing:
-        net.get_base_model().assistant.gradient_checkpointing_enable()
-        net.enable_input_require_grads()
+        net.get_base_model().assistant.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
     lm = net.get_base_model().assistant  # the causal LM, its LoRA layers in place
 
     paraphrases = paraphrased_pairs(forget_pairs) if assistant.augment else {}

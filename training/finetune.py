@@ -6,7 +6,7 @@ from uld_serve.core.tofu import load_qa
 
 from .artifact import epoch_rng, resume_dir, steps_per_epoch, write_output
 from .batching import answer_loss, collate, encode_pairs, grouped_batches
-from .loop import TrainConfig, accelerator_for, run_training
+from .loop import CHECKPOINTING, TrainConfig, accelerator_for, run_training
 
 MODEL_CARD = "uld_model.json"
 
@@ -24,7 +24,7 @@ def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
     net = load_model(base_dir, device=accelerator.device)
     net.train()
     if config.gradient_checkpointing:
-        net.gradient_checkpointing_enable()
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
     examples = encode_pairs(tokenizer, pairs)
 
     def loss_fn(batch):

@@ -29,6 +29,9 @@ from uld_serve.core.errors import UldError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 RUN_FILE = "run.json"  # the settings a resume directory belongs to
+# --gradient-checkpointing: the non-reentrant form needs no input that requires grad, which a
+# LoRA over frozen embeddings lacks
+CHECKPOINTING = {"use_reentrant": False}
 
 
 def bf16_is_fast() -> bool:

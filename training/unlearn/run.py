@@ -20,7 +20,7 @@ from uld_serve.core.tofu import load_qa
 from ..artifact import (data_record, epoch_rng, load_trainable_state, result_record, resume_dir, steps_per_epoch,
                         trainable_state, write_output)
 from ..batching import encode_pairs, paired_batches
-from ..loop import TrainConfig, accelerator_for, run_training
+from ..loop import CHECKPOINTING, TrainConfig, accelerator_for, run_training
 from .base import Step, get_method
 
 
@@ -57,9 +57,7 @@ def prepare(target: str, method, trainable: Trainable, seed: int, device="cpu", 
                 yield model
     model.train()
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        if not trainable.full:
-            model.enable_input_require_grads()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
     return model, [p for p in model.parameters() if p.requires_grad], reference, target_dir
 
 
