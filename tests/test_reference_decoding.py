@@ -120,3 +120,17 @@ def test_answers_sharing_a_prompt_score_as_separate_forwards(engine, mode):
             assert s["avg_loss"] == pytest.approx(p["avg_loss"], rel=1e-5)
             assert s["token_logprobs"] == pytest.approx(p["token_logprobs"], rel=1e-5, abs=1e-5)
             assert s["matches"] == p["matches"]
+
+
+@pytest.mark.parametrize("forget_set,mode", [(None, "score"), ("f1", "score"), ("f1", "score_anchored")])
+def test_bf16_scoring_agrees_with_fp32(engine, tiny_target, forget_sets, forget_set, mode):
+    """`uld eval tofu --dtype bf16` scores answers in bf16: every answer's mean loss stays within
+    1% of fp32's (greedy answers are not compared: bf16 may break near-ties the other way)."""
+    from uld_serve.core.tofu import load_qa
+    from uld_serve.eval.scoring import score_pairs
+
+    pairs = [(qa.question, qa.answer) for qa in load_qa("tofu:forget01")[:12]]
+    bf16 = UldModel(tiny_target, forget_sets, dtype=torch.bfloat16)
+    full = [r["avg_loss"] for r in score_pairs(engine, pairs, forget_set, mode=mode)]
+    half = [r["avg_loss"] for r in score_pairs(bf16, pairs, forget_set, mode=mode)]
+    assert half == pytest.approx(full, rel=1e-2)
