@@ -31,6 +31,12 @@ def triton_call(t, a, alpha, layout="split"):
 
     return lambda: logit_difference_triton(t, a, alpha, layout=layout)
 
+
+def choose_layout(rows, vocab, multiprocessors):
+    from uld_kernels.triton_impl import choose_layout
+
+    return choose_layout(rows, vocab, multiprocessors)
+
 SHAPES = [(b, v) for v in (32000, 128256) for b in (1, 8, 64, 256)]
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -78,8 +84,8 @@ def gpu_table():
     peak = copy_bandwidth()
     print(f"device-to-device copy: {peak:.0f} GB/s (read + write)\n")
     print("| dtype | B | V | eager ms | compile ms | triton ms | triton GB/s | % of copy | vs eager | vs compile "
-          "| row layout ms | row vs split |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| row layout ms | row vs split | auto picks |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dtype in DTYPES:
         for b, v in SHAPES:
             t, a, alpha = inputs(b, v, dtype, "cuda")
@@ -87,10 +93,11 @@ def gpu_table():
             assert torch.equal(torch.isinf(triton_call(t, a, alpha)()), want), (dtype, b, v)
             eager = gpu_ms(lambda: logit_difference_torch(t, a, alpha))
             comp = gpu_ms(lambda: compiled(t, a, alpha))
-            tri = gpu_ms(lambda: logit_difference(t, a, alpha, impl="triton"))
+            tri = gpu_ms(triton_call(t, a, alpha, "split"))
             rate = moved_bytes(t) / tri / 1e6
             print(f"| {str(dtype)[6:]} | {b} | {v} | {eager:.4f} | {comp:.4f} | {tri:.4f} | {rate:.0f} | "
-                  f"{100 * rate / peak:.0f}% | {eager / tri:.2f}x | {comp / tri:.2f}x | {row_cells(t, a, alpha, want, tri)} |",
+                  f"{100 * rate / peak:.0f}% | {eager / tri:.2f}x | {comp / tri:.2f}x | {row_cells(t, a, alpha, want, tri)} "
+                  f"| {choose_layout(b, v, torch.cuda.get_device_properties(0).multi_processor_count)} |",
                   flush=True)
 
 

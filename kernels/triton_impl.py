@@ -21,8 +21,8 @@ Layouts. "split" (the default): four launches, one per stage, each over all (row
 pairs so that small batches still fill the GPU; chunks hand their maxima and counts to the
 next launch through small buffers. "row": one launch, one program per row running every
 stage, for batches with enough rows to fill the GPU by themselves (fewer launches, no
-hand-over). `benchmarks/kernel_bench.py` times both on a GPU (BENCHMARKS.md: each wins at
-some shapes); "split" is the default until the dispatch chooses by shape.
+hand-over). `benchmarks/kernel_bench.py` times both on a GPU; "auto" (the default) picks one
+per call by its shape (`choose_layout`).
 """
 import math
 
@@ -295,16 +295,31 @@ def _ladder(device):
     return _LADDERS[device]
 
 
-def _programs(device):
-    """How many programs keep the device busy."""
+def _multiprocessors(device) -> int:
     if device not in _PROGRAMS:
         _PROGRAMS[device] = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    return PROGRAMS_PER_SM * _PROGRAMS[device]
+    return _PROGRAMS[device]
 
 
-def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top=0.01, mode="serve", layout="split"):
-    if layout not in ("split", "row"):
-        raise ValueError(f"layout must be 'split' or 'row', got {layout!r}")
+def _programs(device):
+    """How many programs keep the device busy."""
+    return PROGRAMS_PER_SM * _multiprocessors(device)
+
+
+ROW_MAX_SHORT_VOCAB = 65536  # between the two vocabularies timed (32000: short; 128256: long)
+
+
+def choose_layout(rows: int, vocab: int, multiprocessors: int) -> str:
+    """The layout for a call, from the H200 run (BENCHMARKS.md): one launch per call ("row")
+    wins where a row is short, since the call is then bound by its launches, or where the rows
+    alone give every multiprocessor a program; with few long rows, the split layout's
+    (row, chunk) programs keep the GPU busy and win."""
+    return "row" if vocab <= ROW_MAX_SHORT_VOCAB or rows >= multiprocessors else "split"
+
+
+def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top=0.01, mode="serve", layout="auto"):
+    if layout not in ("auto", "split", "row"):
+        raise ValueError(f"layout must be 'auto', 'split' or 'row', got {layout!r}")
     shape = target_logits.shape
     vocab = shape[-1]
     t = target_logits.reshape(-1, vocab)
@@ -323,6 +338,8 @@ def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top
     out = torch.empty((rows, vocab), dtype=torch.float32, device=device)
     if rows == 0:
         return out.reshape(shape)
+    if layout == "auto":
+        layout = choose_layout(rows, vocab, _multiprocessors(device))
     k = min(vocab, max(1, int(relative_top * vocab)))
     scratch = torch.empty((rows, CAP), dtype=torch.float32, device=device)
     ladder = _ladder(device)

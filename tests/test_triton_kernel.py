@@ -122,3 +122,11 @@ def test_k_th_value_search_splitting_many_ways(monkeypatch, ways):
     monkeypatch.setattr(triton_impl, "WAYS", ways)  # the benchmark's alternatives to bisection
     t, a = adversarial_rows(6000, 6, 9)
     check(t, a, torch.tensor([1.0, 0.5, 2.0, 1.0, 0.75, 3.0]))
+
+
+def test_auto_layout_follows_the_h200_measurements():
+    """BENCHMARKS.md (H200, 132 multiprocessors): "row" won at V = 32000 for every B timed and at
+    B = 256 with V = 128256; "split" won at B <= 64 with V = 128256."""
+    picks = {(b, v): triton_impl.choose_layout(b, v, 132) for v in (32000, 128256) for b in (1, 8, 64, 256)}
+    assert picks == {(1, 32000): "row", (8, 32000): "row", (64, 32000): "row", (256, 32000): "row",
+                     (1, 128256): "split", (8, 128256): "split", (64, 128256): "split", (256, 128256): "row"}
