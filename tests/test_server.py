@@ -110,6 +110,18 @@ def test_user_errors_are_4xx(server):
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
 
 
+def test_structured_outputs_are_refused_with_a_uld_forget_set_and_served_without(server):
+    client = server["client"]
+    for extra in ({"response_format": {"type": "json_object"}}, {"structured_outputs": {"choice": ["yes", "no"]}}):
+        with pytest.raises(openai.BadRequestError, match="structured outputs .* are not served with a ULD forget set"):
+            chat(client, "f1", "Answer in JSON.", **extra)
+        with pytest.raises(openai.BadRequestError, match="are not served with a ULD forget set"):
+            chat(client, "target", "Answer in JSON.", forget_set="f2", **extra)
+    answer, applied = chat(client, "target", "Yes or no?", structured_outputs={"choice": ["yes", "no"]})
+    assert answer in ("yes", "no") and applied["forget_set"] is None  # the target alone keeps vLLM's structured outputs
+    assert chat(client, "f1", "hi", response_format={"type": "text"})[1]["forget_set"] == "f1"  # plain text is no grammar
+
+
 def test_api_key_guards_every_route_but_health(server):
     url = server["url"]
     assert httpx.get(f"{url}/health").status_code == 200

@@ -49,12 +49,31 @@ def resolve(body: dict, state) -> tuple:
         applied = state.config.settings(forget_set, alpha, relative_top)
     except UldError as e:
         raise ApiError(404 if str(e).startswith("unknown forget set") else 400, str(e)) from None
+    if applied.forget_set is not None and not state.config.forget_sets[applied.forget_set].is_weight_level:
+        refuse_structured_outputs(body)
     xargs = body.get("vllm_xargs") or {}
     if not isinstance(xargs, dict):
         raise ApiError(400, "vllm_xargs must be an object")
     body["vllm_xargs"] = {**xargs, **applied.extra_args()}
     body["model"] = applied.forget_set or state.target_name
     return body, applied.as_dict()
+
+
+STRUCTURED_FIELDS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+
+
+def refuse_structured_outputs(body: dict) -> None:
+    """A grammar's token mask would meet logits twice the vocabulary wide (target | assistant)
+    before the ULD processor combines them, so a ULD forget set and structured outputs are
+    not served together."""
+    response_format = body.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else response_format
+    asked = [f for f in STRUCTURED_FIELDS if body.get(f) is not None]
+    if kind not in (None, "text"):
+        asked.insert(0, f"response_format {kind}")
+    if asked:
+        raise ApiError(400, f"structured outputs ({', '.join(asked)}) are not served with a ULD forget set; "
+                            "send the request without the forget set or without the structured output")
 
 
 ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 409: "ConflictError"}
