@@ -89,6 +89,10 @@ def test_bad_input_gets_one_sentence(pipeline, tmp_path):
                           check=False), "--device must be auto, cpu, cuda or cuda:N")
     assert_user_error(uld("generate", "--target", work / "target", "--input", tmp_path / "in.jsonl", "--output", tmp_path / "o",
                           "--device", "cpu", check=False), "--device places the reference engine")
+    serve = ["serve", "--target", work / "target", "--registry", tmp_path / "registry.json"]
+    assert_user_error(uld(*serve, "--api-keys-file", tmp_path / "keys.txt", check=False), "keys.txt does not exist")
+    assert_user_error(uld(*serve, "--api-key", "k1", "--admin-key", "k1", check=False), "both a client key and an admin key")
+    assert_user_error(uld(*serve, "--forget-set-root", tmp_path / "nowhere", check=False), "is not a directory")
 
 
 def test_calibrate_alpha_writes_the_default_and_how_it_was_found(pipeline, tmp_path):

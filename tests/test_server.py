@@ -5,7 +5,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -14,7 +16,8 @@ import pytest
 
 pytestmark = pytest.mark.vllm  # every test here starts or imports vLLM
 
-KEY = "test-key"
+KEY = "test-key"  # a client key
+ADMIN = "test-admin-key"
 
 
 def free_port() -> int:
@@ -29,7 +32,7 @@ def start_server(tiny_target, forget_sets, work, *extra):
     command = [sys.executable, "-c", "from uld_serve.cli import main; main()", "serve", "--target", str(tiny_target),
                "--forget-set", f"f1={forget_sets['f1']}", "--forget-set", f"f2={forget_sets['f2']}", "--api-key", KEY,
                "--port", str(port), "--registry", str(work / "registry.json"), "--max-model-len", "512",
-               "--served-model-name", "target", *extra]
+               "--served-model-name", "target", "--admin-key", ADMIN, "--forget-set-root", str(work.parent), *extra]
     log = open(work / "server.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
@@ -122,14 +125,23 @@ def test_structured_outputs_are_refused_with_a_uld_forget_set_and_served_without
     assert chat(client, "f1", "hi", response_format={"type": "text"})[1]["forget_set"] == "f1"  # plain text is no grammar
 
 
-def test_api_key_guards_every_route_but_health(server):
+def test_keys_guard_every_route_but_health_and_roles_split_them(server):
     url = server["url"]
     assert httpx.get(f"{url}/health").status_code == 200
     for path in ("/v1/models", "/metrics", "/admin/forget-sets"):
         assert httpx.get(f"{url}{path}").status_code == 401
         assert httpx.get(f"{url}{path}", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+        assert httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+    assert httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    for method, path in (("GET", "/metrics"), ("GET", "/admin/forget-sets"), ("DELETE", "/admin/forget-sets/f1"),
+                         ("POST", "/admin/forget-sets")):
+        refused = httpx.request(method, f"{url}{path}", headers={"Authorization": f"Bearer {KEY}"}, json={})
+        assert refused.status_code == 403 and "admin key" in refused.json()["error"]["message"], path
+    assert sorted(httpx.get(f"{url}/admin/forget-sets", headers={"Authorization": f"Bearer {ADMIN}"}).json()) == ["f1", "f2"]
+    metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
     assert 'uld_requests_total{forget_set="f1"}' in metrics
+    admin_client = openai.OpenAI(base_url=f"{url}/v1", api_key=ADMIN, max_retries=0)
+    assert chat(admin_client, "f1", "Who wrote Hamlet?") == chat(server["client"], "f1", "Who wrote Hamlet?")
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
 
@@ -155,11 +167,17 @@ def test_registry_add_remove_and_refuse(server, forget_sets, tiny_base, tmp_path
     from uld_training.assistant import AssistantConfig, train_assistant
     from uld_training.loop import TrainConfig
 
-    url, headers = server["url"], {"Authorization": f"Bearer {KEY}"}
+    url, headers = server["url"], {"Authorization": f"Bearer {ADMIN}"}
     other = train_assistant(str(tiny_base), "tofu:forget01", "tofu:retain90[:8]", tmp_path / "other",
                             TrainConfig(max_steps=1, batch_size=4, precision="fp32"), AssistantConfig(num_layers=2))
     refused = httpx.post(f"{url}/admin/forget-sets", headers=headers, json={"name": "other", "path": str(other)})
     assert refused.status_code == 400 and "was trained for base model" in refused.json()["error"]["message"]
+    outside = shutil.copytree(forget_sets["f1"], Path(tempfile.mkdtemp()) / "f3")  # not under --forget-set-root
+    (tmp_path / "link").symlink_to(outside)  # inside the root, pointing out of it
+    for path in (outside, tmp_path / "link"):
+        refused = httpx.post(f"{url}/admin/forget-sets", headers=headers, json={"name": "f3", "path": str(path)})
+        assert refused.status_code == 400 and "outside the forget-set roots" in refused.json()["error"]["message"]
+    shutil.rmtree(outside.parent)
     copy = shutil.copytree(forget_sets["f1"], tmp_path / "f3")
     added = httpx.post(f"{url}/admin/forget-sets", headers=headers, json={"name": "f3", "path": str(copy)})
     assert added.status_code == 201 and added.json()["uld"]["alpha"] == 0.75

@@ -37,15 +37,16 @@ def prepare_demo() -> tuple:
     return Path(target), Path(forget_set)
 
 
-def run_demo(host: str = "127.0.0.1", port: int = 8000, api_key=None, prepare_only: bool = False) -> None:
+def run_demo(host: str = "127.0.0.1", port: int = 8000, keys=None, prepare_only: bool = False) -> None:
     """`uld demo`: prepare (once) and serve; `prepare_only` trains and caches, then returns."""
+    from .server.keys import Keys
     from .server.launch import prepare, serve
 
     target, forget_set = prepare_demo()
     if prepare_only:
         print(f"target {target}\nforget set {FORGET_SET_NAME}={forget_set}")
         return
-    state = prepare(str(target), {FORGET_SET_NAME: str(forget_set)}, served_name="smollm2-tofu", api_key=api_key,
+    state = prepare(str(target), {FORGET_SET_NAME: str(forget_set)}, served_name="smollm2-tofu", keys=keys or Keys(),
                     registry_path=target.parent / "registry.json")
     print(f"serving smollm2-tofu and the forget set {FORGET_SET_NAME} on http://{host}:{port} (README: try it)", flush=True)
     serve(state, host=host, port=port)

@@ -9,7 +9,11 @@ from ..core.errors import UldError
 from .app import DTYPE, TARGET, app, parse_forget_sets, refuse_existing
 
 FORGET_SETS = typer.Option([], help="NAME=ADAPTER_DIR, repeatable")
-API_KEY = typer.Option(None, envvar="ULD_API_KEY", help="required on every route but /health")
+API_KEY = typer.Option([], envvar="ULD_API_KEY", help="a client key (completions, /v1/models), repeatable; with no key "
+                       "at all the server is open")
+API_KEYS_FILE = typer.Option(None, help="client keys, one per line")
+ADMIN_KEY = typer.Option([], envvar="ULD_ADMIN_KEY", help="an admin key (also the registry routes and /metrics), repeatable")
+ADMIN_KEYS_FILE = typer.Option(None, help="admin keys, one per line")
 
 
 @app.command()
@@ -34,7 +38,10 @@ def generate(
 def serve(
     target: str = TARGET,
     forget_set: List[str] = typer.Option([], help="NAME=ADAPTER_DIR, repeatable; joins the persisted registry"),
-    host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = API_KEY,
+    host: str = "127.0.0.1", port: int = 8000, api_key: List[str] = API_KEY, api_keys_file: Optional[Path] = API_KEYS_FILE,
+    admin_key: List[str] = ADMIN_KEY, admin_keys_file: Optional[Path] = ADMIN_KEYS_FILE,
+    forget_set_root: List[Path] = typer.Option([], help="a folder that forget sets added while serving must lie in "
+                                               "(repeatable; default $ULD_HOME/forget-sets)"),
     registry: Optional[Path] = typer.Option(None, help="registry file (default: per target, under $ULD_HOME/serve)"),
     served_model_name: Optional[str] = typer.Option(None, help="the target's model name (default: its directory name)"),
     dtype: str = DTYPE, max_model_len: int = 2048,
@@ -45,13 +52,15 @@ def serve(
                                      "for a few requests at a time; relative_top is then limited to the forget sets' values"),
 ):
     """OpenAI-compatible server (vLLM's own) where each request picks its forget set and alpha."""
+    from ..server.keys import load_keys
     from ..server.launch import prepare, serve as run
 
     if max_loras < 1:
         raise UldError("--max-loras must be at least 1")
+    keys = load_keys(api_key, admin_key, api_keys_file, admin_keys_file)
     state = prepare(target, parse_forget_sets(forget_set), registry_path=registry, served_name=served_model_name,
-                    api_key=api_key, weight_level=weight_level, max_loras=max_loras, max_lora_rank=max_lora_rank,
-                    sparse_head=sparse_head, dtype=dtype)
+                    keys=keys, forget_set_roots=forget_set_root, weight_level=weight_level, max_loras=max_loras,
+                    max_lora_rank=max_lora_rank, sparse_head=sparse_head, dtype=dtype)
     print(f"serving {state.target_name} with forget sets {', '.join(state.config.forget_sets) or 'none'} "
           f"on http://{host}:{port} (registry {state.registry.path})", flush=True)
     run(state, host=host, port=port, max_model_len=max_model_len)
@@ -59,10 +68,11 @@ def serve(
 
 @app.command()
 def demo(
-    port: int = 8000, host: str = "127.0.0.1", api_key: Optional[str] = API_KEY,
+    port: int = 8000, host: str = "127.0.0.1", api_key: List[str] = API_KEY,
     prepare_only: bool = typer.Option(False, help="train and cache the demo models, then exit"),
 ):
     """Serve SmolLM2 taught four fictitious authors, with a forget set for two of them."""
     from ..demo import run_demo
+    from ..server.keys import load_keys
 
-    run_demo(host=host, port=port, api_key=api_key, prepare_only=prepare_only)
+    run_demo(host=host, port=port, keys=load_keys(api_key), prepare_only=prepare_only)

@@ -8,6 +8,7 @@ from ..engine.config import EngineConfig
 from ..engine.llm import eager_requested, engine_environment
 from ..core.errors import UldError
 from ..core.models import resolve_model, uld_home
+from .keys import Keys
 from .registry import Registry, read_entries
 from .state import ServerState
 
@@ -20,11 +21,16 @@ def default_registry(target_dir: Path) -> Path:
     return uld_home() / "serve" / f"registry-{fingerprint(target_dir)[:12]}.json"
 
 
+def default_forget_set_root() -> Path:
+    return uld_home() / "forget-sets"
+
+
 def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = None, served_name: Optional[str] = None,
-            api_key: Optional[str] = None, weight_level: bool = False, max_loras: int = 4, max_lora_rank: int = 32,
-            sparse_head: bool = False, dtype: str = "fp32") -> ServerState:
+            keys: Keys = Keys(), forget_set_roots: Optional[list] = None, weight_level: bool = False, max_loras: int = 4,
+            max_lora_rank: int = 32, sparse_head: bool = False, dtype: str = "fp32") -> ServerState:
     """Everything `uld serve` decides before vLLM starts, with every check that can fail on
-    user input (so a mistake ends before the minutes of engine start-up)."""
+    user input (so a mistake ends before the minutes of engine start-up). forget_set_roots:
+    where runtime additions may come from (default: $ULD_HOME/forget-sets)."""
     dtype = check_dtype(dtype)
     target_dir = resolve_model(target)
     registry_path = Path(registry_path) if registry_path else default_registry(target_dir)
@@ -35,9 +41,15 @@ def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = N
         raise UldError(f"{name!r} names both the target and a forget set; pass --served-model-name")
     config = EngineConfig.build(target_dir, entries, weight_level=weight_level, min_lora_rank=max_lora_rank,
                                 max_loras=max_loras, sparse_head=sparse_head)
-    registry = Registry(registry_path, config, name)
+    roots = [Path(r) for r in forget_set_roots] if forget_set_roots else [default_forget_set_root()]
+    for root in roots:
+        if not root.is_dir():
+            if forget_set_roots:
+                raise UldError(f"forget-set root {root} is not a directory")
+            root.mkdir(parents=True, exist_ok=True)
+    registry = Registry(registry_path, config, name, roots)
     registry.save()
-    return ServerState(config=config, registry=registry, target_name=name, api_key=api_key, dtype=dtype)
+    return ServerState(config=config, registry=registry, target_name=name, keys=keys, dtype=dtype)
 
 
 def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, max_model_len: int = 2048,

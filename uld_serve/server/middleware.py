@@ -1,6 +1,8 @@
 """ASGI middleware in front of vLLM's OpenAI server.
 
-- Auth: with an API key, every route but /health needs `Authorization: Bearer KEY`.
+- Auth (keys.py): with any key configured, every route but /health needs `Authorization: Bearer
+  KEY`: 401 without a known key, 403 for a client key on a route beyond the completions and
+  /v1/models.
 - Completions: the forget set comes from `"model"` (vLLM's LoRA convention: the target's
   name or a forget set's) or from an extra `forget_set` field (null: none), alpha and
   relative_top from extra fields. Bad values get 400, unknown forget sets 404 with the
@@ -10,14 +12,16 @@
 - Responses say what was applied: `x-uld-forget-set`, `x-uld-alpha` and
   `x-uld-relative-top` headers, and a `uld` object in non-streaming JSON bodies.
 """
-import hmac
 import json
+from typing import Optional
 
 from prometheus_client import Counter
 
 from ..core.errors import UldError
+from .keys import CLIENT
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
+CLIENT_PATHS = (*COMPLETION_PATHS, "/v1/models", "/tokenize", "/detokenize", "/version")
 UNGUARDED = ("/health",)
 REQUESTS = Counter("uld_requests", "Completion requests by forget set ('none': without one)", ["forget_set"])
 
@@ -76,7 +80,8 @@ def refuse_structured_outputs(body: dict) -> None:
                             "send the request without the forget set or without the structured output")
 
 
-ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 409: "ConflictError"}
+ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError",
+               409: "ConflictError"}
 
 
 def error_body(status: int, message: str) -> dict:
@@ -91,10 +96,22 @@ async def error_response(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def authorized(scope, api_key: str) -> bool:
+def bearer_token(scope) -> Optional[str]:
     headers = dict(scope.get("headers") or [])
     scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), api_key.encode())
+    return token if scheme.lower() == "bearer" else None
+
+
+def refusal(state, path: str, scope) -> Optional[tuple]:
+    """(status, message) when the request's key may not call `path`, else None."""
+    if state is None or state.keys.open or path in UNGUARDED:
+        return None
+    role = state.keys.role(bearer_token(scope))
+    if role is None:
+        return 401, "missing or wrong API key (Authorization: Bearer KEY)"
+    if role == CLIENT and path not in CLIENT_PATHS:
+        return 403, "this route needs an admin key; client keys reach the completions and /v1/models"
+    return None
 
 
 class UldMiddleware:
@@ -106,8 +123,9 @@ class UldMiddleware:
             return await self.app(scope, receive, send)
         state = getattr(scope["app"].state, "uld", None)
         path = scope["path"].removeprefix(scope.get("root_path", ""))
-        if state is not None and state.api_key and path not in UNGUARDED and not authorized(scope, state.api_key):
-            return await error_response(send, 401, "missing or wrong API key (Authorization: Bearer KEY)")
+        refused = refusal(state, path, scope)
+        if refused:
+            return await error_response(send, *refused)
         if state is None or scope.get("method") != "POST" or path not in COMPLETION_PATHS:
             return await self.app(scope, receive, send)
         raw = await read_body(receive)

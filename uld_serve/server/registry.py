@@ -5,6 +5,7 @@ resolved against); the registry validates additions and writes the file after ea
 """
 import re
 from pathlib import Path
+from typing import Iterable
 
 from ..core.artifact import read_json, load_forget_set
 from ..core.atomic import write_json_atomic
@@ -27,8 +28,10 @@ def read_entries(path: Path) -> dict:
 
 
 class Registry:
-    def __init__(self, path: Path, config: EngineConfig, target_name: str):
+    def __init__(self, path: Path, config: EngineConfig, target_name: str, roots: Iterable[Path] = ()):
+        """roots: the folders that forget sets added while serving must lie in (symlinks resolved)."""
         self.path, self.config, self.target_name = Path(path), config, target_name
+        self.roots = tuple(Path(r).resolve() for r in roots)
 
     def validate(self, name: str, directory: str):
         """The ForgetSet for a new entry, or one sentence saying why it cannot be served."""
@@ -40,7 +43,11 @@ class Registry:
             raise UldError(f"forget set {name!r} is already registered; remove it first")
         if not isinstance(directory, str) or not directory:
             raise UldError("give the forget set's directory as 'path'")
-        fs = load_forget_set(name, Path(directory).resolve(), self.config.target_fingerprint)
+        resolved = Path(directory).resolve()
+        if not any(resolved.is_relative_to(root) for root in self.roots):
+            raise UldError(f"{directory} is outside the forget-set roots ({', '.join(map(str, self.roots)) or 'none'}); "
+                           "start the server with --forget-set-root")
+        fs = load_forget_set(name, resolved, self.config.target_fingerprint)
         self.config.check_servable(fs)
         return fs
 
