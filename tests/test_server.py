@@ -125,6 +125,17 @@ def test_structured_outputs_are_refused_with_a_uld_forget_set_and_served_without
     assert chat(client, "f1", "hi", response_format={"type": "text"})[1]["forget_set"] == "f1"  # plain text is no grammar
 
 
+def test_bodies_over_the_limit_get_413(server):
+    url, big = server["url"], b'{"model": "f1", "pad": "' + b"x" * (5 << 20) + b'"}'  # 5 MiB against the default 4
+    for key, path in ((KEY, "/v1/chat/completions"), (ADMIN, "/admin/forget-sets")):
+        refused = httpx.post(f"{url}{path}", headers={"Authorization": f"Bearer {key}"}, content=big)
+        assert refused.status_code == 413 and "larger than this server's limit" in refused.json()["error"]["message"]
+    chunked = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                         content=(big[i : i + 65536] for i in range(0, len(big), 65536)))  # no content-length
+    assert chunked.status_code == 413
+    assert chat(server["client"], "f1", "hi")[1]["forget_set"] == "f1"  # the server carries on
+
+
 def test_keys_guard_every_route_but_health_and_roles_split_them(server):
     url = server["url"]
     assert httpx.get(f"{url}/health").status_code == 200

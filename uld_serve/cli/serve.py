@@ -50,6 +50,7 @@ def serve(
     weight_level: bool = typer.Option(False, help="accept weight-level forget sets (puts LoRA on the target's layers)"),
     sparse_head: bool = typer.Option(False, help="the assistant's LM head only where the filter can keep a token: faster "
                                      "for a few requests at a time; relative_top is then limited to the forget sets' values"),
+    max_body_mib: float = typer.Option(4.0, help="larger request bodies get 413"),
 ):
     """OpenAI-compatible server (vLLM's own) where each request picks its forget set and alpha."""
     from ..server.keys import load_keys
@@ -60,7 +61,7 @@ def serve(
     keys = load_keys(api_key, admin_key, api_keys_file, admin_keys_file)
     state = prepare(target, parse_forget_sets(forget_set), registry_path=registry, served_name=served_model_name,
                     keys=keys, forget_set_roots=forget_set_root, weight_level=weight_level, max_loras=max_loras,
-                    max_lora_rank=max_lora_rank, sparse_head=sparse_head, dtype=dtype)
+                    max_lora_rank=max_lora_rank, sparse_head=sparse_head, dtype=dtype, max_body_mib=max_body_mib)
     print(f"serving {state.target_name} with forget sets {', '.join(state.config.forget_sets) or 'none'} "
           f"on http://{host}:{port} (registry {state.registry.path})", flush=True)
     run(state, host=host, port=port, max_model_len=max_model_len)

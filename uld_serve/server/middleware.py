@@ -81,7 +81,7 @@ def refuse_structured_outputs(body: dict) -> None:
 
 
 ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError",
-               409: "ConflictError"}
+               409: "ConflictError", 413: "RequestTooLargeError"}
 
 
 def error_body(status: int, message: str) -> dict:
@@ -126,10 +126,12 @@ class UldMiddleware:
         refused = refusal(state, path, scope)
         if refused:
             return await error_response(send, *refused)
+        if state is not None and declared_length(scope) > state.max_body_bytes:
+            return await error_response(send, 413, too_large(state.max_body_bytes))
         if state is None or scope.get("method") != "POST" or path not in COMPLETION_PATHS:
             return await self.app(scope, receive, send)
-        raw = await read_body(receive)
         try:
+            raw = await read_body(receive, state.max_body_bytes)
             body = json.loads(raw)
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
@@ -142,11 +144,24 @@ class UldMiddleware:
         await self.app(scope, replay(json.dumps(body).encode(), receive), annotated(send, applied))
 
 
-async def read_body(receive) -> bytes:
-    chunks = []
+def declared_length(scope) -> int:
+    value = dict(scope.get("headers") or []).get(b"content-length", b"0")
+    return int(value) if value.isdigit() else 0
+
+
+def too_large(limit: int) -> str:
+    return f"the request body is larger than this server's limit of {limit} bytes (uld serve --max-body-mib)"
+
+
+async def read_body(receive, limit: int) -> bytes:
+    """The whole body, refused with 413 once it passes `limit` (a chunked body declares no length)."""
+    chunks, size = [], 0
     while True:
         message = await receive()
         chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            raise ApiError(413, too_large(limit))
         if not message.get("more_body"):
             return b"".join(chunks)
 

@@ -14,3 +14,4 @@ class ServerState:
     target_name: str
     keys: Keys = Keys()
     dtype: str = "fp32"  # api.DTYPES
+    max_body_bytes: int = 4 << 20  # larger request bodies get 413
