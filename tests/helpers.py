@@ -4,11 +4,20 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
 ULD = [sys.executable, "-c", "from uld_serve.cli import main; main()"]
 FAST = ["--max-steps", "2", "--batch-size", "4", "--precision", "fp32"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*args, cwd=None, env=None) -> str:
+    """Run a command to the end and return its stdout; a failure shows the end of its output."""
+    result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
 
 
 def uld(*args, check=True):

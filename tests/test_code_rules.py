@@ -1,17 +1,15 @@
 """The rules the code keeps: one way down the layers (import-linter contracts in
 pyproject.toml) and ruff's checks with the project's line length."""
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO, run
+
 BIN = Path(sys.executable).parent
 
 
 def check(command):
-    result = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    return result.stdout
+    return run(BIN / command[0], *command[1:], cwd=REPO)
 
 
 def test_imports_follow_the_layers():

@@ -4,7 +4,6 @@ processes compute what one process computes with --grad-accum 2, and both stay c
 process on the whole batch (each micro-batch averages over its own answer tokens)."""
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,8 @@ from uld_serve.core.requests import GenerationRequest
 from uld_serve.core.tofu import chat_prompt_ids
 from uld_serve.reference import UldModel
 
+from helpers import run
+
 ASSISTANT = ["train-assistant", "--forget", "tofu:forget01", "--retain", "tofu:retain90[:40]", "--layers", "2"]
 NPO = ["unlearn", "--method", "npo", "--forget", "tofu:forget01", "--retain", "tofu:retain90[:40]", "--rank", "8", "--lora-alpha", "8"]
 STEPS = ["--max-steps", "3", "--batch-size", "4", "--precision", "fp32", "--lr", "5e-3", "--device", "cpu"]
@@ -22,9 +23,7 @@ STEPS = ["--max-steps", "3", "--batch-size", "4", "--precision", "fp32", "--lr",
 def train(target, job, out, processes=1, extra=()):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}  # gloo on the CPU, on any machine
-    result = subprocess.run([*launcher, "-m", "uld_serve.cli", *job, "--target", str(target), "--out", str(out), *STEPS, *extra],
-                            capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run(*launcher, "-m", "uld_serve.cli", *job, "--target", target, "--out", out, *STEPS, *extra, env=env)
     return [row["loss"] for row in json.loads((Path(out) / "training_log.json").read_text())]
 
 

@@ -2,18 +2,11 @@
 everything a user needs: the commands, the training package and the TOFU data."""
 import os
 import shutil
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def run(*args, cwd, env=None):
-    result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
+from helpers import REPO, run
 
 
 def test_the_wheel_runs_setup_and_finetune_from_a_fresh_venv(tmp_path):

@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 
 from uld_serve.core.atomic import atomic_dir
+from uld_serve.core.errors import UldError
 from uld_serve.core.models import load_tokenizer, resolve_model
 from uld_serve.core.tofu import load_qa
-
-from uld_serve.core.errors import UldError
 
 from .batching import collate, encode_pairs
 from .loop import launched, to_device

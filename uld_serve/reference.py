@@ -119,21 +119,22 @@ class UldModel:
         for (forget_set, relative_top), indices in groups.items():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
-                for i, tokens in zip(chunk, self._generate_batch([requests[i] for i in chunk], forget_set, relative_top)):
+                batch = [requests[i] for i in chunk]
+                for i, tokens in zip(chunk, self._generate_batch(batch, forget_set, relative_top, [applied[i].alpha for i in chunk])):
                     outputs[i] = tokens
                 if progress is not None:
                     progress(len(chunk))
         return outputs
 
     @torch.no_grad()
-    def _generate_batch(self, requests, forget_set, relative_top):
+    def _generate_batch(self, requests, forget_set, relative_top, alphas):
         pad = self.tokenizer.pad_token_id
         width = max(len(r.prompt_ids) for r in requests)
         device = self.device
         input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests], device=device)
         attention_mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests], device=device)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        alphas = torch.tensor([self.settings(forget_set, r.alpha, relative_top).alpha for r in requests], device=device)
+        alphas = torch.tensor(alphas, device=device)
         target, assistant = self._models(forget_set)
         models = [(target, DynamicCache())] + ([(assistant, DynamicCache())] if assistant is not None else [])
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]

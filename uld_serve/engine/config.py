@@ -88,7 +88,7 @@ class EngineConfig:
 
     def overrides(self) -> EngineOverrides:
         return EngineOverrides(assistant_layers=self.num_assistant_layers, relative_top_range=self.relative_top_range,
-                                        sparse_head=self.sparse_head, compile_target=not self.weight_level)
+                               sparse_head=self.sparse_head, compile_target=not self.weight_level)
 
     def vllm_kwargs(self) -> dict:
         return {
