@@ -1,6 +1,7 @@
 """Tokenized QA examples, right-padded batches with answer-only labels, and the answer loss."""
 import torch
 import torch.nn.functional as F
+from torch.distributed.fsdp import FSDPModule
 
 from uld_serve.core.tofu import IGNORE_INDEX, encode_qa
 
@@ -60,6 +61,9 @@ def answer_logits(lm, batch) -> tuple:
     `lm` is a causal LM or a peft model around one (its LoRA layers stay active)."""
     lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
     positions = answer_mask(batch["labels"])
+    if isinstance(lm, FSDPModule):  # sharded weights are gathered only inside the root's forward
+        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return logits[:, :-1][positions].float(), batch["labels"][:, 1:][positions]
     hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     return lm.lm_head(hidden[:, :-1][positions]).float(), batch["labels"][:, 1:][positions]
 

@@ -7,6 +7,7 @@ from uld_serve.core.tofu import load_qa
 from .artifact import epoch_rng, resume_dir, steps_per_epoch, write_output
 from .batching import answer_loss, collate, encode_pairs, grouped_batches
 from .loop import CHECKPOINTING, TrainConfig, accelerator_for, run_training
+from .sharding import full_state, gathered, load_full_state, shard
 
 MODEL_CARD = "uld_model.json"
 
@@ -25,6 +26,8 @@ def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
     net.train()
     if config.gradient_checkpointing:
         net.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
+    if config.fsdp:
+        shard(net, accelerator.device, accelerator.mixed_precision == "bf16")
     examples = encode_pairs(tokenizer, pairs)
 
     def loss_fn(batch):
@@ -39,9 +42,10 @@ def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
         loss_fn=loss_fn,
         config=config,
         resume_dir=resume_dir(out),
-        state_fn=net.state_dict,
-        load_state_fn=net.load_state_dict,
+        state_fn=(lambda: full_state(net)) if config.fsdp else net.state_dict,
+        load_state_fn=(lambda state: load_full_state(net, state)) if config.fsdp else net.load_state_dict,
         desc=f"finetune {data}",
+        sharded_model=net if config.fsdp else None,
     )
     net.eval()
     card = {
@@ -59,8 +63,10 @@ def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
         "history": summary["history"],
     }
 
+    weights = gathered(net)  # every process takes part in gathering a sharded model
+
     def save(directory):
-        net.save_pretrained(directory)
+        net.save_pretrained(directory, state_dict=weights)
         tokenizer.save_pretrained(directory)
 
     return write_output(accelerator, out, save, summary["history"], extra_files={MODEL_CARD: card})

@@ -16,6 +16,7 @@ import math
 import os
 import resource
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ class TrainConfig:
     grad_accum: int = 1
     device: str = "auto"
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard all weights over the launched processes (full-weight jobs)
 
     def validate(self):
         if self.precision not in PRECISIONS:
@@ -85,6 +87,8 @@ class TrainConfig:
             raise UldError("--max-steps must be at least 1")
         if not self.lr > 0:
             raise UldError("--lr must be positive")
+        if self.fsdp and not launched():
+            raise UldError("--fsdp shards the weights over several processes: start the job with `accelerate launch` or torchrun")
         resolve_device(self.device)
         return self
 
@@ -92,8 +96,9 @@ class TrainConfig:
         return asdict(self)
 
     def resume_key(self) -> dict:
-        """What a resumed run must share with the run it continues (the device may change)."""
-        return {k: v for k, v in asdict(self).items() if k != "device"}
+        """What a resumed run must share with the run it continues (the device and the sharding
+        may change: checkpoints hold full tensors)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("device", "fsdp")}
 
 
 def launched() -> bool:
@@ -111,6 +116,9 @@ def accelerator_for(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        # Accelerate's own wrapping needs models passed through prepare(), which these jobs do not do
+        raise UldError("start the job without accelerate's --use_fsdp and pass --fsdp to the uld command (all-weight jobs)")
     config.validate()
     if launched():
         cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
@@ -190,13 +198,16 @@ def run_training(
     desc: str,
     make_optimizer: Optional[Callable[[list], torch.optim.Optimizer]] = None,
     backward: Optional[Callable[[object, int], None]] = None,
+    sharded_model=None,
 ) -> dict:
     """Train `params` (already on accelerator.device); `epoch_batches(e)` lists epoch e's global
     batches, `loss_fn(micro_batch)` returns (loss, {name: float}) with the objective's value under
     "loss". By default the optimizer is AdamW and `loss.backward()` fills the gradients;
     `make_optimizer(params)` and `backward(loss, step)` replace them (second-order and
     multi-objective methods); a dict it returns is logged with the step, and so is an optimizer's
-    `step_log` dict after its step. Returns a summary (final logged values, steps, wall time)."""
+    `step_log` dict after its step. `sharded_model` is the FSDP model `params` belong to (FSDP
+    reduces the gradients itself and the optimizer state is gathered for checkpoints).
+    Returns a summary (final logged values, steps, wall time)."""
     config.validate()
     total = steps_per_epoch * config.epochs
     if config.max_steps is not None:
@@ -207,13 +218,20 @@ def run_training(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
     )
     progress = _Progress(state_fn, load_state_fn)
-    accelerator.register_for_checkpointing(optimizer, schedule, progress)
+    if sharded_model is not None:
+        from .sharding import FullOptimizerState
+
+        accelerator.register_for_checkpointing(FullOptimizerState(sharded_model, optimizer), schedule, progress)
+    else:
+        accelerator.register_for_checkpointing(optimizer, schedule, progress)
     resume_dir = Path(resume_dir)
     checkpoint = resume_dir / "state"
     if (checkpoint / RUN_FILE).exists():
         if json.loads((checkpoint / RUN_FILE).read_text()) != config.resume_key():
             raise UldError(f"{resume_dir} holds a run with other settings; delete it or rerun with the same flags")
         accelerator.load_state(str(checkpoint))
+        if accelerator.is_main_process:
+            tqdm.write(f"resuming at step {progress.step} from {checkpoint}", file=sys.stderr)
     step, history = progress.step, progress.history
     started = time.time() - (history[-1]["wall_s"] if history else 0.0)
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True, disable=not accelerator.is_main_process)
@@ -221,7 +239,8 @@ def run_training(
         epoch, offset = divmod(step, steps_per_epoch)
         for batch in epoch_batches(epoch)[offset:]:
             logged = _accumulate(accelerator, batch, loss_fn, backward, step, config.grad_accum)
-            _sum_gradients(accelerator, params)
+            if sharded_model is None:
+                _sum_gradients(accelerator, params)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             logged = {**logged, **getattr(optimizer, "step_log", {})}

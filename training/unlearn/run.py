@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from uld_serve.core.assistant import LORA_TARGET_MODULES
+from uld_serve.core.errors import UldError
 from uld_serve.core.models import fingerprint, load_model, load_tokenizer, resolve_model
 from uld_serve.core.tofu import load_qa
 
@@ -21,7 +22,8 @@ from ..artifact import (data_record, epoch_rng, load_trainable_state, result_rec
                         trainable_state, write_output)
 from ..batching import encode_pairs, paired_batches
 from ..loop import CHECKPOINTING, TrainConfig, accelerator_for, run_training
-from .base import Step, get_method
+from ..sharding import full_state, gathered, load_full_state, shard
+from .base import Method, Step, get_method
 
 
 @dataclass
@@ -36,11 +38,22 @@ def default_lr(lr: Optional[float], full: bool) -> float:
     return lr if lr is not None else (1e-5 if full else 1e-4)
 
 
-def prepare(target: str, method, trainable: Trainable, seed: int, device="cpu", gradient_checkpointing: bool = False):
-    """(model to train, its trainable parameters, reference() context manager, target dir)."""
+def check_fsdp(method, trainable: Trainable) -> None:
+    """FSDP shards all weights and reduces the gradients of one plain backward pass."""
+    if not trainable.full:
+        raise UldError("--fsdp shards all weights: use it with --full (a LoRA job runs data-parallel without it)")
+    if type(method).backward is not Method.backward or type(method).make_optimizer is not Method.make_optimizer:
+        raise UldError(f"--fsdp supports methods with one plain gradient step; {method.name} combines gradients itself")
+
+
+def prepare(target: str, method, trainable: Trainable, seed: int, device="cpu", gradient_checkpointing: bool = False,
+            fsdp: Optional[bool] = None):
+    """(model to train, its trainable parameters, reference() context manager, target dir).
+    `fsdp`: None, or whether bf16 parameters are gathered, to shard both models over the processes."""
     target_dir = resolve_model(target)
     model = load_model(target_dir, device=device)
     torch.manual_seed(seed)
+    reference_model = None
     if trainable.full:
         reference_model = copy.deepcopy(model).requires_grad_(False) if method.needs_reference else None
         reference = lambda: contextlib.nullcontext(reference_model)  # noqa: E731
@@ -58,6 +71,10 @@ def prepare(target: str, method, trainable: Trainable, seed: int, device="cpu", 
     model.train()
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
+    if fsdp is not None:
+        for net in (model, reference_model):
+            if net is not None:
+                shard(net, torch.device(device), bf16=fsdp)
     return model, [p for p in model.parameters() if p.requires_grad], reference, target_dir
 
 
@@ -75,11 +92,14 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
             config: TrainConfig, trainable: Trainable, on_step=None) -> Path:
     """Train, then write the artifact atomically. `on_step(step_index, model, method, reference)`
     runs before each update (G-effect probes)."""
-    accelerator = accelerator_for(config)
     method = get_method(method_name, params)
+    if config.fsdp:
+        check_fsdp(method, trainable)
+    accelerator = accelerator_for(config)
     out = Path(out)
-    model, trainable_params, reference, target_dir = prepare(target, method, trainable, config.seed, accelerator.device,
-                                                             config.gradient_checkpointing)
+    model, trainable_params, reference, target_dir = prepare(
+        target, method, trainable, config.seed, accelerator.device, config.gradient_checkpointing,
+        fsdp=(accelerator.mixed_precision == "bf16") if config.fsdp else None)
     tokenizer = load_tokenizer(target_dir)
     forget_pairs, retain_pairs, epoch_batches, epoch_steps = make_batches(
         tokenizer, forget, retain, config.batch_size, config.seed)
@@ -100,11 +120,12 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
         accelerator,
         params=trainable_params, steps_per_epoch=epoch_steps, epoch_batches=epoch_batches,
         loss_fn=loss_fn, config=config, resume_dir=resume_dir(out),
-        state_fn=lambda: trainable_state(model),
-        load_state_fn=lambda state: load_trainable_state(model, state),
+        state_fn=(lambda: full_state(model)) if config.fsdp else (lambda: trainable_state(model)),
+        load_state_fn=(lambda state: load_full_state(model, state)) if config.fsdp else (lambda state: load_trainable_state(model, state)),
         desc=f"unlearn {method_name} {forget}",
         make_optimizer=lambda ps: method.make_optimizer(ps, config.lr, config.weight_decay),
         backward=backward,
+        sharded_model=model if config.fsdp else None,
     )
     model.eval()
     manifest = {
@@ -124,8 +145,10 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
         "evaluation": None,
     }
 
+    weights = gathered(model)  # every process takes part in gathering a sharded model
+
     def save(directory):
-        model.save_pretrained(directory)
+        model.save_pretrained(directory, state_dict=weights)
         if trainable.full:  # a whole checkpoint, served as a target
             tokenizer.save_pretrained(directory)
 

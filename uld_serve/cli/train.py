@@ -26,6 +26,7 @@ SAVE_EVERY = typer.Option(50, help="steps between resumable checkpoints")
 DEVICE = typer.Option("auto", help=DEVICE_HELP + "; under `accelerate launch`, the launcher's")
 GRAD_ACCUM = typer.Option(1, help="micro-batches per process and step (the step's batch stays --batch-size)")
 CHECKPOINTING = typer.Option(False, "--gradient-checkpointing", help="recompute activations in the backward pass (long sequences)")
+FSDP = typer.Option(False, "--fsdp", help="shard all weights over the processes of `accelerate launch` (FSDP; all-weight jobs)")
 
 
 @app.command()
@@ -35,7 +36,7 @@ def finetune(
     out: Path = typer.Option(...),
     lr: float = 1e-4, epochs: int = 5, batch_size: int = 8, seed: int = 0, max_steps: Optional[int] = None,
     precision: str = PRECISION, save_every: int = SAVE_EVERY, force: bool = False,
-    device: str = DEVICE, grad_accum: int = GRAD_ACCUM, gradient_checkpointing: bool = CHECKPOINTING,
+    device: str = DEVICE, grad_accum: int = GRAD_ACCUM, gradient_checkpointing: bool = CHECKPOINTING, fsdp: bool = FSDP,
 ):
     """Fine-tune on TOFU: tofu:full gives the target, tofu:retain90 the retain reference."""
     from uld_training.finetune import finetune as run
@@ -43,7 +44,7 @@ def finetune(
     refuse_existing(out, force)
     report(run(model, data, out, TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
                                             precision=precision, save_every=save_every, device=device, grad_accum=grad_accum,
-                                            gradient_checkpointing=gradient_checkpointing)))
+                                            gradient_checkpointing=gradient_checkpointing, fsdp=fsdp)))
 
 
 @app.command("train-assistant")
@@ -91,7 +92,7 @@ def unlearn(
     param: List[str] = PARAM, full: bool = FULL, rank: int = 32, lora_alpha: int = 32, lr: Optional[float] = LR,
     epochs: int = 5, batch_size: int = 8, seed: int = 0, max_steps: Optional[int] = None,
     precision: str = PRECISION, save_every: int = SAVE_EVERY, force: bool = False,
-    device: str = DEVICE, grad_accum: int = GRAD_ACCUM, gradient_checkpointing: bool = CHECKPOINTING,
+    device: str = DEVICE, grad_accum: int = GRAD_ACCUM, gradient_checkpointing: bool = CHECKPOINTING, fsdp: bool = FSDP,
 ):
     """Weight-level unlearning (the methods ULD is compared with); the artifact is served with alpha 0."""
     from uld_training.unlearn.run import unlearn as run
@@ -99,7 +100,7 @@ def unlearn(
     params = _method(method, param, out, force)
     config = TrainConfig(lr=default_lr(lr, full), epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
                          precision=precision, save_every=save_every, device=device, grad_accum=grad_accum,
-                         gradient_checkpointing=gradient_checkpointing)
+                         gradient_checkpointing=gradient_checkpointing, fsdp=fsdp)
     report(run(method, params, target, forget, retain, out, config, Trainable(full=full, rank=rank, lora_alpha=lora_alpha)))
 
 
