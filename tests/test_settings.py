@@ -47,7 +47,8 @@ def test_an_engines_narrower_range_refuses_rather_than_clamps():
 
 
 def test_engine_overrides_round_trip_through_the_model_config():
-    overrides = EngineOverrides(assistant_layers=3, relative_top_range=(0.01, 0.05), sparse_head=True, compile_target=True)
+    overrides = EngineOverrides(assistant_layers=3, relative_top_range=(0.01, 0.05), sparse_head=True, compile_target=True,
+                                stacked=False)
     assert read_overrides(SimpleNamespace(**overrides.as_hf_overrides())) == overrides
     assert read_overrides(SimpleNamespace()).assistant_layers == 0  # not a uld-serve config: the model refuses it
 

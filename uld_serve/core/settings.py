@@ -100,10 +100,11 @@ class EngineOverrides:
     relative_top_range: tuple = RELATIVE_TOP_RANGE
     sparse_head: bool = False
     compile_target: bool = False
+    stacked: bool = True  # the assistant's layers share products with the target's first K (engine/model.py)
 
     def as_hf_overrides(self) -> dict:
         return {"uld_assistant_layers": self.assistant_layers, "uld_relative_top_range": list(self.relative_top_range),
-                "uld_sparse_head": self.sparse_head, "uld_compile_target": self.compile_target}
+                "uld_sparse_head": self.sparse_head, "uld_compile_target": self.compile_target, "uld_stacked": self.stacked}
 
 
 def read_overrides(hf_config) -> EngineOverrides:
@@ -114,6 +115,7 @@ def read_overrides(hf_config) -> EngineOverrides:
         relative_top_range=tuple(getattr(hf_config, "uld_relative_top_range", RELATIVE_TOP_RANGE)),
         sparse_head=bool(getattr(hf_config, "uld_sparse_head", False)),
         compile_target=bool(getattr(hf_config, "uld_compile_target", False)),
+        stacked=bool(getattr(hf_config, "uld_stacked", True)),
     )
 
 

@@ -8,13 +8,28 @@ are the target's own tensors. `forward` returns [target hidden | assistant hidde
 `compute_logits` returns [target logits | assistant logits] (2V wide); the ULD logits
 processor (logits.py) turns that into the served V logits with each request's alpha.
 
+Stacked form (the default): decoding reads weights, and the assistant's K layers have the
+target's first K layers' weights, so layers 0..K-1 run both row sets at once. The step's N
+target rows and N assistant rows are stacked into 2N rows; norms, rotary embedding and
+each projection's product run once over the 2N rows (one read of the shared weight); each
+half's LoRA delta is added to its own rows by its own LoRA module (the forget set's LoRA
+on the assistant's rows only, a weight-level set's on the target's rows only), since vLLM's
+per-token adapter mapping covers N rows. Attention is the one part that runs per half: the
+target's rows go through the target layer's attention module and the assistant's through
+the assistant layer's, each a separate vLLM `Attention` with its own paged KV cache, so
+the halves never read each other's keys and values. After layer K-1 the target's rows
+continue through layers K..L-1 (the compiled LlamaModel, started at layer K) and the
+assistant's rows take the final norm; one LM head call could then cover both halves. With
+`stacked` off, the assistant's layers run after the whole target (the earlier form, kept
+for the step benchmark).
+
 With the sparse head (core.settings.EngineOverrides), the assistant's LM head is sparse: logits only where the target's
 filter can keep a token, for any r in the engine's relative_top range; the
 processor never reads the rest (uld_kernels.sparse_head). With tensor parallelism the head
 stays dense.
 
 vLLM compiles the target's LlamaModel (on CPU too, when every forget set is a ULD one:
-plugin.py); the assistant's layers carry the LoRA and run eagerly.
+plugin.py); the layers that carry LoRA run eagerly (in the stacked form, the first K).
 
 A step in which no request has a forget set skips the assistant: it returns the target's
 hidden states alone, so logits are V wide and the processor passes them through. Those
@@ -26,7 +41,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 from vllm.config import VllmConfig
-from vllm.distributed import get_tensor_model_parallel_world_size
+from vllm.distributed import get_tensor_model_parallel_world_size, tensor_model_parallel_all_reduce
+from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
+from vllm.model_executor.layers.linear import RowParallelLinear
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
 from vllm.model_executor.models.interfaces import SupportsLoRA
@@ -45,6 +62,44 @@ def _tie_parameters(module: nn.Module, source: nn.Module) -> None:
         setattr(module, name, getattr(source, name))
     for (name, child), (_, twin) in zip(module.named_children(), source.named_children()):
         _tie_parameters(child, twin)
+
+
+def _product(target_linear, assistant_linear, x: torch.Tensor, n: int) -> torch.Tensor:
+    """One linear over stacked rows [target (n) | assistant]: the shared weight's product once
+    over all rows, then each half's LoRA delta from its own LoRA module, if it has one. Mirrors
+    vLLM's LoRA linear forward (bias, and a row-parallel layer's all-reduce after the deltas)."""
+    base = getattr(assistant_linear, "base_layer", assistant_linear)
+    row_parallel = isinstance(base, RowParallelLinear)
+    tp_rank = getattr(base, "tp_rank", 0)
+    bias = None if base.skip_bias_add or (row_parallel and tp_rank > 0) else base.bias
+    out = base.quant_method.apply(base, x, bias)
+    for rows, linear in ((slice(None, n), target_linear), (slice(n, None), assistant_linear)):
+        if isinstance(linear, BaseLinearLayerWithLoRA):
+            part = out[rows]
+            added = linear._apply_lora_to_output(x[rows], part)
+            if added.data_ptr() != part.data_ptr():
+                part.copy_(added)
+    if row_parallel and base.reduce_results and base.tp_size > 1:
+        out = tensor_model_parallel_all_reduce(out)
+    return out
+
+
+def _stacked_layer(target, assistant, positions, x, residual, n):
+    """Decoder layer i of the target and of the assistant over stacked rows (module docstring)."""
+    if residual is None:
+        residual, x = x, target.input_layernorm(x)
+    else:
+        x, residual = target.input_layernorm(x, residual)
+    attn, twin = target.self_attn, assistant.self_attn
+    qkv = _product(attn.qkv_proj, twin.qkv_proj, x, n)
+    q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
+    q, k = attn.rotary_emb(positions, q, k)
+    heads = torch.cat([attn.attn(q[:n], k[:n], v[:n]), twin.attn(q[n:], k[n:], v[n:])])
+    x = _product(attn.o_proj, twin.o_proj, heads, n)
+    x, residual = target.post_attention_layernorm(x, residual)
+    mlp, twin_mlp = target.mlp, assistant.mlp
+    x = mlp.act_fn(_product(mlp.gate_up_proj, twin_mlp.gate_up_proj, x, n))
+    return _product(mlp.down_proj, twin_mlp.down_proj, x, n), residual
 
 
 class AssistantLayers(nn.Module):
@@ -98,6 +153,9 @@ class UldLlamaForCausalLM(nn.Module, SupportsLoRA):
             and getattr(config, "logit_scale", 1.0) == 1.0
         )
         self.assistant = AssistantModel(vllm_config, self.model, self.num_assistant_layers)
+        self.stacked = overrides.stacked
+        if self.stacked:  # layers 0..K-1 run here (forward); the compiled LlamaModel starts at layer K
+            self.model.start_layer = self.num_assistant_layers
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -112,10 +170,29 @@ class UldLlamaForCausalLM(nn.Module, SupportsLoRA):
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None):
         if inputs_embeds is None:
             inputs_embeds = self.model.embed_input_ids(input_ids)
+        if self.stacked:
+            return self._stacked_forward(positions, inputs_embeds)
         target_hidden = self.model(None, positions, intermediate_tensors, inputs_embeds)
         if not self._assistant_needed():
             return target_hidden
         assistant_hidden = self.assistant.model(inputs_embeds, positions, self.model.norm)
+        return torch.cat([target_hidden, assistant_hidden], dim=-1)
+
+    def _stacked_forward(self, positions, inputs_embeds):
+        k, n = self.num_assistant_layers, inputs_embeds.shape[0]
+        heads = self.model.layers[:k]
+        x, residual = inputs_embeds, None
+        if not self._assistant_needed():
+            for layer in heads:
+                x, residual = layer(positions, x, residual)
+            return self.model(None, positions, None, x + residual)
+        x, both = torch.cat([x, x]), torch.cat([positions, positions])
+        for layer, twin in zip(heads, self.assistant.model.layers):
+            x, residual = _stacked_layer(layer, twin, both, x, residual, n)
+        # Layer K's input norm adds the residual itself when it is handed none, so the target's
+        # rows re-enter the compiled model as one stream (x + residual), as vLLM's layers pass it.
+        target_hidden = self.model(None, positions, None, x[:n] + residual[:n])
+        assistant_hidden, _ = self.model.norm(x[n:], residual[n:])
         return torch.cat([target_hidden, assistant_hidden], dim=-1)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
