@@ -35,7 +35,7 @@ def main():
     parser.add_argument("--skip-reference", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # the same settings UldEngine uses
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # five engines at once; 1 GiB holds these requests
 
     from uld_serve.core.models import load_tokenizer, resolve_model, uld_home
     from uld_serve.core.requests import GenerationRequest
@@ -69,12 +69,14 @@ def main():
     params = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
     token_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
     engine = UldEngine(target, {"forget10": forget_set}, max_model_len=1024)
+    after = UldEngine(target, {"forget10": forget_set}, max_model_len=1024, stacked=False)
     sparse = UldEngine(target, {"forget10": forget_set}, max_model_len=1024, sparse_head=True)
     runs = {
         "plain vLLM (target only)": lambda: [list(o.outputs[0].token_ids) for o in plain.generate(token_prompts, params, use_tqdm=False)],
-        "vLLM + ULD (every request with a forget set)": lambda: engine.generate(requests("forget10"), use_tqdm=False),
+        "vLLM + ULD, stacked (every request with a forget set)": lambda: engine.generate(requests("forget10"), use_tqdm=False),
+        "vLLM + ULD, assistant after the target (earlier form)": lambda: after.generate(requests("forget10"), use_tqdm=False),
         "vLLM + ULD wrapper, no forget set (assistant skipped)": lambda: engine.generate(requests(None), use_tqdm=False),
-        "vLLM + ULD, sparse assistant LM head": lambda: sparse.generate(requests("forget10"), use_tqdm=False),
+        "vLLM + ULD, stacked, sparse assistant LM head": lambda: sparse.generate(requests("forget10"), use_tqdm=False),
     }
     for run in runs.values():
         run()  # warm-up
@@ -85,11 +87,11 @@ def main():
         for name, run in runs.items():
             outputs[name], elapsed = timed(run)
             seconds[name].append(elapsed)
-    plain_tokens, uld_out, none_out, sparse_out = outputs.values()
-    for e in (engine, sparse):
+    plain_tokens, uld_out, after_out, none_out, sparse_out = outputs.values()
+    for e in (engine, after, sparse):
         e.close()
     plain.llm_engine.engine_core.shutdown()
-    plain = engine = sparse = runs = None  # release the engines before the reference loads
+    plain = engine = after = sparse = runs = None  # release the engines before the reference loads
     gc.collect()
     rows = {name: statistics.median(s) for name, s in seconds.items()}
     baseline_runs = seconds["plain vLLM (target only)"]
@@ -111,7 +113,8 @@ def main():
         vs_plain = round_ratios.get(name, rows["plain vLLM (target only)"] / elapsed)
         vs_paper = f"{paper / elapsed:.2f}x" if paper else "n/a"
         print(f"| {name} | {elapsed:.1f} | {total / elapsed:.0f} | {vs_plain:.2f}x | {vs_paper} |")
-    print(f"\nsparse and dense assistant heads give the same tokens: {sum(a == b for a, b in zip(uld_out, sparse_out))}/{len(prompts)}")
+    print(f"\nstacked and earlier forms give the same tokens: {sum(a == b for a, b in zip(uld_out, after_out))}/{len(prompts)}")
+    print(f"sparse and dense assistant heads give the same tokens: {sum(a == b for a, b in zip(uld_out, sparse_out))}/{len(prompts)}")
     print(f"no-forget-set rows equal plain vLLM: {sum(a == b for a, b in zip(none_out, plain_tokens))}/{len(prompts)}")
     if exact is not None:
         print(f"vLLM + ULD equals the reference token for token: {exact}/{len(prompts)} prompts")

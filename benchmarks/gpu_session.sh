@@ -9,6 +9,7 @@
 #           reference-decoding tests with ULD_TEST_DEVICE=cuda (the vLLM tests are left out)
 #   train   benchmarks/train_bench.py at Llama-3-8B shape (assistant, NPO LoRA and all weights, 1B fine-tune)
 #   kernel  the kernel benchmark with its stage profile and launch sweep, the sparse head benchmark
+#   step    benchmarks/step_bench.py: a decode step's three forms (plain, assistant after, stacked) at 8B and 1B
 # Logs go to $OUT (or ./gpu-logs).
 set -u
 OUT=${OUT:-gpu-logs}
@@ -34,6 +35,9 @@ if [[ " $STAGES " == *" tests "* ]]; then
 fi
 if [[ " $STAGES " == *" train "* ]]; then
   timeout 150 python3 benchmarks/train_bench.py --shape 8b 2>&1 | tee "$OUT/train_bench.md"
+fi
+if [[ " $STAGES " == *" step "* ]]; then
+  timeout 240 python3 benchmarks/step_bench.py 2>&1 | tee "$OUT/step_bench.md"
 fi
 if [[ " $STAGES " == *" kernel "* ]]; then
   timeout 300 python3 benchmarks/kernel_bench.py --profile ${SWEEP---sweep} 2>&1 | tee "$OUT/kernel_bench.md"

@@ -10,16 +10,18 @@ rounding of a log-sum-exp; torch_impl.py states it the same way). Its stages:
 3. compact: the rung where the count first reaches k brackets the k-th largest:
    [M - d_j, M - d_(j-1)). Its few entries (at most CAP) are copied to a per-row scratch
    buffer, in order (no atomics).
-4. write: the k-th largest is found among the bracketed entries by bisection on their
-   integer keys (in registers), then the row is written: t - alpha * a where kept, -inf
-   ("serve") or t ("score") elsewhere. Rows whose bracket is too full or below the ladder
-   (ties, flat or huge-magnitude rows) fall back to an exact radix selection over the whole
-   row (8-bit digits, tl.histogram): slower, never wrong.
+4. select: the k-th largest is found among the bracketed entries by bisection on their
+   integer keys (in registers), once per row. Rows whose bracket is too full or below the
+   ladder (ties, flat or huge-magnitude rows) fall back to an exact radix selection over the
+   whole row (8-bit digits, tl.histogram): slower, never wrong.
+5. write: t - alpha * a where kept, -inf ("serve") or t ("score") elsewhere.
 Rows with alpha = 0 skip steps 1-3 and are copied.
 
-Layouts. "split" (the default): four launches, one per stage, each over all (row, chunk)
-pairs so that small batches still fill the GPU; chunks hand their maxima and counts to the
-next launch through small buffers. "row": one launch, one program per row running every
+Layouts. "split": four launches (max, count, compact + select, write), each over all (row,
+chunk) pairs so that small batches still fill the GPU; chunks hand their maxima, counts and
+the row's threshold to the next launch through small buffers, and the select stage runs in
+the last compact program of each row to finish (an arrival counter per row), so the k-th
+value is found once per row without a launch of its own. "row": one launch, one program per row running every
 stage, for batches with enough rows to fill the GPU by themselves (fewer launches, no
 hand-over). `benchmarks/kernel_bench.py` times both on a GPU; "auto" (the default) picks one
 per call by its shape (`choose_layout`).
@@ -193,21 +195,21 @@ def _bracket(partial_max_ptr, counts_ptr, ladder_ptr, row, S, k, S_POW2: tl.cons
 
 
 @triton.jit
-def _max_kernel(t_ptr, alpha_ptr, partial_max_ptr, V, stride_t, CHUNK, S, BLOCK: tl.constexpr):
+def _max_kernel(t_ptr, alpha_ptr, stride_alpha, partial_max_ptr, V, stride_t, CHUNK, S, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     chunk = tl.program_id(1)
-    if tl.load(alpha_ptr + row) == 0.0:
+    if tl.load(alpha_ptr + row * stride_alpha) == 0.0:
         return
     t_row = t_ptr + row.to(tl.int64) * stride_t
     tl.store(partial_max_ptr + row * S + chunk, _range_max(t_row, chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), BLOCK))
 
 
 @triton.jit
-def _count_kernel(t_ptr, alpha_ptr, partial_max_ptr, ladder_ptr, counts_ptr, V, stride_t, CHUNK, S,
+def _count_kernel(t_ptr, alpha_ptr, stride_alpha, partial_max_ptr, ladder_ptr, counts_ptr, V, stride_t, CHUNK, S,
                   S_POW2: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     chunk = tl.program_id(1)
-    if tl.load(alpha_ptr + row) == 0.0:
+    if tl.load(alpha_ptr + row * stride_alpha) == 0.0:
         return
     t_row = t_ptr + row.to(tl.int64) * stride_t
     rungs = tl.arange(0, G)
@@ -217,57 +219,63 @@ def _count_kernel(t_ptr, alpha_ptr, partial_max_ptr, ladder_ptr, counts_ptr, V, 
 
 
 @triton.jit
-def _compact_kernel(t_ptr, alpha_ptr, partial_max_ptr, ladder_ptr, counts_ptr, scratch_ptr, V, stride_t, CHUNK, S, k,
-                    S_POW2: tl.constexpr, G: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr):
+def _compact_kernel(t_ptr, alpha_ptr, stride_alpha, partial_max_ptr, ladder_ptr, counts_ptr, scratch_ptr, arrivals_ptr,
+                    threshold_ptr, V, stride_t, CHUNK, S, log_r, k,
+                    S_POW2: tl.constexpr, G: tl.constexpr, CAP: tl.constexpr, WAYS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     chunk = tl.program_id(1)
-    if tl.load(alpha_ptr + row) == 0.0:
+    if tl.load(alpha_ptr + row * stride_alpha) == 0.0:
         return
-    _, lo, hi, rung, entries, _ = _bracket(partial_max_ptr, counts_ptr, ladder_ptr, row, S, k, S_POW2, G)
-    if (rung < G) & (entries <= CAP):
+    t_row = t_ptr + row.to(tl.int64) * stride_t
+    s_row = scratch_ptr + row.to(tl.int64) * CAP
+    row_max, lo, hi, rung, entries, rank = _bracket(partial_max_ptr, counts_ptr, ladder_ptr, row, S, k, S_POW2, G)
+    bracketed = (rung < G) & (entries <= CAP)
+    if bracketed:
         # this chunk's entries go after those of the chunks before it
         chunks = tl.arange(0, S_POW2)
         before = (chunks < chunk)
         at_lo = tl.load(counts_ptr + (row * S + chunks) * G + rung, mask=before, other=0)
         at_hi = tl.load(counts_ptr + (row * S + chunks) * G + tl.maximum(rung - 1, 0), mask=before, other=0)
         offset = tl.sum(at_lo - tl.where(rung > 0, at_hi, 0), 0)
-        _compact_range(t_ptr + row.to(tl.int64) * stride_t, scratch_ptr + row.to(tl.int64) * CAP,
-                       chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), lo, hi, offset, BLOCK)
+        _compact_range(t_row, s_row, chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V), lo, hi, offset, BLOCK)
+    # The row's last chunk program to finish (its arrival, acquire-release, orders the others'
+    # stores before its loads) finds the k-th value once for the row and resets the counter.
+    tl.debug_barrier()  # every thread's compacted stores precede the arrival
+    if tl.atomic_add(arrivals_ptr + row, 1) == S - 1:
+        tl.debug_barrier()
+        tl.store(arrivals_ptr + row, 0)
+        if bracketed:
+            kth = _bracketed_kth(s_row, entries, lo, hi, rank, CAP, WAYS)
+        else:
+            kth = _radix_select(t_row, V, k, BLOCK)
+        tl.store(threshold_ptr + row, tl.minimum(row_max + log_r, kth))
 
 
 @triton.jit
-def _write_kernel(t_ptr, a_ptr, alpha_ptr, out_ptr, partial_max_ptr, ladder_ptr, counts_ptr, scratch_ptr,
-                  V, stride_t, stride_a, stride_o, CHUNK, S, log_r, k,
-                  SERVE: tl.constexpr, S_POW2: tl.constexpr, G: tl.constexpr, CAP: tl.constexpr, WAYS: tl.constexpr,
-                  BLOCK: tl.constexpr):
+def _write_kernel(t_ptr, a_ptr, alpha_ptr, stride_alpha, out_ptr, threshold_ptr, V, stride_t, stride_a, stride_o, CHUNK,
+                  SERVE: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     t_row = t_ptr + row.to(tl.int64) * stride_t
     o_row = out_ptr + row.to(tl.int64) * stride_o
     begin, end = chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, V)
-    alpha = tl.load(alpha_ptr + row)
+    alpha = tl.load(alpha_ptr + row * stride_alpha)
     if alpha == 0.0:
         _copy_range(t_row, o_row, begin, end, BLOCK)
         return
-    row_max, lo, hi, rung, entries, rank = _bracket(partial_max_ptr, counts_ptr, ladder_ptr, row, S, k, S_POW2, G)
-    if (rung < G) & (entries <= CAP):
-        kth = _bracketed_kth(scratch_ptr + row.to(tl.int64) * CAP, entries, lo, hi, rank, CAP, WAYS)
-    else:
-        kth = _radix_select(t_row, V, k, BLOCK)
-    _write_range(t_row, a_ptr + row.to(tl.int64) * stride_a, o_row, begin, end,
-                 tl.minimum(row_max + log_r, kth), alpha, SERVE, BLOCK)
+    _write_range(t_row, a_ptr + row.to(tl.int64) * stride_a, o_row, begin, end, tl.load(threshold_ptr + row), alpha, SERVE, BLOCK)
 
 
 # The row layout: one launch, one program per row, every stage in it.
 
 @triton.jit
-def _row_kernel(t_ptr, a_ptr, alpha_ptr, out_ptr, ladder_ptr, scratch_ptr, V, stride_t, stride_a, stride_o, log_r, k,
-                SERVE: tl.constexpr, G: tl.constexpr, CAP: tl.constexpr, WAYS: tl.constexpr, BLOCK: tl.constexpr,
+def _row_kernel(t_ptr, a_ptr, alpha_ptr, stride_alpha, out_ptr, ladder_ptr, scratch_ptr, V, stride_t, stride_a, stride_o,
+                log_r, k, SERVE: tl.constexpr, G: tl.constexpr, CAP: tl.constexpr, WAYS: tl.constexpr, BLOCK: tl.constexpr,
                 COUNT_BLOCK: tl.constexpr):
     row = tl.program_id(0)
     t_row = t_ptr + row.to(tl.int64) * stride_t
     o_row = out_ptr + row.to(tl.int64) * stride_o
-    alpha = tl.load(alpha_ptr + row)
+    alpha = tl.load(alpha_ptr + row * stride_alpha)
     if alpha == 0.0:
         _copy_range(t_row, o_row, 0, V, BLOCK)
         return
@@ -287,12 +295,21 @@ def _row_kernel(t_ptr, a_ptr, alpha_ptr, out_ptr, ladder_ptr, scratch_ptr, V, st
 
 _LADDERS = {}
 _PROGRAMS = {}
+_ARRIVALS = {}
 
 
 def _ladder(device):
     if device not in _LADDERS:
         _LADDERS[device] = 0.125 * 1.25 ** torch.arange(LADDER, dtype=torch.float64, device=device).float()
     return _LADDERS[device]
+
+
+def _arrivals(device, rows: int) -> torch.Tensor:
+    """Per-row arrival counters of the compact stage, zero between calls (the last program of
+    a row resets its own), so a call needs no memset launch."""
+    if device not in _ARRIVALS or _ARRIVALS[device].numel() < rows:
+        _ARRIVALS[device] = torch.zeros(max(rows, 256), dtype=torch.int32, device=device)
+    return _ARRIVALS[device]
 
 
 def _multiprocessors(device) -> int:
@@ -331,21 +348,21 @@ def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top
     rows, device = t.shape[0], t.device
     alpha = torch.as_tensor(alpha, dtype=torch.float32, device=device)
     if alpha.dim() == 0:
-        alpha = alpha.expand(rows)
+        alpha = alpha.expand(rows)  # stride 0: no copy, no launch
     else:  # one alpha per leading-dimension row, broadcast over any middle dimensions
         alpha = alpha.reshape(-1, *([1] * (len(shape) - 2))).expand(*shape[:-1]).reshape(-1)
-    alpha = alpha.contiguous()
     out = torch.empty((rows, vocab), dtype=torch.float32, device=device)
     if rows == 0:
         return out.reshape(shape)
     if layout == "auto":
         layout = choose_layout(rows, vocab, _multiprocessors(device))
     k = min(vocab, max(1, int(relative_top * vocab)))
+    log_r = math.log(relative_top)
     scratch = torch.empty((rows, CAP), dtype=torch.float32, device=device)
     ladder = _ladder(device)
     if layout == "row":
-        _row_kernel[(rows,)](t, a, alpha, out, ladder, scratch, vocab, t.stride(0), a.stride(0), out.stride(0),
-                             math.log(relative_top), k, SERVE=mode == "serve", G=LADDER, CAP=CAP, WAYS=WAYS,
+        _row_kernel[(rows,)](t, a, alpha, alpha.stride(0), out, ladder, scratch, vocab, t.stride(0), a.stride(0), out.stride(0),
+                             log_r, k, SERVE=mode == "serve", G=LADDER, CAP=CAP, WAYS=WAYS,
                              BLOCK=ROW_BLOCK, COUNT_BLOCK=ROW_BLOCK // 4, num_warps=ROW_WARPS)
         return out.reshape(shape)
     blocks = triton.cdiv(vocab, BLOCK)
@@ -355,14 +372,14 @@ def logit_difference_triton(target_logits, assistant_logits, alpha, relative_top
     s_pow2 = triton.next_power_of_2(chunks)
     partial_max = torch.empty((rows, chunks), dtype=torch.float32, device=device)
     counts = torch.empty((rows, chunks, LADDER), dtype=torch.int32, device=device)
-    grid = (rows, chunks)
-    _max_kernel[grid](t, alpha, partial_max, vocab, t.stride(0), chunk, chunks, BLOCK=BLOCK, num_warps=NUM_WARPS)
-    _count_kernel[grid](t, alpha, partial_max, ladder, counts, vocab, t.stride(0), chunk, chunks,
+    threshold = torch.empty(rows, dtype=torch.float32, device=device)
+    grid, alpha_args = (rows, chunks), (alpha, alpha.stride(0))
+    _max_kernel[grid](t, *alpha_args, partial_max, vocab, t.stride(0), chunk, chunks, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    _count_kernel[grid](t, *alpha_args, partial_max, ladder, counts, vocab, t.stride(0), chunk, chunks,
                         S_POW2=s_pow2, G=LADDER, BLOCK=BLOCK // 4, num_warps=NUM_WARPS)
-    _compact_kernel[grid](t, alpha, partial_max, ladder, counts, scratch, vocab, t.stride(0), chunk, chunks, k,
-                          S_POW2=s_pow2, G=LADDER, CAP=CAP, BLOCK=BLOCK, num_warps=NUM_WARPS)
-    _write_kernel[grid](t, a, alpha, out, partial_max, ladder, counts, scratch, vocab, t.stride(0), a.stride(0),
-                        out.stride(0), chunk, chunks, math.log(relative_top), k,
-                        SERVE=mode == "serve", S_POW2=s_pow2, G=LADDER, CAP=CAP, WAYS=WAYS, BLOCK=BLOCK,
-                        num_warps=NUM_WARPS)
+    _compact_kernel[grid](t, *alpha_args, partial_max, ladder, counts, scratch, _arrivals(device, rows), threshold,
+                          vocab, t.stride(0), chunk, chunks, log_r, k,
+                          S_POW2=s_pow2, G=LADDER, CAP=CAP, WAYS=WAYS, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    _write_kernel[grid](t, a, *alpha_args, out, threshold, vocab, t.stride(0), a.stride(0), out.stride(0), chunk,
+                        SERVE=mode == "serve", BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out.reshape(shape)

@@ -31,16 +31,18 @@ class EngineConfig:
     weight_level: bool  # the target's own linears carry LoRA too (weight-level forget sets)
     max_lora_rank: int
     max_loras: int
+    stacked: bool = True  # the assistant's layers share products with the target's first K (model.py)
 
     @classmethod
     def build(cls, target_dir, forget_sets: Optional[dict] = None, *, sparse_head: bool = False,
               relative_top_range: Optional[tuple] = None, weight_level: bool = False,
-              min_lora_rank: int = 8, max_loras: Optional[int] = None) -> "EngineConfig":
+              min_lora_rank: int = 8, max_loras: Optional[int] = None, stacked: bool = True) -> "EngineConfig":
         """forget_sets: name -> artifact directory. sparse_head: compute the assistant's LM head
         only where the filter can keep a token for some r in relative_top_range (default: the
         forget sets' manifest values) and refuse requests outside it; with the dense head any
         r in (0, 1] is served. weight_level: accept weight-level forget sets even if none is
-        given now (their LoRA makes the target's layers LoRA layers, a slower path)."""
+        given now (their LoRA makes the target's layers LoRA layers, a slower path). stacked:
+        False runs the assistant after the whole target (the earlier form, for benchmarks)."""
         target_dir = resolve_model(str(target_dir))
         target_fingerprint = fingerprint(target_dir)
         sets = {name: load_forget_set(name, path, target_fingerprint) for name, path in (forget_sets or {}).items()}
@@ -62,7 +64,7 @@ class EngineConfig:
             relative_top_range=(low, high), sparse_head=sparse_head,
             weight_level=weight_level or any(fs.is_weight_level for fs in sets.values()),
             max_lora_rank=next((r for r in LORA_RANKS if r >= needed), LORA_RANKS[-1]),
-            max_loras=max_loras or max(1, len(sets)),
+            max_loras=max_loras or max(1, len(sets)), stacked=stacked,
         )
         for fs in sets.values():
             config.check_servable(fs)
@@ -88,7 +90,7 @@ class EngineConfig:
 
     def overrides(self) -> EngineOverrides:
         return EngineOverrides(assistant_layers=self.num_assistant_layers, relative_top_range=self.relative_top_range,
-                               sparse_head=self.sparse_head, compile_target=not self.weight_level)
+                               sparse_head=self.sparse_head, compile_target=not self.weight_level, stacked=self.stacked)
 
     def vllm_kwargs(self) -> dict:
         return {

@@ -31,7 +31,7 @@ def eager_requested() -> bool:
 class UldEngine:
     def __init__(self, target_dir, forget_sets: Optional[dict] = None, dtype: str = "float32",
                  max_model_len: int = 2048, seed: int = 0, relative_top_range: Optional[tuple] = None,
-                 sparse_head: bool = False, **llm_kwargs):
+                 sparse_head: bool = False, stacked: bool = True, **llm_kwargs):
         """sparse_head is off by default (it pays only at small batches: BENCHMARKS.md); see
         EngineConfig.build for it and relative_top_range."""
         engine_environment()
@@ -39,7 +39,8 @@ class UldEngine:
             llm_kwargs.setdefault("enforce_eager", True)
         from vllm import LLM
 
-        self.config = EngineConfig.build(target_dir, forget_sets, sparse_head=sparse_head, relative_top_range=relative_top_range)
+        self.config = EngineConfig.build(target_dir, forget_sets, sparse_head=sparse_head, relative_top_range=relative_top_range,
+                                         stacked=stacked)
         self.target_dir, self.forget_sets = self.config.target_dir, self.config.forget_sets
         self._lora_ids = {name: i for i, name in enumerate(self.forget_sets, start=1)}
         self.llm = LLM(model=str(self.target_dir), dtype=dtype, max_model_len=max_model_len, seed=seed,

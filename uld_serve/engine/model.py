@@ -54,6 +54,7 @@ from uld_kernels.sparse_head import assistant_logits_on_candidates
 
 from ..core.assistant import ASSISTANT_PREFIX
 from ..core.settings import read_overrides
+from .stacking import stacked_layer
 
 
 def _tie_parameters(module: nn.Module, source: nn.Module) -> None:
@@ -82,24 +83,6 @@ def _product(target_linear, assistant_linear, x: torch.Tensor, n: int) -> torch.
     if row_parallel and base.reduce_results and base.tp_size > 1:
         out = tensor_model_parallel_all_reduce(out)
     return out
-
-
-def _stacked_layer(target, assistant, positions, x, residual, n):
-    """Decoder layer i of the target and of the assistant over stacked rows (module docstring)."""
-    if residual is None:
-        residual, x = x, target.input_layernorm(x)
-    else:
-        x, residual = target.input_layernorm(x, residual)
-    attn, twin = target.self_attn, assistant.self_attn
-    qkv = _product(attn.qkv_proj, twin.qkv_proj, x, n)
-    q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
-    q, k = attn.rotary_emb(positions, q, k)
-    heads = torch.cat([attn.attn(q[:n], k[:n], v[:n]), twin.attn(q[n:], k[n:], v[n:])])
-    x = _product(attn.o_proj, twin.o_proj, heads, n)
-    x, residual = target.post_attention_layernorm(x, residual)
-    mlp, twin_mlp = target.mlp, assistant.mlp
-    x = mlp.act_fn(_product(mlp.gate_up_proj, twin_mlp.gate_up_proj, x, n))
-    return _product(mlp.down_proj, twin_mlp.down_proj, x, n), residual
 
 
 class AssistantLayers(nn.Module):
@@ -188,7 +171,7 @@ class UldLlamaForCausalLM(nn.Module, SupportsLoRA):
             return self.model(None, positions, None, x + residual)
         x, both = torch.cat([x, x]), torch.cat([positions, positions])
         for layer, twin in zip(heads, self.assistant.model.layers):
-            x, residual = _stacked_layer(layer, twin, both, x, residual, n)
+            x, residual = stacked_layer(layer, twin, both, x, residual, n, _product)
         # Layer K's input norm adds the residual itself when it is handed none, so the target's
         # rows re-enter the compiled model as one stream (x + residual), as vLLM's layers pass it.
         target_hidden = self.model(None, positions, None, x[:n] + residual[:n])
