@@ -51,20 +51,31 @@ def serve(
     sparse_head: bool = typer.Option(False, help="the assistant's LM head only where the filter can keep a token: faster "
                                      "for a few requests at a time; relative_top is then limited to the forget sets' values"),
     max_body_mib: float = typer.Option(4.0, help="larger request bodies get 413"),
+    max_tokens: Optional[int] = typer.Option(None, help="the most tokens a completion may ask for (also its default); "
+                                             "default: up to the context length"),
+    max_n: int = typer.Option(8, help="the most choices (n) a completion may ask for"),
+    max_in_flight: int = typer.Option(512, help="completion requests running or waiting; beyond it 429 with Retry-After "
+                                      "(0: unbounded)"),
+    request_timeout: float = typer.Option(600.0, help="seconds a completion may take; past it 504, or the end of its stream (0: none)"),
+    drain_timeout: int = typer.Option(30, help="on SIGTERM, seconds in-flight requests get to finish (vLLM's --shutdown-timeout)"),
 ):
     """OpenAI-compatible server (vLLM's own) where each request picks its forget set and alpha."""
     from ..server.keys import load_keys
     from ..server.launch import prepare, serve as run
+    from ..server.limits import Limits
 
     if max_loras < 1:
         raise UldError("--max-loras must be at least 1")
     keys = load_keys(api_key, admin_key, api_keys_file, admin_keys_file)
+    if drain_timeout < 0:
+        raise UldError("--drain-timeout must be 0 (abort in-flight requests) or more seconds")
+    limits = Limits.build(max_body_mib, max_tokens, max_n, max_in_flight, request_timeout)
     state = prepare(target, parse_forget_sets(forget_set), registry_path=registry, served_name=served_model_name,
                     keys=keys, forget_set_roots=forget_set_root, weight_level=weight_level, max_loras=max_loras,
-                    max_lora_rank=max_lora_rank, sparse_head=sparse_head, dtype=dtype, max_body_mib=max_body_mib)
+                    max_lora_rank=max_lora_rank, sparse_head=sparse_head, dtype=dtype, limits=limits)
     print(f"serving {state.target_name} with forget sets {', '.join(state.config.forget_sets) or 'none'} "
           f"on http://{host}:{port} (registry {state.registry.path})", flush=True)
-    run(state, host=host, port=port, max_model_len=max_model_len)
+    run(state, host=host, port=port, max_model_len=max_model_len, extra_args=["--shutdown-timeout", str(drain_timeout)])
 
 
 @app.command()

@@ -9,6 +9,7 @@ from ..engine.llm import eager_requested, engine_environment
 from ..core.errors import UldError
 from ..core.models import resolve_model, uld_home
 from .keys import Keys
+from .limits import Limits
 from .registry import Registry, read_entries
 from .state import ServerState
 
@@ -27,13 +28,11 @@ def default_forget_set_root() -> Path:
 
 def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = None, served_name: Optional[str] = None,
             keys: Keys = Keys(), forget_set_roots: Optional[list] = None, weight_level: bool = False, max_loras: int = 4,
-            max_lora_rank: int = 32, sparse_head: bool = False, dtype: str = "fp32", max_body_mib: float = 4) -> ServerState:
+            max_lora_rank: int = 32, sparse_head: bool = False, dtype: str = "fp32", limits: Limits = Limits()) -> ServerState:
     """Everything `uld serve` decides before vLLM starts, with every check that can fail on
     user input (so a mistake ends before the minutes of engine start-up). forget_set_roots:
     where runtime additions may come from (default: $ULD_HOME/forget-sets)."""
     dtype = check_dtype(dtype)
-    if not max_body_mib > 0:
-        raise UldError("--max-body-mib must be positive")
     target_dir = resolve_model(target)
     registry_path = Path(registry_path) if registry_path else default_registry(target_dir)
     entries = read_entries(registry_path)
@@ -52,7 +51,7 @@ def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = N
     registry = Registry(registry_path, config, name, roots)
     registry.save()
     return ServerState(config=config, registry=registry, target_name=name, keys=keys, dtype=dtype,
-                       max_body_bytes=int(max_body_mib * 2**20))
+                       limits=limits)
 
 
 def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, max_model_len: int = 2048,

@@ -9,9 +9,16 @@
   known names, malformed JSON 400. The request reaches vLLM with the forget set's LoRA as
   its model and the resolved alpha and filter r in `vllm_xargs` (they become
   SamplingParams.extra_args, read by the ULD logits processor).
+- Limits (limits.py): bodies over the size limit get 413, n or max_tokens over theirs 400,
+  a completion beyond the requests in flight 429 with Retry-After, and one that outlasts the
+  request timeout 504 (or, once its stream has started, the end of the stream); cancelling
+  it makes vLLM abort the request. Once vLLM starts shutting down (SIGTERM), every route but
+  /metrics gets 503 (/health too, so that a load balancer stops sending) while requests in
+  flight finish.
 - Responses say what was applied: `x-uld-forget-set`, `x-uld-alpha` and
   `x-uld-relative-top` headers, and a `uld` object in non-streaming JSON bodies.
 """
+import asyncio
 import json
 from typing import Optional
 
@@ -19,10 +26,12 @@ from prometheus_client import Counter
 
 from ..core.errors import UldError
 from .keys import CLIENT
+from .limits import RETRY_AFTER_S
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
 CLIENT_PATHS = (*COMPLETION_PATHS, "/v1/models", "/tokenize", "/detokenize", "/version")
 UNGUARDED = ("/health",)
+ADMIN_READS = ("/metrics",)  # still answered while draining
 REQUESTS = Counter("uld_requests", "Completion requests by forget set ('none': without one)", ["forget_set"])
 
 
@@ -81,7 +90,8 @@ def refuse_structured_outputs(body: dict) -> None:
 
 
 ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError",
-               409: "ConflictError", 413: "RequestTooLargeError"}
+               409: "ConflictError", 413: "RequestTooLargeError", 429: "RateLimitError", 503: "ServiceUnavailableError",
+               504: "TimeoutError"}
 
 
 def error_body(status: int, message: str) -> dict:
@@ -89,10 +99,10 @@ def error_body(status: int, message: str) -> dict:
     return {"error": {"message": message, "type": ERROR_TYPES.get(status, "Error"), "param": None, "code": status}}
 
 
-async def error_response(send, status: int, message: str) -> None:
+async def error_response(send, status: int, message: str, headers=()) -> None:
     body = json.dumps(error_body(status, message)).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -126,22 +136,58 @@ class UldMiddleware:
         refused = refusal(state, path, scope)
         if refused:
             return await error_response(send, *refused)
-        if state is not None and declared_length(scope) > state.max_body_bytes:
-            return await error_response(send, 413, too_large(state.max_body_bytes))
+        if state is not None and state.draining and path not in ADMIN_READS:
+            return await error_response(send, 503, "this server is shutting down; retry on another replica",
+                                        [(b"retry-after", str(RETRY_AFTER_S).encode())])
+        if state is not None and declared_length(scope) > state.limits.max_body_bytes:
+            return await error_response(send, 413, state.limits.too_large())
         if state is None or scope.get("method") != "POST" or path not in COMPLETION_PATHS:
             return await self.app(scope, receive, send)
+        limits = state.limits
+        if limits.max_in_flight is not None and state.in_flight >= limits.max_in_flight:
+            return await error_response(send, 429, f"this server has {limits.max_in_flight} requests in flight; retry shortly",
+                                        [(b"retry-after", str(RETRY_AFTER_S).encode())])
         try:
-            raw = await read_body(receive, state.max_body_bytes)
+            raw = await read_body(receive, limits)
             body = json.loads(raw)
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
             body, applied = resolve(body, state)
+            limits.apply(body)
         except ApiError as e:
             return await error_response(send, e.status, str(e))
-        except ValueError as e:  # json.JSONDecodeError is a ValueError
+        except json.JSONDecodeError as e:
             return await error_response(send, 400, f"the request body is not valid JSON: {e}")
+        except ValueError as e:
+            return await error_response(send, 400, str(e))
         REQUESTS.labels(forget_set=applied["forget_set"] or "none").inc()
-        await self.app(scope, replay(json.dumps(body).encode(), receive), annotated(send, applied))
+        state.in_flight += 1
+        try:
+            await within(limits.request_timeout_s, self.app, scope, replay(json.dumps(body).encode(), receive),
+                         lambda sent: annotated(sent, applied), send)
+        finally:
+            state.in_flight -= 1
+
+
+async def within(timeout_s, app, scope, receive, wrap, send) -> None:
+    """Run the app on one request for at most timeout_s: past it, the app is cancelled (vLLM
+    aborts the request) and the client gets 504, or, mid-stream, the end of the stream."""
+    progress = {"started": False, "done": False}
+
+    async def tracked(message):
+        if message["type"] == "http.response.start":
+            progress["started"] = True
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            progress["done"] = True
+        await send(message)
+
+    try:
+        await asyncio.wait_for(app(scope, receive, wrap(tracked)), timeout_s)
+    except asyncio.TimeoutError:
+        if not progress["started"]:
+            await error_response(send, 504, f"the request took longer than this server's {timeout_s:g} s (uld serve --request-timeout)")
+        elif not progress["done"]:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def declared_length(scope) -> int:
@@ -149,19 +195,15 @@ def declared_length(scope) -> int:
     return int(value) if value.isdigit() else 0
 
 
-def too_large(limit: int) -> str:
-    return f"the request body is larger than this server's limit of {limit} bytes (uld serve --max-body-mib)"
-
-
-async def read_body(receive, limit: int) -> bytes:
-    """The whole body, refused with 413 once it passes `limit` (a chunked body declares no length)."""
+async def read_body(receive, limits) -> bytes:
+    """The whole body, refused with 413 once it passes the limit (a chunked body declares no length)."""
     chunks, size = [], 0
     while True:
         message = await receive()
         chunks.append(message.get("body", b""))
         size += len(chunks[-1])
-        if size > limit:
-            raise ApiError(413, too_large(limit))
+        if size > limits.max_body_bytes:
+            raise ApiError(413, limits.too_large())
         if not message.get("more_body"):
             return b"".join(chunks)
 

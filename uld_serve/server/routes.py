@@ -91,7 +91,21 @@ class UldEndpoints:
         if uld is None:
             return  # a vLLM server not started by `uld serve`
         state.uld = uld
+        _drain_on_shutdown(engine_client, uld)
         for fs in list(uld.config.forget_sets.values()):
             failure = await load_into_engine(state, fs)
             if failure:
                 raise UldError(f"the engine could not load forget set {fs.name} ({fs.path}): {failure}")
+
+
+def _drain_on_shutdown(engine_client, uld) -> None:
+    """vLLM answers SIGTERM by shutting its engine client down, which lets requests in flight
+    finish (--shutdown-timeout) but fails new ones with a 500; marking the state as draining
+    when that shutdown starts lets the middleware answer them 503 instead."""
+    shutdown = engine_client.shutdown
+
+    def draining_shutdown(*args, **kwargs):
+        uld.draining = True
+        return shutdown(*args, **kwargs)
+
+    engine_client.shutdown = draining_shutdown

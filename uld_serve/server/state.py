@@ -1,9 +1,10 @@
 """What the middleware and the routes share: created by `uld serve` and carried to vLLM's
 app state in the server's argument namespace (`args.uld`)."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..engine.config import EngineConfig
 from .keys import Keys
+from .limits import Limits
 from .registry import Registry
 
 
@@ -14,4 +15,6 @@ class ServerState:
     target_name: str
     keys: Keys = Keys()
     dtype: str = "fp32"  # api.DTYPES
-    max_body_bytes: int = 4 << 20  # larger request bodies get 413
+    limits: Limits = field(default_factory=Limits)
+    in_flight: int = 0  # completion requests the middleware has passed on and not yet answered
+    draining: bool = False  # set when vLLM starts shutting down (SIGTERM): new requests get 503

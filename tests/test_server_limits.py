@@ -1,0 +1,114 @@
+"""`uld serve`'s limits on loopback (limits.py): n and max_tokens caps, the request timeout,
+the bound on requests in flight, and the drain on SIGTERM."""
+import re
+import signal
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from test_server import ADMIN, KEY, start_server
+
+pytestmark = pytest.mark.vllm
+
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+LIMITS = ("--max-tokens", "480", "--max-n", "2", "--max-in-flight", "2", "--request-timeout", "1", "--drain-timeout", "60")
+
+
+@pytest.fixture(scope="module")
+def limited(tiny_target, forget_sets, tmp_path_factory):
+    work = tmp_path_factory.mktemp("limited")
+    process, url = start_server(tiny_target, forget_sets, work, *LIMITS)
+    yield {"url": url, "process": process, "work": work}
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=90)
+
+
+def post(url, **body):
+    return httpx.post(f"{url}/v1/completions", headers=HEADERS, timeout=60,
+                      json={"model": "f1", "prompt": "Once upon a time", "temperature": 0, **body})
+
+
+def running_requests(url) -> float:
+    metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
+    return sum(float(v) for v in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", metrics, re.M))
+
+
+def test_n_and_max_tokens_over_the_caps_get_400_and_a_missing_length_is_capped(limited):
+    url = limited["url"]
+    for body, fragment in (({"n": 3}, "n must be an integer of at most 2"), ({"max_tokens": 481}, "at most 480")):
+        refused = post(url, **body)
+        assert refused.status_code == 400 and fragment in refused.json()["error"]["message"], refused.text
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="uld serve --max-tokens"):
+        client.chat.completions.create(model="f1", messages=[{"role": "user", "content": "hi"}], max_completion_tokens=500)
+    two = post(url, n=2, max_tokens=4, temperature=1.0, seed=0)
+    assert two.status_code == 200 and len(two.json()["choices"]) == 2, two.text
+
+
+def test_a_request_past_the_timeout_gets_504_or_its_stream_ends_and_vllm_aborts_it(limited):
+    url = limited["url"]
+    started = time.time()
+    slow = post(url, max_tokens=480, ignore_eos=True)  # hundreds of steps: seconds on this CPU
+    assert slow.status_code == 504 and "uld serve --request-timeout" in slow.json()["error"]["message"]
+    assert time.time() - started < 10
+    with httpx.stream("POST", f"{url}/v1/completions", headers=HEADERS, timeout=60,
+                      json={"model": "f1", "prompt": "Once upon a time", "max_tokens": 480, "ignore_eos": True,
+                            "stream": True}) as stream:
+        assert stream.status_code == 200
+        events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    assert 0 < len(events) < 480 and events[-1] != "data: [DONE]"  # cut short, not finished
+    deadline = time.time() + 20
+    while running_requests(url) and time.time() < deadline:
+        time.sleep(0.2)
+    assert running_requests(url) == 0
+    assert post(url, max_tokens=4).status_code == 200  # the server carries on
+
+
+def test_requests_beyond_the_bound_in_flight_get_429_with_retry_after(limited):
+    url, answers = limited["url"], []
+
+    def slow():
+        answers.append(post(url, max_tokens=480, ignore_eos=True).status_code)
+
+    threads = [threading.Thread(target=slow) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # both are in flight until the 1 s timeout
+    refused = post(url, max_tokens=4)
+    for t in threads:
+        t.join()
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert answers == [504, 504]
+    assert post(url, max_tokens=4).status_code == 200
+
+
+def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(tiny_target, forget_sets, tmp_path):
+    process, url = start_server(tiny_target, forget_sets, tmp_path, "--drain-timeout", "60")
+    first_token, events = threading.Event(), []
+
+    def stream():
+        with httpx.stream("POST", f"{url}/v1/completions", headers=HEADERS, timeout=120,
+                          json={"model": "f1", "prompt": "Once upon a time", "max_tokens": 300, "ignore_eos": True,
+                                "stream": True}) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line)
+                    first_token.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert first_token.wait(60)
+    process.send_signal(signal.SIGTERM)
+    deadline = time.time() + 30
+    while httpx.get(f"{url}/health").status_code != 503:  # out of the load balancer's rotation
+        assert time.time() < deadline, "/health never answered 503 while draining"
+        time.sleep(0.1)
+    late = post(url, max_tokens=4)
+    assert late.status_code == 503 and "shutting down" in late.json()["error"]["message"]
+    reader.join(120)
+    assert len(events) == 301 and events[-1] == "data: [DONE]"  # 300 tokens and the end: finished, not cut
+    assert process.wait(90) == 0
