@@ -1,5 +1,6 @@
-"""`uld serve`'s limits on loopback (limits.py): n and max_tokens caps, the request timeout,
-the bound on requests in flight, and the drain on SIGTERM."""
+"""`uld serve`'s policies on loopback: an enforced forget set (enforce.py), the limits
+(limits.py: n and max_tokens caps, the request timeout, the bound on requests in flight) and
+the drain on SIGTERM."""
 import re
 import signal
 import threading
@@ -9,12 +10,14 @@ import httpx
 import openai
 import pytest
 
+from helpers import assert_user_error, uld
 from test_server import ADMIN, KEY, start_server
 
 pytestmark = pytest.mark.vllm
 
 HEADERS = {"Authorization": f"Bearer {KEY}"}
-LIMITS = ("--max-tokens", "480", "--max-n", "2", "--max-in-flight", "2", "--request-timeout", "1", "--drain-timeout", "60")
+LIMITS = ("--max-tokens", "480", "--max-n", "2", "--max-in-flight", "2", "--request-timeout", "1", "--drain-timeout", "60",
+          "--enforce", "f2")  # f2's manifest alpha, 1.5, is the floor
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +32,34 @@ def limited(tiny_target, forget_sets, tmp_path_factory):
 
 def post(url, **body):
     return httpx.post(f"{url}/v1/completions", headers=HEADERS, timeout=60,
-                      json={"model": "f1", "prompt": "Once upon a time", "temperature": 0, **body})
+                      json={"model": "target", "prompt": "Once upon a time", "temperature": 0, **body})
 
 
 def running_requests(url) -> float:
     metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
     return sum(float(v) for v in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", metrics, re.M))
+
+
+def test_the_enforced_forget_set_serves_every_request_and_cannot_be_dropped(limited):
+    url = limited["url"]
+    served = post(url, max_tokens=4)
+    assert served.status_code == 200 and served.json()["uld"] == {"forget_set": "f2", "alpha": 1.5, "relative_top": 0.01}
+    assert post(url, max_tokens=4, model="f2", alpha=2.0).json()["uld"]["alpha"] == 2.0  # above the floor: allowed
+    for body, fragment in (({"forget_set": None}, "cannot ask for no forget set"), ({"model": "f1"}, "cannot ask for forget set 'f1'"),
+                           ({"forget_set": "f1"}, "cannot ask for forget set 'f1'"), ({"alpha": 1.0}, "below the floor 1.5")):
+        refused = post(url, max_tokens=4, **body)
+        assert refused.status_code == 400 and fragment in refused.json()["error"]["message"], refused.text
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    target = next(m for m in httpx.get(f"{url}/v1/models", headers=HEADERS).json()["data"] if m["id"] == "target")
+    assert target["uld"]["enforced"] == {"forget_set": "f2", "min_alpha": 1.5}
+    assert httpx.delete(f"{url}/admin/forget-sets/f2", headers=admin).status_code == 409
+    assert "f2" in httpx.get(f"{url}/admin/forget-sets", headers=admin).json()
+
+
+def test_an_enforced_name_that_is_not_served_is_refused_before_vllm_starts(tiny_target, forget_sets, tmp_path):
+    args = ["serve", "--target", tiny_target, "--forget-set", f"f1={forget_sets['f1']}", "--registry", tmp_path / "r.json"]
+    assert_user_error(uld(*args, "--enforce", "nope", check=False), "--enforce names 'nope'")
+    assert_user_error(uld(*args, "--enforce", "f1=9", check=False), "the floor after '=' must be an alpha")
 
 
 def test_n_and_max_tokens_over_the_caps_get_400_and_a_missing_length_is_capped(limited):
@@ -44,7 +69,7 @@ def test_n_and_max_tokens_over_the_caps_get_400_and_a_missing_length_is_capped(l
         assert refused.status_code == 400 and fragment in refused.json()["error"]["message"], refused.text
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
     with pytest.raises(openai.BadRequestError, match="uld serve --max-tokens"):
-        client.chat.completions.create(model="f1", messages=[{"role": "user", "content": "hi"}], max_completion_tokens=500)
+        client.chat.completions.create(model="target", messages=[{"role": "user", "content": "hi"}], max_completion_tokens=500)
     two = post(url, n=2, max_tokens=4, temperature=1.0, seed=0)
     assert two.status_code == 200 and len(two.json()["choices"]) == 2, two.text
 
@@ -56,7 +81,7 @@ def test_a_request_past_the_timeout_gets_504_or_its_stream_ends_and_vllm_aborts_
     assert slow.status_code == 504 and "uld serve --request-timeout" in slow.json()["error"]["message"]
     assert time.time() - started < 10
     with httpx.stream("POST", f"{url}/v1/completions", headers=HEADERS, timeout=60,
-                      json={"model": "f1", "prompt": "Once upon a time", "max_tokens": 480, "ignore_eos": True,
+                      json={"model": "target", "prompt": "Once upon a time", "max_tokens": 480, "ignore_eos": True,
                             "stream": True}) as stream:
         assert stream.status_code == 200
         events = [line for line in stream.iter_lines() if line.startswith("data: ")]

@@ -57,6 +57,8 @@ def serve(
     max_in_flight: int = typer.Option(512, help="completion requests running or waiting; beyond it 429 with Retry-After "
                                       "(0: unbounded)"),
     request_timeout: float = typer.Option(600.0, help="seconds a completion may take; past it 504, or the end of its stream (0: none)"),
+    enforce: Optional[str] = typer.Option(None, help="NAME or NAME=MIN_ALPHA: serve every completion with this forget set; "
+                                          "requests may not turn it off, pick another or go below the floor (default: its alpha)"),
     drain_timeout: int = typer.Option(30, help="on SIGTERM, seconds in-flight requests get to finish (vLLM's --shutdown-timeout)"),
 ):
     """OpenAI-compatible server (vLLM's own) where each request picks its forget set and alpha."""
@@ -72,8 +74,10 @@ def serve(
     limits = Limits.build(max_body_mib, max_tokens, max_n, max_in_flight, request_timeout)
     state = prepare(target, parse_forget_sets(forget_set), registry_path=registry, served_name=served_model_name,
                     keys=keys, forget_set_roots=forget_set_root, weight_level=weight_level, max_loras=max_loras,
-                    max_lora_rank=max_lora_rank, sparse_head=sparse_head, dtype=dtype, limits=limits)
-    print(f"serving {state.target_name} with forget sets {', '.join(state.config.forget_sets) or 'none'} "
+                    max_lora_rank=max_lora_rank, sparse_head=sparse_head, dtype=dtype, limits=limits,
+                    enforce=enforce)
+    enforced = f", enforcing {state.enforced.forget_set}" if state.enforced else ""
+    print(f"serving {state.target_name} with forget sets {', '.join(state.config.forget_sets) or 'none'}{enforced} "
           f"on http://{host}:{port} (registry {state.registry.path})", flush=True)
     run(state, host=host, port=port, max_model_len=max_model_len, extra_args=["--shutdown-timeout", str(drain_timeout)])
 

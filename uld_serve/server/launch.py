@@ -8,6 +8,7 @@ from ..engine.config import EngineConfig
 from ..engine.llm import eager_requested, engine_environment
 from ..core.errors import UldError
 from ..core.models import resolve_model, uld_home
+from .enforce import Enforced
 from .keys import Keys
 from .limits import Limits
 from .registry import Registry, read_entries
@@ -28,7 +29,8 @@ def default_forget_set_root() -> Path:
 
 def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = None, served_name: Optional[str] = None,
             keys: Keys = Keys(), forget_set_roots: Optional[list] = None, weight_level: bool = False, max_loras: int = 4,
-            max_lora_rank: int = 32, sparse_head: bool = False, dtype: str = "fp32", limits: Limits = Limits()) -> ServerState:
+            max_lora_rank: int = 32, sparse_head: bool = False, dtype: str = "fp32", limits: Limits = Limits(),
+            enforce: Optional[str] = None) -> ServerState:
     """Everything `uld serve` decides before vLLM starts, with every check that can fail on
     user input (so a mistake ends before the minutes of engine start-up). forget_set_roots:
     where runtime additions may come from (default: $ULD_HOME/forget-sets)."""
@@ -42,6 +44,7 @@ def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = N
         raise UldError(f"{name!r} names both the target and a forget set; pass --served-model-name")
     config = EngineConfig.build(target_dir, entries, weight_level=weight_level, min_lora_rank=max_lora_rank,
                                 max_loras=max_loras, sparse_head=sparse_head)
+    enforced = Enforced.build(enforce, config.forget_sets)
     roots = [Path(r) for r in forget_set_roots] if forget_set_roots else [default_forget_set_root()]
     for root in roots:
         if not root.is_dir():
@@ -51,7 +54,7 @@ def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = N
     registry = Registry(registry_path, config, name, roots)
     registry.save()
     return ServerState(config=config, registry=registry, target_name=name, keys=keys, dtype=dtype,
-                       limits=limits)
+                       limits=limits, enforced=enforced)
 
 
 def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, max_model_len: int = 2048,

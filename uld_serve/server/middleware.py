@@ -15,6 +15,8 @@
   it makes vLLM abort the request. Once vLLM starts shutting down (SIGTERM), every route but
   /metrics gets 503 (/health too, so that a load balancer stops sending) while requests in
   flight finish.
+- An enforced forget set (enforce.py) is applied to every completion; a request that asks for
+  none, another set or a lower alpha gets 400.
 - Responses say what was applied: `x-uld-forget-set`, `x-uld-alpha` and
   `x-uld-relative-top` headers, and a `uld` object in non-streaming JSON bodies.
 """
@@ -45,6 +47,7 @@ def resolve(body: dict, state) -> tuple:
     """(the body vLLM gets, what is applied: {forget_set, alpha, relative_top})."""
     model = body.get("model")
     names = [state.target_name, *state.config.forget_sets]
+    explicit = "forget_set" in body or model in state.config.forget_sets
     if "forget_set" in body:
         forget_set = body.pop("forget_set")
         if forget_set is not None and not isinstance(forget_set, str):
@@ -59,9 +62,15 @@ def resolve(body: dict, state) -> tuple:
         raise ApiError(404, f"unknown model {model!r}; this server offers {', '.join(names)}")
     alpha, relative_top = body.pop("alpha", None), body.pop("relative_top", None)
     try:
+        if state.enforced is not None:
+            forget_set = state.enforced.choose(forget_set, explicit)
         applied = state.config.settings(forget_set, alpha, relative_top)
+        if state.enforced is not None:
+            state.enforced.check_alpha(applied.alpha)
     except UldError as e:
         raise ApiError(404 if str(e).startswith("unknown forget set") else 400, str(e)) from None
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
     if applied.forget_set is not None and not state.config.forget_sets[applied.forget_set].is_weight_level:
         refuse_structured_outputs(body)
     xargs = body.get("vllm_xargs") or {}

@@ -22,7 +22,8 @@ def _card(name: str, parent, details: dict) -> dict:
 async def list_models(request: Request):
     state = request.app.state.uld
     cards = [_card(state.target_name, None, {"kind": "target", "path": str(state.config.target_dir),
-                                             "fingerprint": state.config.target_fingerprint[:12]})]
+                                             "fingerprint": state.config.target_fingerprint[:12],
+                                             "enforced": state.enforced.as_dict() if state.enforced else None})]
     cards += [_card(name, state.target_name, summary(fs)) for name, fs in state.config.forget_sets.items()]
     return {"object": "list", "data": cards}
 
@@ -63,6 +64,8 @@ async def remove_forget_set(name: str, request: Request):
     state = request.app.state.uld
     if name not in state.config.forget_sets:
         return _error(404, f"unknown forget set {name!r}; known forget sets: {', '.join(state.config.forget_sets) or 'none'}")
+    if state.enforced is not None and state.enforced.forget_set == name:
+        return _error(409, f"forget set {name!r} is enforced on this server; restart it without --enforce to remove it")
     state.registry.remove(name)
     await request.app.state.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
     return {"removed": name}

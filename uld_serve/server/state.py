@@ -1,8 +1,10 @@
 """What the middleware and the routes share: created by `uld serve` and carried to vLLM's
 app state in the server's argument namespace (`args.uld`)."""
 from dataclasses import dataclass, field
+from typing import Optional
 
 from ..engine.config import EngineConfig
+from .enforce import Enforced
 from .keys import Keys
 from .limits import Limits
 from .registry import Registry
@@ -16,5 +18,6 @@ class ServerState:
     keys: Keys = Keys()
     dtype: str = "fp32"  # api.DTYPES
     limits: Limits = field(default_factory=Limits)
+    enforced: Optional[Enforced] = None  # the forget set every completion is served with
     in_flight: int = 0  # completion requests the middleware has passed on and not yet answered
     draining: bool = False  # set when vLLM starts shutting down (SIGTERM): new requests get 503
