@@ -1,6 +1,7 @@
 """`uld serve`'s policies on loopback: an enforced forget set (enforce.py), the limits
 (limits.py: n and max_tokens caps, the request timeout, the bound on requests in flight) and
 the drain on SIGTERM."""
+import json
 import re
 import signal
 import threading
@@ -23,7 +24,7 @@ LIMITS = ("--max-tokens", "480", "--max-n", "2", "--max-in-flight", "2", "--requ
 @pytest.fixture(scope="module")
 def limited(tiny_target, forget_sets, tmp_path_factory):
     work = tmp_path_factory.mktemp("limited")
-    process, url = start_server(tiny_target, forget_sets, work, *LIMITS)
+    process, url = start_server(tiny_target, forget_sets, work, *LIMITS, "--audit-log", str(work / "audit.jsonl"))
     yield {"url": url, "process": process, "work": work}
     if process.poll() is None:
         process.terminate()
@@ -109,6 +110,30 @@ def test_requests_beyond_the_bound_in_flight_get_429_with_retry_after(limited):
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
     assert answers == [504, 504]
     assert post(url, max_tokens=4).status_code == 200
+
+
+def test_the_audit_trail_records_each_request_and_admin_change_without_content(limited, forget_sets):
+    url, admin = limited["url"], {"Authorization": f"Bearer {ADMIN}"}
+    with httpx.stream("POST", f"{url}/v1/completions", headers={**HEADERS, "X-Request-Id": "probe-stream"}, timeout=60,
+                      json={"model": "target", "prompt": "Once upon a time", "max_tokens": 4, "ignore_eos": True,
+                            "stream": True}) as stream:
+        assert stream.headers["x-request-id"] == "probe-stream"
+        events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")]
+    assert events and all(e["choices"] for e in events)  # no usage event the client did not ask for
+    assert post(url, max_tokens=3, alpha=1.0).status_code == 400
+    added = httpx.post(f"{url}/admin/forget-sets", headers=admin, json={"name": "f3", "path": str(forget_sets["f1"])})
+    assert added.status_code == 201
+    assert httpx.delete(f"{url}/admin/forget-sets/f3", headers=admin).status_code == 200
+    lines = [json.loads(line) for line in (limited["work"] / "audit.jsonl").read_text().splitlines()]
+    streamed = next(line for line in lines if line.get("request_id") == "probe-stream")
+    assert streamed["forget_set"] == "f2" and streamed["alpha"] == 1.5 and streamed["status"] == 200
+    assert streamed["completion_tokens"] == 4 and streamed["prompt_tokens"] > 0 and streamed["model"] == "target"
+    assert streamed["key_id"] and KEY not in json.dumps(lines) and "prompt" not in streamed and "output" not in streamed
+    assert any(line.get("status") == 400 and line["event"] == "completion" for line in lines)
+    assert [(line["action"], line["forget_set"]) for line in lines if line["event"] == "admin"] == [("add", "f3"), ("remove", "f3")]
+    metrics = httpx.get(f"{url}/metrics", headers=admin).text
+    assert re.search(r'uld_tokens_total\{forget_set="f2",kind="completion"\} [1-9]', metrics)
+    assert 'uld_request_seconds_count{forget_set="f2"}' in metrics
 
 
 def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(tiny_target, forget_sets, tmp_path):

@@ -59,11 +59,17 @@ def serve(
     request_timeout: float = typer.Option(600.0, help="seconds a completion may take; past it 504, or the end of its stream (0: none)"),
     enforce: Optional[str] = typer.Option(None, help="NAME or NAME=MIN_ALPHA: serve every completion with this forget set; "
                                           "requests may not turn it off, pick another or go below the floor (default: its alpha)"),
+    audit_log: str = typer.Option("", help="the audit trail, one JSON line per completion and admin change "
+                                  "(default $ULD_HOME/serve/audit.jsonl; 'off': none)"),
+    audit_content: bool = typer.Option(False, help="also record prompts and outputs in the audit trail"),
+    audit_max_mib: float = typer.Option(100.0, help="the audit file's size before it is rotated"),
+    audit_backups: int = typer.Option(10, help="rotated audit files kept"),
     drain_timeout: int = typer.Option(30, help="on SIGTERM, seconds in-flight requests get to finish (vLLM's --shutdown-timeout)"),
 ):
     """OpenAI-compatible server (vLLM's own) where each request picks its forget set and alpha."""
     from ..server.keys import load_keys
-    from ..server.launch import prepare, serve as run
+    from ..server.audit import AuditLog
+    from ..server.launch import default_audit_log, prepare, serve as run
     from ..server.limits import Limits
 
     if max_loras < 1:
@@ -72,13 +78,17 @@ def serve(
     if drain_timeout < 0:
         raise UldError("--drain-timeout must be 0 (abort in-flight requests) or more seconds")
     limits = Limits.build(max_body_mib, max_tokens, max_n, max_in_flight, request_timeout)
+    if not audit_max_mib > 0 or audit_backups < 0:
+        raise UldError("--audit-max-mib must be positive and --audit-backups at least 0")
+    audit = AuditLog(None if audit_log == "off" else Path(audit_log or default_audit_log()), audit_max_mib, audit_backups,
+                     audit_content)
     state = prepare(target, parse_forget_sets(forget_set), registry_path=registry, served_name=served_model_name,
                     keys=keys, forget_set_roots=forget_set_root, weight_level=weight_level, max_loras=max_loras,
                     max_lora_rank=max_lora_rank, sparse_head=sparse_head, dtype=dtype, limits=limits,
-                    enforce=enforce)
+                    enforce=enforce, audit=audit)
     enforced = f", enforcing {state.enforced.forget_set}" if state.enforced else ""
     print(f"serving {state.target_name} with forget sets {', '.join(state.config.forget_sets) or 'none'}{enforced} "
-          f"on http://{host}:{port} (registry {state.registry.path})", flush=True)
+          f"on http://{host}:{port} (registry {state.registry.path}, audit {state.audit.path or 'off'})", flush=True)
     run(state, host=host, port=port, max_model_len=max_model_len, extra_args=["--shutdown-timeout", str(drain_timeout)])
 
 

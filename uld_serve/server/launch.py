@@ -8,6 +8,7 @@ from ..engine.config import EngineConfig
 from ..engine.llm import eager_requested, engine_environment
 from ..core.errors import UldError
 from ..core.models import resolve_model, uld_home
+from .audit import AuditLog
 from .enforce import Enforced
 from .keys import Keys
 from .limits import Limits
@@ -23,6 +24,10 @@ def default_registry(target_dir: Path) -> Path:
     return uld_home() / "serve" / f"registry-{fingerprint(target_dir)[:12]}.json"
 
 
+def default_audit_log() -> Path:
+    return uld_home() / "serve" / "audit.jsonl"
+
+
 def default_forget_set_root() -> Path:
     return uld_home() / "forget-sets"
 
@@ -30,7 +35,7 @@ def default_forget_set_root() -> Path:
 def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = None, served_name: Optional[str] = None,
             keys: Keys = Keys(), forget_set_roots: Optional[list] = None, weight_level: bool = False, max_loras: int = 4,
             max_lora_rank: int = 32, sparse_head: bool = False, dtype: str = "fp32", limits: Limits = Limits(),
-            enforce: Optional[str] = None) -> ServerState:
+            enforce: Optional[str] = None, audit: Optional[AuditLog] = None) -> ServerState:
     """Everything `uld serve` decides before vLLM starts, with every check that can fail on
     user input (so a mistake ends before the minutes of engine start-up). forget_set_roots:
     where runtime additions may come from (default: $ULD_HOME/forget-sets)."""
@@ -54,7 +59,7 @@ def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = N
     registry = Registry(registry_path, config, name, roots)
     registry.save()
     return ServerState(config=config, registry=registry, target_name=name, keys=keys, dtype=dtype,
-                       limits=limits, enforced=enforced)
+                       limits=limits, enforced=enforced, audit=audit or AuditLog(None))
 
 
 def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, max_model_len: int = 2048,

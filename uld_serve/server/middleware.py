@@ -22,12 +22,15 @@
 """
 import asyncio
 import json
+import time
+import uuid
 from typing import Optional
 
 from prometheus_client import Counter
 
 from ..core.errors import UldError
-from .keys import CLIENT
+from .audit import ask_for_usage, observed
+from .keys import CLIENT, key_id
 from .limits import RETRY_AFTER_S
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
@@ -142,50 +145,94 @@ class UldMiddleware:
             return await self.app(scope, receive, send)
         state = getattr(scope["app"].state, "uld", None)
         path = scope["path"].removeprefix(scope.get("root_path", ""))
-        refused = refusal(state, path, scope)
+        if state is None:
+            return await self.app(scope, receive, send)
+        if scope.get("method") == "POST" and path in COMPLETION_PATHS:
+            return await self.completion(state, path, scope, receive, send)
+        refused = self.refused(state, path, scope)
         if refused:
             return await error_response(send, *refused)
-        if state is not None and state.draining and path not in ADMIN_READS:
-            return await error_response(send, 503, "this server is shutting down; retry on another replica",
-                                        [(b"retry-after", str(RETRY_AFTER_S).encode())])
-        if state is not None and declared_length(scope) > state.limits.max_body_bytes:
-            return await error_response(send, 413, state.limits.too_large())
-        if state is None or scope.get("method") != "POST" or path not in COMPLETION_PATHS:
-            return await self.app(scope, receive, send)
-        limits = state.limits
-        if limits.max_in_flight is not None and state.in_flight >= limits.max_in_flight:
-            return await error_response(send, 429, f"this server has {limits.max_in_flight} requests in flight; retry shortly",
-                                        [(b"retry-after", str(RETRY_AFTER_S).encode())])
+        return await self.app(scope, receive, send)
+
+    @staticmethod
+    def refused(state, path: str, scope) -> Optional[tuple]:
+        """(status, message, headers) for what every route checks first: key, drain, body size."""
+        refused = refusal(state, path, scope)
+        if refused:
+            return (*refused, ())
+        if state.draining and path not in ADMIN_READS:
+            return 503, "this server is shutting down; retry on another replica", [(b"retry-after", str(RETRY_AFTER_S).encode())]
+        if declared_length(scope) > state.limits.max_body_bytes:
+            return 413, state.limits.too_large(), ()
+        return None
+
+    async def completion(self, state, path: str, scope, receive, send) -> None:
+        """One completion request, through the checks and limits to vLLM, recorded in the audit trail."""
+        started, request_id = time.monotonic(), request_id_of(scope)
+        scope = with_header(scope, b"x-request-id", request_id.encode())  # vLLM takes it as its request id
+        seen = {"status": None, "usage": None, "output": []}
+        body, asked, applied = {}, None, {"forget_set": None, "alpha": None, "relative_top": None}
         try:
-            raw = await read_body(receive, limits)
-            body = json.loads(raw)
-            if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
-            body, applied = resolve(body, state)
-            limits.apply(body)
-        except ApiError as e:
-            return await error_response(send, e.status, str(e))
-        except json.JSONDecodeError as e:
-            return await error_response(send, 400, f"the request body is not valid JSON: {e}")
-        except ValueError as e:
-            return await error_response(send, 400, str(e))
-        REQUESTS.labels(forget_set=applied["forget_set"] or "none").inc()
-        state.in_flight += 1
-        try:
-            await within(limits.request_timeout_s, self.app, scope, replay(json.dumps(body).encode(), receive),
-                         lambda sent: annotated(sent, applied), send)
+            refused = self.refused(state, path, scope)
+            limits = state.limits
+            if not refused and limits.max_in_flight is not None and state.in_flight >= limits.max_in_flight:
+                refused = (429, f"this server has {limits.max_in_flight} requests in flight; retry shortly",
+                           [(b"retry-after", str(RETRY_AFTER_S).encode())])
+            if not refused:
+                try:
+                    body = json.loads(await read_body(receive, limits))
+                    if not isinstance(body, dict):
+                        raise ValueError("the body must be a JSON object")
+                    asked = body.get("model")
+                    body, applied = resolve(body, state)
+                    limits.apply(body)
+                except ApiError as e:
+                    refused = (e.status, str(e), ())
+                except json.JSONDecodeError as e:
+                    refused = (400, f"the request body is not valid JSON: {e}", ())
+                except ValueError as e:
+                    refused = (400, str(e), ())
+            if refused:
+                seen["status"] = refused[0]
+                return await error_response(send, *refused)
+            REQUESTS.labels(forget_set=applied["forget_set"] or "none").inc()
+            strip_usage = ask_for_usage(body)
+            state.in_flight += 1
+            try:
+                seen["status"] = await within(limits.request_timeout_s, self.app, scope, replay(json.dumps(body).encode(), receive),
+                                              lambda sent: annotated(observed(sent, seen, strip_usage), applied, request_id), send)
+            finally:
+                state.in_flight -= 1
         finally:
-            state.in_flight -= 1
+            state.audit.completion(
+                request_id=request_id, key_id=key_id_of(state, scope), route=path, model=asked,
+                applied=applied, status=seen["status"] or 499, usage=seen["usage"], seconds=time.monotonic() - started,
+                prompt=body.get("messages", body.get("prompt")), output="".join(seen["output"]) or None)
 
 
-async def within(timeout_s, app, scope, receive, wrap, send) -> None:
+def request_id_of(scope) -> str:
+    given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+    return given[:128] if given else uuid.uuid4().hex
+
+
+def with_header(scope, name: bytes, value: bytes):
+    return {**scope, "headers": [(k, v) for k, v in scope.get("headers") or [] if k != name] + [(name, value)]}
+
+
+def key_id_of(state, scope) -> Optional[str]:
+    token = bearer_token(scope)
+    return key_id(token) if token and not state.keys.open else None
+
+
+async def within(timeout_s, app, scope, receive, wrap, send) -> int:
     """Run the app on one request for at most timeout_s: past it, the app is cancelled (vLLM
-    aborts the request) and the client gets 504, or, mid-stream, the end of the stream."""
-    progress = {"started": False, "done": False}
+    aborts the request) and the client gets 504, or, mid-stream, the end of the stream.
+    Returns the response's status (504 for a request cut short)."""
+    progress = {"status": None, "done": False}
 
     async def tracked(message):
         if message["type"] == "http.response.start":
-            progress["started"] = True
+            progress["status"] = message["status"]
         elif message["type"] == "http.response.body" and not message.get("more_body"):
             progress["done"] = True
         await send(message)
@@ -193,10 +240,12 @@ async def within(timeout_s, app, scope, receive, wrap, send) -> None:
     try:
         await asyncio.wait_for(app(scope, receive, wrap(tracked)), timeout_s)
     except asyncio.TimeoutError:
-        if not progress["started"]:
+        if progress["status"] is None:
             await error_response(send, 504, f"the request took longer than this server's {timeout_s:g} s (uld serve --request-timeout)")
         elif not progress["done"]:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return 504
+    return progress["status"]
 
 
 def declared_length(scope) -> int:
@@ -231,9 +280,10 @@ def replay(body: bytes, receive):
     return replayed
 
 
-def annotated(send, applied: dict):
-    """Add the applied settings to the response headers, and to the body of a JSON answer."""
-    headers = [(b"x-uld-forget-set", (applied["forget_set"] or "none").encode()),
+def annotated(send, applied: dict, request_id: str):
+    """Add the applied settings (and the request id) to the response headers, and the settings
+    to the body of a JSON answer."""
+    headers = [(b"x-request-id", request_id.encode()), (b"x-uld-forget-set", (applied["forget_set"] or "none").encode()),
                (b"x-uld-alpha", repr(applied["alpha"]).encode()),
                (b"x-uld-relative-top", repr(applied["relative_top"]).encode())]
     start, chunks = None, []

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..core.errors import UldError
+from .keys import key_id
 from .middleware import error_body
 from .registry import summary
 
@@ -54,6 +55,7 @@ async def add_forget_set(request: Request):
     if failure:
         return _error(400, f"the engine could not load {fs.path}: {failure}")
     state.registry.add(fs)
+    state.audit.admin(key_id=_key_id(request), action="add", name=fs.name, status=201, path=str(fs.path))
     return JSONResponse(_card(fs.name, state.target_name, summary(fs)), status_code=201)
 
 
@@ -68,7 +70,13 @@ async def remove_forget_set(name: str, request: Request):
         return _error(409, f"forget set {name!r} is enforced on this server; restart it without --enforce to remove it")
     state.registry.remove(name)
     await request.app.state.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+    state.audit.admin(key_id=_key_id(request), action="remove", name=name, status=200)
     return {"removed": name}
+
+
+def _key_id(request: Request):
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return key_id(token) if scheme.lower() == "bearer" and token else None
 
 
 async def load_into_engine(app_state, fs):

@@ -1,0 +1,35 @@
+"""The audit file itself (server/audit.py): content only when asked for, appended, rotated by size."""
+import json
+
+from uld_serve.server.audit import AuditLog
+
+APPLIED = {"forget_set": "f1", "alpha": 0.75, "relative_top": 0.01}
+
+
+def record(log, request_id, prompt="Who is Basil?", output="A writer."):
+    log.completion(request_id=request_id, key_id="k1", route="/v1/completions", model="f1", applied=APPLIED, status=200,
+                   usage={"prompt_tokens": 5, "completion_tokens": 3}, seconds=0.1, prompt=prompt, output=output)
+
+
+def test_content_is_recorded_only_when_asked_and_lines_are_appended(tmp_path):
+    path = tmp_path / "audit" / "audit.jsonl"
+    record(AuditLog(path), "a")
+    record(AuditLog(path, content=True), "b")  # a restart appends to the same file
+    first, second = [json.loads(line) for line in path.read_text().splitlines()]
+    assert first["request_id"] == "a" and "prompt" not in first and "output" not in first
+    assert second["prompt"] == "Who is Basil?" and second["output"] == "A writer." and second["completion_tokens"] == 3
+
+
+def test_the_file_is_rotated_by_size(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, max_mib=1 / 1024, backups=2)  # 1 KiB
+    for i in range(40):
+        record(log, f"r{i}")
+    assert path.exists() and (tmp_path / "audit.jsonl.1").exists() and (tmp_path / "audit.jsonl.2").exists()
+    assert not (tmp_path / "audit.jsonl.3").exists()
+    assert json.loads(path.read_text().splitlines()[-1])["request_id"] == "r39"
+
+
+def test_off_writes_nothing(tmp_path):
+    record(AuditLog(None), "a")
+    assert not list(tmp_path.iterdir())

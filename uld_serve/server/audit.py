@@ -1,0 +1,125 @@
+"""The audit trail (`uld serve --audit-log FILE`): one JSON line per completion request and per
+admin change, appended to a file that Python's RotatingFileHandler rotates by size, and
+Prometheus counters and a latency histogram per forget set.
+
+A completion line: time, request id, key id (a hash, never the key), route, model, forget
+set, alpha, relative_top, status, prompt and completion tokens, seconds; the prompt and the
+output only with `--audit-content`. The lines say which forget set served which request,
+which is what an operator must be able to show after a deletion request."""
+import json
+import logging
+import logging.handlers
+import time
+from pathlib import Path
+from typing import Optional
+
+from prometheus_client import Counter, Histogram
+
+from ..core.errors import UldError
+
+TOKENS = Counter("uld_tokens", "Tokens of completion requests by forget set ('none': without one)", ["forget_set", "kind"])
+LATENCY = Histogram("uld_request_seconds", "Completion request time by forget set", ["forget_set"],
+                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+
+
+class AuditLog:
+    def __init__(self, path: Optional[Path], max_mib: float = 100, backups: int = 10, content: bool = False):
+        self.path, self.content = path, content
+        self._logger = None
+        if path is None:
+            return
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(path, mode="a", maxBytes=int(max_mib * 2**20), backupCount=backups,
+                                                           encoding="utf-8")
+        except OSError as e:
+            raise UldError(f"cannot open the audit log {path}: {e.strerror}") from None
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        self._logger = logging.getLogger(f"uld_serve.audit.{path}")
+        self._logger.propagate = False
+        self._logger.setLevel(logging.INFO)
+        self._logger.handlers = [handler]
+
+    def write(self, record: dict) -> None:
+        if self._logger is not None:
+            self._logger.info(json.dumps({"time": round(time.time(), 3), **record}, ensure_ascii=False))
+
+    def completion(self, *, request_id: str, key_id: Optional[str], route: str, model, applied: dict, status: int,
+                   usage: Optional[dict], seconds: float, prompt=None, output: Optional[str] = None) -> None:
+        """Record one completion request and count it in the per-forget-set metrics."""
+        label = applied["forget_set"] or "none"
+        LATENCY.labels(forget_set=label).observe(seconds)
+        usage = usage or {}
+        for kind in ("prompt", "completion"):
+            if usage.get(f"{kind}_tokens"):
+                TOKENS.labels(forget_set=label, kind=kind).inc(usage[f"{kind}_tokens"])
+        record = {"event": "completion", "request_id": request_id, "key_id": key_id, "route": route, "model": model,
+                  **applied, "status": status, "prompt_tokens": usage.get("prompt_tokens"),
+                  "completion_tokens": usage.get("completion_tokens"), "seconds": round(seconds, 3)}
+        if self.content:
+            record.update(prompt=prompt, output=output)
+        self.write(record)
+
+    def admin(self, *, key_id: Optional[str], action: str, name: str, status: int, path: Optional[str] = None) -> None:
+        self.write({"event": "admin", "key_id": key_id, "action": action, "forget_set": name, "path": path, "status": status})
+
+
+def ask_for_usage(body: dict) -> bool:
+    """Make a streaming request's last event carry its token counts (vLLM's stream_options);
+    True when the client did not ask for them, so that event is taken out of its stream."""
+    if not body.get("stream"):
+        return False
+    options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+    body["stream_options"] = {**options, "include_usage": True}
+    return not options.get("include_usage")
+
+
+def observed(send, seen: dict, strip_usage: bool):
+    """Pass the response on, noting its usage and output text in `seen` (a JSON body whole; a
+    stream event by event, holding back at most one incomplete event)."""
+    pending = b""
+
+    def note(data: dict) -> bool:
+        """Note one JSON payload; False for the usage-only event the client did not ask for."""
+        if data.get("usage"):
+            seen["usage"] = data["usage"]
+        for choice in data.get("choices") or []:
+            text = choice.get("text") or (choice.get("message") or choice.get("delta") or {}).get("content")
+            if text:
+                seen["output"].append(text)
+        return not (strip_usage and data.get("usage") and not data.get("choices"))
+
+    async def send_observed(message):
+        nonlocal pending
+        if message["type"] == "http.response.start":
+            seen["stream"] = dict(message.get("headers") or []).get(b"content-type", b"").startswith(b"text/event-stream")
+            return await send(message)
+        if message["type"] != "http.response.body":
+            return await send(message)
+        body = message.get("body", b"")
+        if not seen.get("stream"):
+            if not message.get("more_body"):
+                try:
+                    note(json.loads(body))
+                except (ValueError, AttributeError):
+                    pass
+            return await send(message)
+        events = (pending + body).split(b"\n\n")
+        pending = events.pop()
+        out = b"".join(event + b"\n\n" for event in events if _keep(event, note))
+        if not message.get("more_body"):
+            out, pending = out + pending, b""
+        return await send({**message, "body": out})
+
+    return send_observed
+
+
+def _keep(event: bytes, note) -> bool:
+    payload = event.removeprefix(b"data: ")
+    if payload == event or payload.strip() == b"[DONE]":
+        return True
+    try:
+        return note(json.loads(payload))
+    except ValueError:
+        return True
