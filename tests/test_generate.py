@@ -75,7 +75,7 @@ def test_output_in_input_order_and_resume(reference, tmp_path):
     ({"prompt": "x", "relative_top": 0}, "line 2: relative_top must be a number in (0, 1]"),
     ({"prompt": 3}, "line 2: prompt must be a string"),
     ({"prompt": "x", "prompt_ids": [1]}, "line 2: give exactly one of"),
-    ({"prompt": "x", "colour": "red"}, "line 2: unknown field(s) colour"),
+    ({"prompt": "x", "colour": "red"}, "line 2: unknown field(s) 'colour'"),
 ])
 def test_bad_lines_are_named(reference, tmp_path, row, message):
     source = write_jsonl(tmp_path / "in.jsonl", [LINES[0], row])

@@ -19,6 +19,7 @@ from .core.jsonl import read_objects
 from .core.settings import check_alpha, check_relative_top
 from .core.tofu import SYSTEM_PROMPT
 
+ROLES = ("system", "user", "assistant")
 FIELDS = {"id", "prompt", "messages", "prompt_ids", "forget_set", "alpha", "relative_top", "max_tokens", "temperature", "top_p", "seed"}
 
 
@@ -55,8 +56,10 @@ def parse_requests(path: Path, tokenizer, known_forget_sets, default_max_tokens=
     for line_no, row in read_objects(path):
         unknown = set(row) - FIELDS
         if unknown:
-            raise UldError(f"line {line_no}: unknown field(s) {', '.join(sorted(unknown))}")
+            raise UldError(f"line {line_no}: unknown field(s) {', '.join(map(repr, sorted(unknown)))}")
         forget_set = row.get("forget_set")
+        if forget_set is not None and not isinstance(forget_set, str):
+            raise UldError(f"line {line_no}: forget_set must be a forget set's name or null")
         if forget_set is not None and forget_set not in known_forget_sets:
             known = ", ".join(sorted(known_forget_sets)) or "none"
             raise UldError(f"line {line_no}: unknown forget set {forget_set!r}; known forget sets: {known}")
@@ -93,9 +96,14 @@ def _prompt_ids(line_no, row, tokenizer) -> list:
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": row["prompt"]}]
     else:
         messages = row["messages"]
-        if not isinstance(messages, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages):
-            raise UldError(f"line {line_no}: messages must be a list of {{role, content}} objects")
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if not (isinstance(messages, list) and messages and all(
+                isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages)):
+            raise UldError(f"line {line_no}: messages must be a non-empty list of {{role, content}} objects "
+                           f"(role one of {', '.join(ROLES)}, content a string)")
+    try:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    except Exception as e:  # the model's own Jinja template may refuse an order of roles
+        raise UldError(f"line {line_no}: the target's chat template refused these messages ({e})") from None
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 

@@ -18,9 +18,11 @@ def write_manifest(directory: Path, manifest: dict) -> None:
 
 def read_json(path: Path):
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UldError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise UldError(f"{path} is not UTF-8 text (byte {e.start})") from None
 
 
 def read_manifest(directory) -> dict:
@@ -31,12 +33,20 @@ def read_manifest(directory) -> dict:
     if not path.is_file():
         raise UldError(f"{directory} is not a forget set: it has no {MANIFEST}")
     manifest = read_json(path)
+    if not isinstance(manifest, dict):
+        raise UldError(f"{path} is not a forget-set manifest (a JSON object)")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise UldError(f"{path} has format version {manifest.get('format_version')!r}; this uld reads {FORMAT_VERSION}")
     if manifest.get("kind") not in KINDS:
         raise UldError(f"{path} has unknown kind {manifest.get('kind')!r}")
     if manifest.get("weights") == "full":
         return manifest  # a whole checkpoint (weight-level method on all weights)
+    layers, training = manifest.get("num_layers"), manifest.get("training", {})
+    if manifest["kind"] == "uld-assistant" and not (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 1):
+        raise UldError(f"{path} has no valid num_layers (the assistant's depth)")
+    rank = training.get("rank", 8) if isinstance(training, dict) else None
+    if not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
+        raise UldError(f"{path} has no valid training.rank (the LoRA rank)")
     if not (directory / "adapter_config.json").is_file():
         raise UldError(f"{directory} has a manifest but no peft adapter (adapter_config.json)")
     return manifest

@@ -10,7 +10,11 @@ def read_objects(path, missing: str = "input file", where: str = ""):
     error for a missing file; `where` prefixes the line in the other errors."""
     if not Path(path).is_file():
         raise UldError(f"{missing} {path} does not exist")
-    for line_no, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UldError(f"{missing} {path} is not UTF-8 text (byte {e.start})") from None
+    for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
