@@ -33,3 +33,31 @@ def test_the_file_is_rotated_by_size(tmp_path):
 def test_off_writes_nothing(tmp_path):
     record(AuditLog(None), "a")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_failed_write_marks_the_log_unhealthy_until_a_line_is_written_again(tmp_path, monkeypatch):
+    """A full disk, simulated: the line that cannot be written turns the log unhealthy (the
+    server then refuses completions with 507), the lines already written stay, and the next
+    line that can be written makes it healthy again."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    record(log, "kept")
+    handler = log._logger.handlers[0]
+
+    class FullDisk:
+        def tell(self):
+            return 0
+
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(handler, "stream", FullDisk())
+    record(log, "lost")
+    assert not log.healthy
+    monkeypatch.undo()  # space again
+    record(log, "back")
+    assert log.healthy
+    assert [json.loads(line)["request_id"] for line in path.read_text().splitlines()] == ["kept", "back"]

@@ -1,6 +1,7 @@
 """`uld serve` on loopback, driven by the official openai client (tiny-random, tiny adapters)."""
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -34,7 +35,8 @@ def start_server(tiny_target, forget_sets, work, *extra):
                "--port", str(port), "--registry", str(work / "registry.json"), "--max-model-len", "512",
                "--served-model-name", "target", "--admin-key", ADMIN, "--forget-set-root", str(work.parent), *extra]
     log = open(work / "server.log", "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                               start_new_session=True)  # a process group: a test can kill the server with its engine
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while True:
@@ -200,6 +202,53 @@ def test_registry_add_remove_and_refuse(server, forget_sets, tiny_base, tmp_path
     with pytest.raises(openai.NotFoundError):
         chat(server["client"], "f3", "hi")
     assert set(json.loads((server["work"] / "registry.json").read_text())) == {"f1", "f2"}
+
+
+def test_a_truncated_adapter_is_refused_at_add(server, forget_sets, tmp_path):
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    copy = shutil.copytree(forget_sets["f1"], tmp_path / "f4")
+    weights = copy / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    refused = httpx.post(f"{server['url']}/admin/forget-sets", headers=headers, json={"name": "f4", "path": str(copy)})
+    assert refused.status_code == 400 and "could not load" in refused.json()["error"]["message"]
+    assert "f4" not in httpx.get(f"{server['url']}/admin/forget-sets", headers=headers).json()
+
+
+def test_a_forget_set_whose_directory_is_removed_while_served(server, forget_sets, tmp_path):
+    """Its adapter stays in the engine: requests are still served with it, none with a 5xx,
+    the others are untouched, and the admin can remove it."""
+    url, headers = server["url"], {"Authorization": f"Bearer {ADMIN}"}
+    copy = shutil.copytree(forget_sets["f1"], tmp_path / "f5")
+    assert httpx.post(f"{url}/admin/forget-sets", headers=headers, json={"name": "f5", "path": str(copy)}).status_code == 201
+    before = chat(server["client"], "f5", "Who wrote Hamlet?")
+    shutil.rmtree(copy)
+    for model in ("f5", "f2", "f1", "f5"):
+        response = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                              json={"model": model, "messages": [{"role": "user", "content": "Who wrote Hamlet?"}], "max_tokens": 10,
+                                    "temperature": 0})
+        assert response.status_code < 500, response.text
+    assert chat(server["client"], "f5", "Who wrote Hamlet?") == before
+    assert httpx.delete(f"{url}/admin/forget-sets/f5", headers=headers).status_code == 200
+
+
+def test_a_client_that_disconnects_mid_stream_is_aborted(server):
+    url = server["url"]
+    with httpx.stream("POST", f"{url}/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                      json={"model": "f1", "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True,
+                            "stream": True}) as stream:
+        for index, _ in enumerate(stream.iter_lines()):
+            if index == 3:
+                break  # leaving the block closes the connection
+    metrics = {"Authorization": f"Bearer {ADMIN}"}
+    deadline = time.time() + 20
+    while True:
+        text = httpx.get(f"{url}/metrics", headers=metrics).text
+        assert "vllm:num_requests_running{" in text
+        running = sum(float(v) for v in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M))
+        if running == 0:
+            break
+        assert time.time() < deadline, "the engine kept generating for a client that had left"
+        time.sleep(0.2)
 
 
 def test_a_restart_serves_the_persisted_sets(server, tiny_target):

@@ -1,6 +1,6 @@
 """`uld serve`'s policies on loopback: an enforced forget set (enforce.py), the limits
-(limits.py: n and max_tokens caps, the request timeout, the bound on requests in flight) and
-the drain on SIGTERM."""
+(limits.py: n and max_tokens caps, the request timeout, the bound on requests in flight),
+the audit trail, the drain on SIGTERM and a kill -9 during an admin change."""
 import json
 import re
 import signal
@@ -38,6 +38,7 @@ def post(url, **body):
 
 def running_requests(url) -> float:
     metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
+    assert "vllm:num_requests_running{" in metrics
     return sum(float(v) for v in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", metrics, re.M))
 
 
@@ -162,3 +163,31 @@ def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(tiny_target
     reader.join(120)
     assert len(events) == 301 and events[-1] == "data: [DONE]"  # 300 tokens and the end: finished, not cut
     assert process.wait(90) == 0
+
+
+def test_a_server_killed_during_an_admin_add_restarts_on_a_consistent_registry(tiny_target, forget_sets, tmp_path):
+    import os
+    import shutil
+
+    from uld_serve.server.launch import prepare
+    from uld_serve.server.registry import read_entries
+
+    process, url = start_server(tiny_target, forget_sets, tmp_path)
+    copy = shutil.copytree(forget_sets["f1"], tmp_path / "f6")
+    def add():
+        try:
+            httpx.post(f"{url}/admin/forget-sets", headers={"Authorization": f"Bearer {ADMIN}"},
+                       json={"name": "f6", "path": str(copy)}, timeout=30)
+        except httpx.HTTPError:
+            pass  # the server died under it
+
+    adding = threading.Thread(target=add)
+    adding.start()
+    time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    adding.join()
+    entries = read_entries(tmp_path / "registry.json")  # whole: written atomically or not at all
+    assert {"f1", "f2"} <= set(entries) <= {"f1", "f2", "f6"}
+    state = prepare(str(tiny_target), {}, registry_path=tmp_path / "registry.json", served_name="target")
+    assert sorted(state.config.forget_sets) == sorted(entries)  # every entry loads again

@@ -17,22 +17,33 @@ from prometheus_client import Counter, Histogram
 
 from ..core.errors import UldError
 
+WRITE_ERRORS = Counter("uld_audit_write_errors", "Audit lines that could not be written (full disk, ...)")
 TOKENS = Counter("uld_tokens", "Tokens of completion requests by forget set ('none': without one)", ["forget_set", "kind"])
 LATENCY = Histogram("uld_request_seconds", "Completion request time by forget set", ["forget_set"],
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
 
 
+class _Handler(logging.handlers.RotatingFileHandler):
+    failed = False
+
+    def handleError(self, record):  # logging would print a traceback and go on; the audit log fails closed
+        self.failed = True
+
+
 class AuditLog:
+    """`healthy` is False after a line could not be written: the middleware then refuses
+    completions (507) until a line is written again, so no request is served unrecorded."""
+
     def __init__(self, path: Optional[Path], max_mib: float = 100, backups: int = 10, content: bool = False):
         self.path, self.content = path, content
+        self.healthy = True
         self._logger = None
         if path is None:
             return
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.handlers.RotatingFileHandler(path, mode="a", maxBytes=int(max_mib * 2**20), backupCount=backups,
-                                                           encoding="utf-8")
+            handler = _Handler(path, mode="a", maxBytes=int(max_mib * 2**20), backupCount=backups, encoding="utf-8")
         except OSError as e:
             raise UldError(f"cannot open the audit log {path}: {e.strerror}") from None
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -42,8 +53,14 @@ class AuditLog:
         self._logger.handlers = [handler]
 
     def write(self, record: dict) -> None:
-        if self._logger is not None:
-            self._logger.info(json.dumps({"time": round(time.time(), 3), **record}, ensure_ascii=False))
+        if self._logger is None:
+            return
+        handler = self._logger.handlers[0]
+        handler.failed = False
+        self._logger.info(json.dumps({"time": round(time.time(), 3), **record}, ensure_ascii=False))
+        self.healthy = not handler.failed
+        if handler.failed:
+            WRITE_ERRORS.inc()
 
     def completion(self, *, request_id: str, key_id: Optional[str], route: str, model, applied: dict, status: int,
                    usage: Optional[dict], seconds: float, prompt=None, output: Optional[str] = None) -> None:

@@ -103,7 +103,7 @@ def refuse_structured_outputs(body: dict) -> None:
 
 ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError",
                409: "ConflictError", 413: "RequestTooLargeError", 429: "RateLimitError", 503: "ServiceUnavailableError",
-               504: "TimeoutError"}
+               504: "TimeoutError", 507: "InsufficientStorageError"}
 
 
 def error_body(status: int, message: str) -> dict:
@@ -175,6 +175,8 @@ class UldMiddleware:
         try:
             refused = self.refused(state, path, scope)
             limits = state.limits
+            if not refused and not state.audit.healthy:
+                refused = (507, f"the audit trail {state.audit.path} cannot be written; requests are refused until it can", ())
             if not refused and limits.max_in_flight is not None and state.in_flight >= limits.max_in_flight:
                 refused = (429, f"this server has {limits.max_in_flight} requests in flight; retry shortly",
                            [(b"retry-after", str(RETRY_AFTER_S).encode())])

@@ -52,15 +52,18 @@ class Registry:
         return fs
 
     def add(self, fs) -> None:
+        """Persist, then serve: a failed write (OSError, e.g. a full disk) leaves both the file
+        and the served sets as they were."""
+        self.save({**self.config.forget_sets, fs.name: fs})
         self.config.forget_sets[fs.name] = fs
-        self.save()
 
     def remove(self, name: str) -> None:
+        self.save({n: fs for n, fs in self.config.forget_sets.items() if n != name})
         del self.config.forget_sets[name]
-        self.save()
 
-    def save(self) -> None:
-        write_json_atomic(self.path, {name: str(fs.path) for name, fs in self.config.forget_sets.items()})
+    def save(self, forget_sets=None) -> None:
+        forget_sets = self.config.forget_sets if forget_sets is None else forget_sets
+        write_json_atomic(self.path, {name: str(fs.path) for name, fs in forget_sets.items()})
 
 
 def summary(fs) -> dict:

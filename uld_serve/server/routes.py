@@ -54,22 +54,27 @@ async def add_forget_set(request: Request):
     failure = await load_into_engine(request.app.state, fs)
     if failure:
         return _error(400, f"the engine could not load {fs.path}: {failure}")
-    state.registry.add(fs)
+    try:
+        state.registry.add(fs)
+    except OSError as e:
+        await unload_from_engine(request.app.state, fs.name)
+        return _error(507, f"the registry {state.registry.path} could not be written ({e.strerror}); nothing was added")
     state.audit.admin(key_id=_key_id(request), action="add", name=fs.name, status=201, path=str(fs.path))
     return JSONResponse(_card(fs.name, state.target_name, summary(fs)), status_code=201)
 
 
 @router.delete("/admin/forget-sets/{name}")
 async def remove_forget_set(name: str, request: Request):
-    from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
-
     state = request.app.state.uld
     if name not in state.config.forget_sets:
         return _error(404, f"unknown forget set {name!r}; known forget sets: {', '.join(state.config.forget_sets) or 'none'}")
     if state.enforced is not None and state.enforced.forget_set == name:
         return _error(409, f"forget set {name!r} is enforced on this server; restart it without --enforce to remove it")
-    state.registry.remove(name)
-    await request.app.state.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+    try:
+        state.registry.remove(name)
+    except OSError as e:
+        return _error(507, f"the registry {state.registry.path} could not be written ({e.strerror}); nothing was removed")
+    await unload_from_engine(request.app.state, name)
     state.audit.admin(key_id=_key_id(request), action="remove", name=name, status=200)
     return {"removed": name}
 
@@ -77,6 +82,12 @@ async def remove_forget_set(name: str, request: Request):
 def _key_id(request: Request):
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return key_id(token) if scheme.lower() == "bearer" and token else None
+
+
+async def unload_from_engine(app_state, name: str) -> None:
+    from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+    await app_state.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
 
 
 async def load_into_engine(app_state, fs):
