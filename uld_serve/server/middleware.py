@@ -19,6 +19,8 @@
   none, another set or a lower alpha gets 400.
 - Responses say what was applied: `x-uld-forget-set`, `x-uld-alpha` and
   `x-uld-relative-top` headers, and a `uld` object in non-streaming JSON bodies.
+- Each completion, served or refused, is one line of the audit trail (audit.py); while the
+  trail cannot be written, completions get 507.
 """
 import asyncio
 import json
