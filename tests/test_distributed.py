@@ -5,12 +5,12 @@ process on the whole batch (each micro-batch averages over its own answer tokens
 --fsdp (all-weight jobs) the weights are sharded over the processes as well."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -59,15 +59,19 @@ LONG = ["--max-steps", "12", "--save-every", "2", "--batch-size", "4", "--precis
 
 
 def _killed_after_first_checkpoint(command, env, out: Path):
-    """Start a job and SIGKILL all its processes once its first checkpoint is complete."""
+    """Start a job and SIGKILL all its processes once its first checkpoint is complete (torchrun
+    starts its workers in sessions of their own, so the whole process tree is killed)."""
     job = subprocess.Popen([str(a) for a in command], env=env, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = out.parent / f".{out.name}.resume" / "state" / "run.json"
     deadline = time.time() + 240
     while not marker.exists() and job.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    os.killpg(job.pid, signal.SIGKILL)
+    tree = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
+    for process in tree:
+        process.kill()
     job.wait()
+    psutil.wait_procs(tree, timeout=30)
     assert marker.exists() and not out.exists(), "the job ended before it could be interrupted"
 
 

@@ -96,20 +96,21 @@ def test_a_request_past_the_timeout_gets_504_or_its_stream_ends_and_vllm_aborts_
 
 
 def test_requests_beyond_the_bound_in_flight_get_429_with_retry_after(limited):
+    """Six slow requests at once against a bound of two: those beyond it are refused at once
+    with Retry-After, the others run into the 1 s timeout (no ordering between them assumed)."""
     url, answers = limited["url"], []
 
     def slow():
-        answers.append(post(url, max_tokens=480, ignore_eos=True).status_code)
+        response = post(url, max_tokens=480, ignore_eos=True)
+        answers.append((response.status_code, response.headers.get("retry-after")))
 
-    threads = [threading.Thread(target=slow) for _ in range(2)]
+    threads = [threading.Thread(target=slow) for _ in range(6)]
     for t in threads:
         t.start()
-    time.sleep(0.3)  # both are in flight until the 1 s timeout
-    refused = post(url, max_tokens=4)
     for t in threads:
         t.join()
-    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
-    assert answers == [504, 504]
+    assert (429, "1") in answers and {status for status, _ in answers} <= {429, 504}, answers
+    assert all(after == "1" for status, after in answers if status == 429)
     assert post(url, max_tokens=4).status_code == 200
 
 

@@ -174,6 +174,7 @@ class UldMiddleware:
         scope = with_header(scope, b"x-request-id", request_id.encode())  # vLLM takes it as its request id
         seen = {"status": None, "usage": None, "output": []}
         body, asked, applied = {}, None, {"forget_set": None, "alpha": None, "relative_top": None}
+        admitted = False
         try:
             refused = self.refused(state, path, scope)
             limits = state.limits
@@ -183,6 +184,8 @@ class UldMiddleware:
                 refused = (429, f"this server has {limits.max_in_flight} requests in flight; retry shortly",
                            [(b"retry-after", str(RETRY_AFTER_S).encode())])
             if not refused:
+                state.in_flight += 1  # the slot is taken before the first await, so concurrent arrivals see it
+                admitted = True
                 try:
                     body = json.loads(await read_body(receive, limits))
                     if not isinstance(body, dict):
@@ -201,13 +204,11 @@ class UldMiddleware:
                 return await error_response(send, *refused)
             REQUESTS.labels(forget_set=applied["forget_set"] or "none").inc()
             strip_usage = ask_for_usage(body)
-            state.in_flight += 1
-            try:
-                seen["status"] = await within(limits.request_timeout_s, self.app, scope, replay(json.dumps(body).encode(), receive),
-                                              lambda sent: annotated(observed(sent, seen, strip_usage), applied, request_id), send)
-            finally:
-                state.in_flight -= 1
+            seen["status"] = await within(limits.request_timeout_s, self.app, scope, replay(json.dumps(body).encode(), receive),
+                                          lambda sent: annotated(observed(sent, seen, strip_usage), applied, request_id), send)
         finally:
+            if admitted:
+                state.in_flight -= 1
             state.audit.completion(
                 request_id=request_id, key_id=key_id_of(state, scope), route=path, model=asked,
                 applied=applied, status=seen["status"] or 499, usage=seen["usage"], seconds=time.monotonic() - started,
