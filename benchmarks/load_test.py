@@ -251,10 +251,12 @@ def main():
     env_python = sys.executable
     servers = [("uld serve", True)] + ([] if args.skip_plain else [("plain vLLM", False)])
     rows = []
-    print(f"{args.requests} chat requests, {args.concurrency} at once, half streaming, max_tokens {args.max_tokens}, greedy; "
-          f"target {target.name}, {os.cpu_count()} cores")
-    print("| server | requests | seconds | tokens/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | failures | equal to serial |")
-    print("|---|---|---|---|---|---|---|---|")
+    load = (f"{args.soak:g} s of load from {args.concurrency} clients" if args.soak
+            else f"{args.requests} chat requests, {args.concurrency} at once")
+    print(f"{load}, half streaming, max_tokens {args.max_tokens}, greedy; target {target.name}, {os.cpu_count()} cores")
+    if not args.soak:
+        print("| server | requests | seconds | tokens/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | failures | equal to serial |")
+        print("|---|---|---|---|---|---|---|---|")
     for name, uld in servers:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
