@@ -7,7 +7,7 @@ from uld_serve.core.tofu import load_qa
 from .artifact import epoch_rng, resume_dir, steps_per_epoch, write_output
 from .batching import answer_loss, collate, encode_pairs, grouped_batches
 from .loop import CHECKPOINTING, TrainConfig, accelerator_for, run_training
-from .sharding import full_state, gathered, load_full_state, shard
+from .sharding import checkpoint_fns, gathered, shard
 
 MODEL_CARD = "uld_model.json"
 
@@ -34,6 +34,7 @@ def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
         loss = answer_loss(net, batch)
         return loss, {"loss": loss.item()}
 
+    state_fn, load_state_fn = checkpoint_fns(net, net.state_dict, net.load_state_dict)
     summary = run_training(
         accelerator,
         params=[p for p in net.parameters() if p.requires_grad],
@@ -42,8 +43,8 @@ def finetune(model: str, data: str, out: Path, config: TrainConfig) -> Path:
         loss_fn=loss_fn,
         config=config,
         resume_dir=resume_dir(out),
-        state_fn=(lambda: full_state(net)) if config.fsdp else net.state_dict,
-        load_state_fn=(lambda state: load_full_state(net, state)) if config.fsdp else net.load_state_dict,
+        state_fn=state_fn,
+        load_state_fn=load_state_fn,
         desc=f"finetune {data}",
         sharded_model=net if config.fsdp else None,
     )

@@ -51,6 +51,14 @@ def load_full_state(model, state: dict) -> None:
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
 
+def checkpoint_fns(model, state_fn, load_state_fn) -> tuple:
+    """(state_fn, load_state_fn) for the loop's checkpoints: the job's own for a plain model,
+    the gathered full state for a sharded one."""
+    if not is_sharded(model):
+        return state_fn, load_state_fn
+    return (lambda: full_state(model)), (lambda state: load_full_state(model, state))
+
+
 class FullOptimizerState:
     """A sharded optimizer as a checkpointable object whose state is gathered like the model's."""
 

@@ -22,7 +22,7 @@ from ..artifact import (data_record, epoch_rng, load_trainable_state, result_rec
                         trainable_state, write_output)
 from ..batching import encode_pairs, paired_batches
 from ..loop import CHECKPOINTING, TrainConfig, accelerator_for, run_training
-from ..sharding import full_state, gathered, load_full_state, shard
+from ..sharding import checkpoint_fns, gathered, shard
 from .base import Method, Step, get_method
 
 
@@ -116,12 +116,13 @@ def unlearn(method_name: str, params: dict, target: str, forget: str, retain: st
             on_step(step_index, model, method, reference)
         return method.backward(terms, trainable_params, step_index, current.pop("step"))
 
+    state_fn, load_state_fn = checkpoint_fns(model, lambda: trainable_state(model),
+                                             lambda state: load_trainable_state(model, state))
     summary = run_training(
         accelerator,
         params=trainable_params, steps_per_epoch=epoch_steps, epoch_batches=epoch_batches,
         loss_fn=loss_fn, config=config, resume_dir=resume_dir(out),
-        state_fn=(lambda: full_state(model)) if config.fsdp else (lambda: trainable_state(model)),
-        load_state_fn=(lambda state: load_full_state(model, state)) if config.fsdp else (lambda state: load_trainable_state(model, state)),
+        state_fn=state_fn, load_state_fn=load_state_fn,
         desc=f"unlearn {method_name} {forget}",
         make_optimizer=lambda ps: method.make_optimizer(ps, config.lr, config.weight_decay),
         backward=backward,

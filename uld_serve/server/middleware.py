@@ -39,6 +39,7 @@ COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
 CLIENT_PATHS = (*COMPLETION_PATHS, "/v1/models", "/tokenize", "/detokenize", "/version")
 UNGUARDED = ("/health",)
 ADMIN_READS = ("/metrics",)  # still answered while draining
+RETRY_AFTER = [(b"retry-after", str(RETRY_AFTER_S).encode())]
 REQUESTS = Counter("uld_requests", "Completion requests by forget set ('none': without one)", ["forget_set"])
 
 
@@ -163,7 +164,7 @@ class UldMiddleware:
         if refused:
             return (*refused, ())
         if state.draining and path not in ADMIN_READS:
-            return 503, "this server is shutting down; retry on another replica", [(b"retry-after", str(RETRY_AFTER_S).encode())]
+            return 503, "this server is shutting down; retry on another replica", RETRY_AFTER
         if declared_length(scope) > state.limits.max_body_bytes:
             return 413, state.limits.too_large(), ()
         return None
@@ -181,8 +182,7 @@ class UldMiddleware:
             if not refused and not state.audit.healthy:
                 refused = (507, f"the audit trail {state.audit.path} cannot be written; requests are refused until it can", ())
             if not refused and limits.max_in_flight is not None and state.in_flight >= limits.max_in_flight:
-                refused = (429, f"this server has {limits.max_in_flight} requests in flight; retry shortly",
-                           [(b"retry-after", str(RETRY_AFTER_S).encode())])
+                refused = (429, f"this server has {limits.max_in_flight} requests in flight; retry shortly", RETRY_AFTER)
             if not refused:
                 state.in_flight += 1  # the slot is taken before the first await, so concurrent arrivals see it
                 admitted = True

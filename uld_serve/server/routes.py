@@ -4,8 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..core.errors import UldError
-from .keys import key_id
-from .middleware import error_body
+from .middleware import error_body, key_id_of
 from .registry import summary
 
 router = APIRouter()
@@ -59,7 +58,7 @@ async def add_forget_set(request: Request):
     except OSError as e:
         await unload_from_engine(request.app.state, fs.name)
         return _error(507, f"the registry {state.registry.path} could not be written ({e.strerror}); nothing was added")
-    state.audit.admin(key_id=_key_id(request), action="add", name=fs.name, status=201, path=str(fs.path))
+    state.audit.admin(key_id=key_id_of(state, request.scope), action="add", name=fs.name, status=201, path=str(fs.path))
     return JSONResponse(_card(fs.name, state.target_name, summary(fs)), status_code=201)
 
 
@@ -75,13 +74,9 @@ async def remove_forget_set(name: str, request: Request):
     except OSError as e:
         return _error(507, f"the registry {state.registry.path} could not be written ({e.strerror}); nothing was removed")
     await unload_from_engine(request.app.state, name)
-    state.audit.admin(key_id=_key_id(request), action="remove", name=name, status=200)
+    state.audit.admin(key_id=key_id_of(state, request.scope), action="remove", name=name, status=200)
     return {"removed": name}
 
-
-def _key_id(request: Request):
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return key_id(token) if scheme.lower() == "bearer" and token else None
 
 
 async def unload_from_engine(app_state, name: str) -> None:
