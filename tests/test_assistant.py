@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -59,3 +60,30 @@ def test_manifest_describes_the_forget_set(forget_sets, tiny_target):
     assert manifest["num_layers"] == 2 and manifest["alpha"] == 0.75 and manifest["relative_top"] == 0.01
     assert manifest["forget"]["num_examples"] == 40 and manifest["retain"]["perturbed_augmentation"] == 120
     assert manifest["seed"] == 0 and manifest["training"]["rank"] == 32
+
+
+def test_reference_recipe_trains_what_its_manifest_says(tiny_target, tmp_path):
+    from uld_training.assistant import AssistantConfig, train_assistant
+    from uld_training.loop import TrainConfig
+
+    out = train_assistant(str(tiny_target), "tofu:forget01", "tofu:retain90[:8]", tmp_path / "ref",
+                          TrainConfig(max_steps=1, batch_size=4, precision="fp32"),
+                          AssistantConfig(num_layers=2, recipe="reference", retain_positions="all"))
+    manifest = json.loads((out / "uld.json").read_text())
+    training = manifest["training"]
+    assert training["recipe"] == "reference" and training["retain_positions"] == "all"  # the flag overrides the recipe
+    assert (training["rank"], training["lora_dropout"], training["retain_weight"], training["crossed_paraphrases"]) == (16, 0.05, 1.4, 2)
+    assert manifest["retain"]["perturbed_augmentation"] == 2 * 40
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["r"] == 16 and adapter["lora_dropout"] == 0.05
+    assert manifest["result"]["steps_per_epoch"] == (40 + 2 * 40) // 4  # each forget QA and its first two crossed paraphrases
+
+
+@pytest.mark.parametrize("change, message", [(dict(recipe="paper"), "unknown recipe 'paper'"),
+                                             (dict(retain_positions="prompt"), "--retain-positions must be one of"),
+                                             (dict(lora_dropout=1.0), "--lora-dropout must be in [0, 1)")])
+def test_bad_recipe_settings_are_refused(change, message):
+    from uld_training.assistant import AssistantConfig
+
+    with pytest.raises(UldError, match=re.escape(message)):
+        AssistantConfig(**change).resolved()

@@ -70,6 +70,9 @@ def test_bad_input_gets_one_sentence(pipeline, tmp_path):
     assert_user_error(uld("train-assistant", "--target", work / "target", "--forget", "tofu:forget01",
                           "--retain", "tofu:retain90[:8]", "--layers", "9", "--out", tmp_path / "deep", check=False),
                       "between 1 and the target's 4 layers")
+    assert_user_error(uld("train-assistant", "--target", work / "target", "--forget", "tofu:forget01", "--retain", "tofu:retain90[:8]",
+                          "--recipe", "reference", "--retain-positions", "prompt", "--out", tmp_path / "pos", check=False),
+                      "--retain-positions must be one of answer, prompt+answer, all")
     assert_user_error(uld("eval", "tofu", "--target", work / "retain", "--forget-set", f"f={work / 'forget01'}",
                           "--out", tmp_path / "e", check=False), "was trained for base model")
     assert_user_error(uld("eval", "tofu", "--target", work / "target", "--forget-set", f"f={tmp_path / 'nowhere'}",
@@ -78,7 +81,7 @@ def test_bad_input_gets_one_sentence(pipeline, tmp_path):
     assert_user_error(uld("train-assistant", "--target", work / "target", "--forget", "tofu:forget01",
                           "--retain", "tofu:retain90[:8]", "--out", work / "forget01", check=False), "already exists")
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no half-written artifact left behind
-    assert not (tmp_path / "empty").exists() and not (tmp_path / "deep").exists()
+    assert not (tmp_path / "empty").exists() and not (tmp_path / "deep").exists() and not (tmp_path / "pos").exists()
     assert_user_error(uld("eval", "tofu", "--target", work / "target", "--out", tmp_path / "e", "--scoring", "best",
                           check=False), "--scoring must be one of paper, anchored")
     assert uld("eval", "tofu", "--bogus", check=False).returncode == 2

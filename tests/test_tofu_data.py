@@ -69,6 +69,18 @@ def test_augmentation_is_filtered_to_the_split():
     assert all(qa.answer != right[qa.question] for qa in wrong)
 
 
+def test_reference_augmentation_crosses_paraphrases_and_takes_two_wrong_answers():
+    forget01 = load_qa("tofu:forget01")
+    zipped, crossed = paraphrased_pairs(forget01), paraphrased_pairs(forget01, crossed=True)
+    for question, pairs in zipped.items():
+        questions = list(dict.fromkeys(qa.question for qa in pairs))
+        answers = [qa.answer for qa in pairs]
+        assert [(qa.question, qa.answer) for qa in crossed[question]][:2] == [(questions[0], answers[0]), (questions[0], answers[1])]
+        assert len(crossed[question]) == len(pairs) ** 2
+    two = perturbed_pairs(forget01, per_question=2)
+    assert len(two) == 2 * len(forget01) and {qa.answer for qa in two} < {qa.answer for qa in perturbed_pairs(forget01)}
+
+
 def test_labels_cover_the_answer_only(tiny_base):
     from uld_serve.core.models import load_tokenizer
 

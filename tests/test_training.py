@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uld_serve.core.errors import UldError
-from uld_training.assistant import uniform_cross_entropy
+from uld_training.assistant import REFERENCE_LENGTH, retain_logits, uniform_cross_entropy
 from uld_training.batching import answer_loss, collate, encode_pairs, grouped_batches
 from uld_training.loop import TrainConfig, accelerator_for, bf16_is_fast, run_training
 
@@ -17,6 +17,40 @@ def test_uniform_cross_entropy_by_hand():
     expected = (math.log(4.0) + torch.logsumexp(torch.tensor([1.0, 0, 0, 0]), 0).item() - 0.25) / 2
     assert uniform_cross_entropy(z).item() == pytest.approx(expected)
     assert uniform_cross_entropy(torch.zeros(0, 4)).item() == 0.0
+
+
+def test_retain_positions_follow_the_reference_codes_uniform_loss(tiny_base):
+    """`all` is the reference's kl_div(log softmax, uniform, 'batchmean') over sequences padded to
+    256 tokens (plus log V: CE = KL + entropy of the uniform); `prompt+answer` is the same mean
+    with the padding's positions left out; `answer` covers the answer tokens only."""
+    import torch.nn.functional as F
+
+    from uld_serve.core.models import load_model, load_tokenizer
+    from uld_serve.core.tofu import load_qa
+
+    model, tokenizer = load_model(tiny_base), load_tokenizer(tiny_base)
+    pad = tokenizer.pad_token_id
+    batch = collate(encode_pairs(tokenizer, load_qa("tofu:retain90[:3]")), pad)
+    log_v = math.log(model.config.vocab_size)
+
+    def reference(input_ids, attention_mask, keep=None):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        probs = logits.softmax(-1).view(-1, logits.shape[-1])
+        probs = probs if keep is None else probs[keep.view(-1)]
+        return F.kl_div(probs.log(), torch.full_like(probs, 1 / probs.shape[-1]), reduction="batchmean").item()
+
+    with torch.no_grad():
+        padded = {k: F.pad(v, (0, REFERENCE_LENGTH - v.shape[1]), value=pad if k == "input_ids" else 0) for k, v in batch.items()
+                  if k != "labels"}
+        all_positions = retain_logits(model, batch, "all", pad)
+        assert all_positions.shape[0] == 3 * REFERENCE_LENGTH
+        assert uniform_cross_entropy(all_positions).item() - log_v == pytest.approx(reference(**padded), rel=1e-4)
+        real = retain_logits(model, batch, "prompt+answer", pad)
+        assert real.shape[0] == int(batch["attention_mask"].sum())
+        real_reference = reference(batch["input_ids"], batch["attention_mask"], keep=batch["attention_mask"].bool())
+        assert uniform_cross_entropy(real).item() - log_v == pytest.approx(real_reference, rel=1e-4)
+        answers = retain_logits(model, batch, "answer", pad)
+        assert answers.shape[0] == int((batch["labels"][:, 1:] != -100).sum()) < real.shape[0]
 
 
 def test_answer_loss_equals_the_models_own_loss(tiny_base):

@@ -1,10 +1,27 @@
 """ULD's reversed-objective assistant: remember the forget set, be uniform on retained data.
 
-Loss = CE(forget answers, incl. one paraphrase of each forget QA per epoch)
-     + retain_weight * CE(uniform, retain answers incl. wrong answers to the forget questions),
-both over answer tokens only.
+Loss = CE(forget answers and their paraphrases) + retain_weight * CE(uniform, retain positions),
+where the retain data holds wrong answers to the forget questions too. Two recipes:
+
+- `answer-only` (the default): the retain term averages over answer tokens; one random
+  paraphrase pair per forget question and epoch; all three wrong answers; LoRA r 32, no dropout.
+- `reference`: what ULD's released code trains (github.com/UCSB-NLP-Chang/ULD,
+  `configs/unlearn_loss/remember+uniform.yaml`, `uld/data/tofu.py`): the retain term covers
+  every position of prompt and answer; the first two (paraphrased question, paraphrased
+  answer) pairs of each forget question every epoch; two wrong answers each; LoRA r 16,
+  alpha 32, dropout 0.05. What still differs from that code:
+  - padding is left out: the reference averages over sequences padded to 256 tokens, padding
+    included, with weight 5.0; the mean over real positions with weight 5.0 x 72 / 256 = 1.4
+    (72: TOFU's mean length under SmolLM2's chat template) gives each real position its weight
+    (`--retain-positions all` keeps the padding, with weight 5.0);
+  - each batch pairs forget and retain examples one to one (the reference shuffles both into
+    one pool and splits each batch by label);
+  - retain examples come from the whole retain spec (the reference takes the last 400 of retain90);
+  - paraphrase pairs are taken in file order (the reference takes them from a Python set,
+    whose order changes with the hash seed);
+  - the target's own chat template formats the prompts (the reference uses Llama-2's).
 """
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -19,26 +36,76 @@ from uld_serve.core.settings import DEFAULT_ALPHA, DEFAULT_RELATIVE_TOP, check_a
 
 from .artifact import (data_record, epoch_rng, load_trainable_state, result_record, resume_dir, steps_per_epoch,
                        trainable_state, write_output)
-from .batching import answer_logits, answer_loss, encode_pairs, paired_batches
+from .batching import answer_logits, answer_loss, encode_pairs, logits_at, pad_to, paired_batches
 from .loop import CHECKPOINTING, TrainConfig, accelerator_for, run_training
+
+RETAIN_POSITIONS = ("answer", "prompt+answer", "all")
+REFERENCE_LENGTH = 256  # the reference pads every sequence to this many tokens
+
+
+@dataclass(frozen=True)
+class Recipe:
+    rank: int
+    lora_alpha: int
+    lora_dropout: float
+    retain_weight: float
+    retain_positions: str
+    crossed_paraphrases: int  # 0: one random paraphrase pair per question and epoch; n: the first n crossed pairs, every epoch
+    wrong_answers: Optional[int]  # wrong answers per forget question in the retain data (None: all)
+
+
+RECIPES = {
+    "answer-only": Recipe(32, 32, 0.0, 6.5, "answer", 0, None),
+    "reference": Recipe(16, 32, 0.05, 1.4, "prompt+answer", 2, 2),
+}
 
 
 @dataclass
 class AssistantConfig:
     num_layers: Optional[int] = None  # default: a quarter of the target's depth
-    rank: int = 32
-    lora_alpha: int = 32
-    retain_weight: float = 6.5
+    recipe: str = "answer-only"
+    # None: the recipe's value
+    rank: Optional[int] = None
+    lora_alpha: Optional[int] = None
+    lora_dropout: Optional[float] = None
+    retain_weight: Optional[float] = None
+    retain_positions: Optional[str] = None
     augment: bool = True
     alpha: float = DEFAULT_ALPHA  # served default, written to the manifest
     relative_top: float = DEFAULT_RELATIVE_TOP
 
+    def resolved(self) -> Recipe:
+        """The recipe with this config's explicit values in place; bad values raise UldError."""
+        if self.recipe not in RECIPES:
+            raise UldError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        chosen = {k: getattr(self, k) for k in ("rank", "lora_alpha", "lora_dropout", "retain_weight", "retain_positions")
+                  if getattr(self, k) is not None}
+        recipe = replace(RECIPES[self.recipe], **chosen)
+        if recipe.retain_positions not in RETAIN_POSITIONS:
+            raise UldError(f"--retain-positions must be one of {', '.join(RETAIN_POSITIONS)}, got {recipe.retain_positions!r}")
+        if not 0 <= recipe.lora_dropout < 1:
+            raise UldError(f"--lora-dropout must be in [0, 1), got {recipe.lora_dropout}")
+        if recipe.rank < 1 or recipe.lora_alpha < 1 or recipe.retain_weight < 0:
+            raise UldError("--rank and --lora-alpha must be at least 1 and --retain-weight not negative")
+        return recipe
+
 
 def uniform_cross_entropy(z: torch.Tensor) -> torch.Tensor:
-    """Mean over the rows of answer-token logits z (N, V) of CE(uniform, softmax(z)) = logsumexp(z) - mean(z)."""
+    """Mean over the rows of logits z (N, V) of CE(uniform, softmax(z)) = logsumexp(z) - mean(z)."""
     if z.shape[0] == 0:
         return z.sum() * 0.0
     return (z.logsumexp(-1) - z.mean(-1)).mean()
+
+
+def retain_logits(lm, batch, positions: str, pad_id: int) -> torch.Tensor:
+    """The logits the retain term makes uniform: at answer tokens, at every real position, or
+    at every position of the batch padded to REFERENCE_LENGTH."""
+    if positions == "answer":
+        return answer_logits(lm, batch)[0]
+    if positions == "prompt+answer":
+        return logits_at(lm, batch, batch["attention_mask"].bool())
+    padded = pad_to(batch, REFERENCE_LENGTH, pad_id)
+    return logits_at(lm, padded, torch.ones_like(padded["attention_mask"], dtype=torch.bool))
 
 
 def train_assistant(target: str, forget: str, retain: str, out: Path, config: TrainConfig, assistant: AssistantConfig) -> Path:
@@ -50,13 +117,15 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
         check_relative_top(assistant.relative_top)
     except UldError as e:
         raise UldError(f"the manifest's default {e}") from None
+    recipe = assistant.resolved()
     out = Path(out)
     target_dir = resolve_model(target)
     forget_pairs, retain_pairs = load_qa(forget), load_qa(retain)
     tokenizer = load_tokenizer(target_dir)
     base = load_model(target_dir, device=accelerator.device)
     k = assistant.num_layers or default_num_layers(base.config.num_hidden_layers)
-    lora = LoraConfig(r=assistant.rank, lora_alpha=assistant.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGET_MODULES)
+    lora = LoraConfig(r=recipe.rank, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+                      target_modules=LORA_TARGET_MODULES)
     torch.manual_seed(config.seed)
     net = get_peft_model(build_assistant(base, k), lora)
     net.train()
@@ -64,30 +133,30 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
         net.get_base_model().assistant.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
     lm = net.get_base_model().assistant  # the causal LM, its LoRA layers in place
 
-    paraphrases = paraphrased_pairs(forget_pairs) if assistant.augment else {}
-    retain_all = retain_pairs + (perturbed_pairs(forget_pairs) if assistant.augment else [])
+    paraphrases = paraphrased_pairs(forget_pairs, crossed=recipe.crossed_paraphrases > 0) if assistant.augment else {}
+    retain_all = retain_pairs + (perturbed_pairs(forget_pairs, recipe.wrong_answers) if assistant.augment else [])
     forget_enc = encode_pairs(tokenizer, forget_pairs)
     para_enc = {q: encode_pairs(tokenizer, ps) for q, ps in paraphrases.items()}
     retain_enc = encode_pairs(tokenizer, retain_all)
     pad = tokenizer.pad_token_id
-    n_forget = len(forget_enc) + sum(1 for qa in forget_pairs if para_enc.get(qa.question))
+    fixed = list(forget_enc) + [ex for qa in forget_pairs for ex in para_enc.get(qa.question, [])[:recipe.crossed_paraphrases]]
+    drawn_from = [] if recipe.crossed_paraphrases else [para_enc[qa.question] for qa in forget_pairs if para_enc.get(qa.question)]
 
     def epoch_batches(epoch):
         rng = epoch_rng(config.seed, epoch)
-        pool = list(forget_enc) + [rng.choice(para_enc[qa.question]) for qa in forget_pairs if para_enc.get(qa.question)]
-        return paired_batches(pool, retain_enc, config.batch_size, rng, pad)
+        return paired_batches(fixed + [rng.choice(options) for options in drawn_from], retain_enc, config.batch_size, rng, pad)
 
     def loss_fn(batch):
         forget_batch, retain_batch = batch
         forget_loss = answer_loss(lm, forget_batch)
-        retain_loss = uniform_cross_entropy(answer_logits(lm, retain_batch)[0])
-        loss = forget_loss + assistant.retain_weight * retain_loss
+        retain_loss = uniform_cross_entropy(retain_logits(lm, retain_batch, recipe.retain_positions, pad))
+        loss = forget_loss + recipe.retain_weight * retain_loss
         return loss, {"loss": loss.item(), "forget_ce": forget_loss.item(), "retain_uniform_ce": retain_loss.item()}
 
     summary = run_training(
         accelerator,
         params=[p for p in net.parameters() if p.requires_grad],
-        steps_per_epoch=steps_per_epoch(n_forget, config.batch_size),
+        steps_per_epoch=steps_per_epoch(len(fixed) + len(drawn_from), config.batch_size),
         epoch_batches=epoch_batches,
         loss_fn=loss_fn,
         config=config,
@@ -106,8 +175,7 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
         "relative_top": assistant.relative_top,
         "forget": data_record(forget, forget_pairs, paraphrase_augmentation=bool(paraphrases)),
         "retain": data_record(retain, retain_pairs, perturbed_augmentation=len(retain_all) - len(retain_pairs)),
-        "training": {**config.as_dict(), "rank": assistant.rank, "lora_alpha": assistant.lora_alpha,
-                     "retain_weight": assistant.retain_weight, "lora_target_modules": LORA_TARGET_MODULES},
+        "training": {**config.as_dict(), "recipe": assistant.recipe, **asdict(recipe), "lora_target_modules": LORA_TARGET_MODULES},
         "seed": config.seed,
         "result": result_record(summary, [p for p in net.parameters() if p.requires_grad]),
         "evaluation": None,

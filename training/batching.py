@@ -55,17 +55,31 @@ def paired_batches(pool, retain, batch_size, rng, pad_id):
     return [(collate(f, pad_id), collate(r[: len(f)], pad_id)) for f, r in zip(forget, drawn)]
 
 
+def logits_at(lm, batch, where: torch.Tensor) -> torch.Tensor:
+    """fp32 logits (N, V) at the N places of a batch where `where` (B, T) is True: the LM head
+    runs only there. `lm` is a causal LM or a peft model around one (its LoRA layers stay active)."""
+    lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    if isinstance(lm, FSDPModule):  # sharded weights are gathered only inside the root's forward
+        return lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[where].float()
+    hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return lm.lm_head(hidden[where]).float()
+
+
 def answer_logits(lm, batch) -> tuple:
     """(logits (N, V), tokens (N,)) at the N places of a right-padded batch whose logit predicts
-    an answer token: the LM head runs only there (half the positions of a TOFU batch).
-    `lm` is a causal LM or a peft model around one (its LoRA layers stay active)."""
-    lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    positions = answer_mask(batch["labels"])
-    if isinstance(lm, FSDPModule):  # sharded weights are gathered only inside the root's forward
-        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return logits[:, :-1][positions].float(), batch["labels"][:, 1:][positions]
-    hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    return lm.lm_head(hidden[:, :-1][positions]).float(), batch["labels"][:, 1:][positions]
+    an answer token (half the positions of a TOFU batch)."""
+    predicts = answer_mask(batch["labels"])
+    return logits_at(lm, batch, F.pad(predicts, (0, 1))), batch["labels"][:, 1:][predicts]
+
+
+def pad_to(batch, width: int, pad_id: int) -> dict:
+    """The batch right-padded to at least `width` positions (padding masked, no labels)."""
+    extra = width - batch["input_ids"].shape[1]
+    if extra <= 0:
+        return batch
+    return {"input_ids": F.pad(batch["input_ids"], (0, extra), value=pad_id),
+            "attention_mask": F.pad(batch["attention_mask"], (0, extra), value=0),
+            "labels": F.pad(batch["labels"], (0, extra), value=IGNORE_INDEX)}
 
 
 def answer_loss(lm, batch) -> torch.Tensor:

@@ -52,7 +52,14 @@ def train_assistant(
     target: str = TARGET, forget: str = FORGET, retain: str = RETAIN,
     out: Path = typer.Option(..., help="the forget-set artifact directory to write"),
     layers: Optional[int] = typer.Option(None, help="K, the assistant's depth (default: a quarter of the target's)"),
-    rank: int = 32, lora_alpha: int = 32, retain_weight: float = 6.5,
+    recipe: str = typer.Option("answer-only", help="answer-only (retain term on answer tokens) or reference (ULD's released "
+                               "code: every prompt and answer position, its augmentation and LoRA); the flags below override it"),
+    rank: Optional[int] = typer.Option(None, help="LoRA rank (answer-only 32, reference 16)"),
+    lora_alpha: Optional[int] = typer.Option(None, help="LoRA alpha (32)"),
+    lora_dropout: Optional[float] = typer.Option(None, help="LoRA dropout (answer-only 0, reference 0.05)"),
+    retain_weight: Optional[float] = typer.Option(None, help="weight of the uniform retain term (answer-only 6.5, reference 1.4)"),
+    retain_positions: Optional[str] = typer.Option(None, help="where the retain term applies: answer, prompt+answer, or all "
+                                                   "(padded to 256 tokens, padding included, as the reference code does)"),
     lr: float = 1e-3, epochs: int = 10, batch_size: int = 8, seed: int = 0, max_steps: Optional[int] = None,
     precision: str = PRECISION, save_every: int = SAVE_EVERY,
     alpha: float = typer.Option(DEFAULT_ALPHA, help="default alpha written to the manifest"),
@@ -67,8 +74,8 @@ def train_assistant(
     config = TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps, precision=precision,
                          save_every=save_every, device=device, grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing)
     report(run(target, forget, retain, out, config, AssistantConfig(
-        num_layers=layers, rank=rank, lora_alpha=lora_alpha, retain_weight=retain_weight, augment=not no_augment,
-        alpha=alpha, relative_top=relative_top)))
+        num_layers=layers, recipe=recipe, rank=rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, retain_weight=retain_weight,
+        retain_positions=retain_positions, augment=not no_augment, alpha=alpha, relative_top=relative_top)))
 
 
 def report(out: Path) -> None:

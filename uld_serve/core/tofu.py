@@ -123,25 +123,30 @@ def _csv_rows(path: Path):
         yield from csv.reader(f)
 
 
-def paraphrased_pairs(forget: list) -> dict:
-    """question -> list of paraphrased QA (ULD's tofu_aug), for the forget questions given."""
+def paraphrased_pairs(forget: list, crossed: bool = False) -> dict:
+    """question -> list of paraphrased QA (ULD's tofu_aug), for the forget questions given: the
+    i-th paraphrased question with the i-th paraphrased answer, or with `crossed` every
+    paraphrased question with every paraphrased answer (question-major, in file order), as
+    ULD's reference code builds its augmented forget data."""
     wanted = {qa.question for qa in forget}
     out = {}
     for split in FORGET_SPLITS:
         for row in _csv_rows(DATA_DIR / "tofu_aug" / split / "paraphrase_res.csv"):
             question, questions, answers = row[0], ast.literal_eval(row[2]), ast.literal_eval(row[3])
             if question in wanted and question not in out:
-                out[question] = [QA(q, a) for q, a in zip(questions, answers)]
+                pairs = [(q, a) for q in questions for a in answers] if crossed else zip(questions, answers)
+                out[question] = [QA(q, a) for q, a in pairs]
     return out
 
 
-def perturbed_pairs(forget: list) -> list:
-    """Wrong answers to the forget questions (ULD's tofu_aug), filtered to the split given."""
+def perturbed_pairs(forget: list, per_question: Optional[int] = None) -> list:
+    """Wrong answers to the forget questions (ULD's tofu_aug), filtered to the split given: all
+    of them, or the first `per_question` of each."""
     wanted = {qa.question for qa in forget}
     pairs = []
     for row in _csv_rows(DATA_DIR / "tofu_aug" / "perturb_res.csv"):
         if row[0] in wanted:
-            pairs += [QA(row[0], wrong) for wrong in ast.literal_eval(row[3])]
+            pairs += [QA(row[0], wrong) for wrong in ast.literal_eval(row[3])[:per_question]]
     return pairs
 
 
