@@ -1,4 +1,5 @@
 """`uld generate`, `uld serve`, `uld demo`: serving."""
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -34,7 +35,7 @@ def generate(
     print(f"wrote {count} lines to {output}")
 
 
-@app.command()
+@app.command(context_settings={"auto_envvar_prefix": "ULD_SERVE"})
 def serve(
     target: str = TARGET,
     forget_set: List[str] = typer.Option([], help="NAME=ADAPTER_DIR, repeatable; joins the persisted registry"),
@@ -65,11 +66,20 @@ def serve(
     audit_max_mib: float = typer.Option(100.0, help="the audit file's size before it is rotated"),
     audit_backups: int = typer.Option(10, help="rotated audit files kept"),
     drain_timeout: int = typer.Option(30, help="on SIGTERM, seconds in-flight requests get to finish (vLLM's --shutdown-timeout)"),
+    registry_poll: float = typer.Option(5.0, help="seconds between looks at the registry file for forget sets that other "
+                                        "replicas sharing it added or removed (0: never)"),
+    tensor_parallel_size: int = typer.Option(1, help="GPUs the model is split over (vLLM's tensor parallelism)"),
+    pipeline_parallel_size: int = typer.Option(1, help="pipeline stages (vLLM's); only 1 is served with forget sets"),
+    distributed_executor_backend: Optional[str] = typer.Option(None, help="vLLM's: mp (one node), ray (several nodes), "
+                                                               "uni or external_launcher (default: vLLM's choice)"),
+    check: bool = typer.Option(False, "--check", help="check the settings and print them as JSON, without starting vLLM"),
 ):
-    """OpenAI-compatible server (vLLM's own) where each request picks its forget set and alpha."""
+    """OpenAI-compatible server (vLLM's own) where each request picks its forget set and alpha.
+    Every option can also be set as an environment variable: ULD_SERVE_ and its name in
+    capitals (ULD_SERVE_TARGET, ULD_SERVE_TENSOR_PARALLEL_SIZE; repeatable ones separated by spaces)."""
     from ..server.keys import load_keys
     from ..server.audit import AuditLog
-    from ..server.launch import default_audit_log, prepare, serve as run
+    from ..server.launch import default_audit_log, parallel_args, prepare, serve as run
     from ..server.limits import Limits
 
     if max_loras < 1:
@@ -78,6 +88,9 @@ def serve(
     if drain_timeout < 0:
         raise UldError("--drain-timeout must be 0 (abort in-flight requests) or more seconds")
     limits = Limits.build(max_body_mib, max_tokens, max_n, max_in_flight, request_timeout)
+    parallel = parallel_args(tensor_parallel_size, pipeline_parallel_size, distributed_executor_backend)
+    if registry_poll < 0:
+        raise UldError("--registry-poll must be 0 (never) or more seconds")
     if not audit_max_mib > 0 or audit_backups < 0:
         raise UldError("--audit-max-mib must be positive and --audit-backups at least 0")
     audit = AuditLog(None if audit_log == "off" else Path(audit_log or default_audit_log()), audit_max_mib, audit_backups,
@@ -85,11 +98,16 @@ def serve(
     state = prepare(target, parse_forget_sets(forget_set), registry_path=registry, served_name=served_model_name,
                     keys=keys, forget_set_roots=forget_set_root, weight_level=weight_level, max_loras=max_loras,
                     max_lora_rank=max_lora_rank, sparse_head=sparse_head, dtype=dtype, limits=limits,
-                    enforce=enforce, audit=audit)
+                    enforce=enforce, audit=audit, registry_poll=registry_poll,
+                    persist=not check)
+    if check:
+        print(json.dumps({**state.describe(), "host": host, "port": port, "max_model_len": max_model_len,
+                          "vllm_args": parallel}, indent=2))
+        return
     enforced = f", enforcing {state.enforced.forget_set}" if state.enforced else ""
     print(f"serving {state.target_name} with forget sets {', '.join(state.config.forget_sets) or 'none'}{enforced} "
           f"on http://{host}:{port} (registry {state.registry.path}, audit {state.audit.path or 'off'})", flush=True)
-    run(state, host=host, port=port, max_model_len=max_model_len, extra_args=["--shutdown-timeout", str(drain_timeout)])
+    run(state, host=host, port=port, max_model_len=max_model_len, extra_args=["--shutdown-timeout", str(drain_timeout), *parallel])
 
 
 @app.command()

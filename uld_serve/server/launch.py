@@ -16,6 +16,7 @@ from .registry import Registry, read_entries
 from .state import ServerState
 
 PLUGINS = "uld,uld_server"  # our general plugin (the model) and endpoint plugin (the routes)
+EXECUTOR_BACKENDS = ("mp", "ray", "uni", "external_launcher")  # vLLM's --distributed-executor-backend
 
 
 def default_registry(target_dir: Path) -> Path:
@@ -32,13 +33,31 @@ def default_forget_set_root() -> Path:
     return uld_home() / "forget-sets"
 
 
+def parallel_args(tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, backend: Optional[str] = None) -> list:
+    """vLLM's own parallelism flags, checked. Pipeline stages are refused: the wrapper model
+    runs the assistant's layers beside the target's first layers and needs both halves' last
+    hidden states in one place for the logit difference, which vLLM's stage split (SupportsPP)
+    does not carry; tensor parallelism splits every layer instead, and Ray spans nodes."""
+    if tensor_parallel_size < 1:
+        raise UldError("--tensor-parallel-size must be at least 1")
+    if pipeline_parallel_size != 1:
+        raise UldError("--pipeline-parallel-size must be 1: the logit difference needs the assistant's and the target's "
+                       "hidden states on one stage; split the model with --tensor-parallel-size instead (Ray across nodes)")
+    if backend is not None and backend not in EXECUTOR_BACKENDS:
+        raise UldError(f"--distributed-executor-backend must be one of {', '.join(EXECUTOR_BACKENDS)}, got {backend!r}")
+    return (["--tensor-parallel-size", str(tensor_parallel_size)]
+            + (["--distributed-executor-backend", backend] if backend else []))
+
+
 def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = None, served_name: Optional[str] = None,
             keys: Keys = Keys(), forget_set_roots: Optional[list] = None, weight_level: bool = False, max_loras: int = 4,
             max_lora_rank: int = 32, sparse_head: bool = False, dtype: str = "fp32", limits: Limits = Limits(),
-            enforce: Optional[str] = None, audit: Optional[AuditLog] = None) -> ServerState:
+            enforce: Optional[str] = None, audit: Optional[AuditLog] = None, registry_poll: float = 5.0,
+            persist: bool = True) -> ServerState:
     """Everything `uld serve` decides before vLLM starts, with every check that can fail on
     user input (so a mistake ends before the minutes of engine start-up). forget_set_roots:
-    where runtime additions may come from (default: $ULD_HOME/forget-sets)."""
+    where runtime additions may come from (default: $ULD_HOME/forget-sets). persist: False
+    checks only (`uld serve --check`): no registry write, no folder made."""
     dtype = check_dtype(dtype)
     target_dir = resolve_model(target)
     registry_path = Path(registry_path) if registry_path else default_registry(target_dir)
@@ -55,11 +74,13 @@ def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = N
         if not root.is_dir():
             if forget_set_roots:
                 raise UldError(f"forget-set root {root} is not a directory")
-            root.mkdir(parents=True, exist_ok=True)
+            if persist:
+                root.mkdir(parents=True, exist_ok=True)
     registry = Registry(registry_path, config, name, roots)
-    registry.save()
+    if persist:
+        registry.save()
     return ServerState(config=config, registry=registry, target_name=name, keys=keys, dtype=dtype,
-                       limits=limits, enforced=enforced, audit=audit or AuditLog(None))
+                       limits=limits, enforced=enforced, audit=audit or AuditLog(None), registry_poll=registry_poll)
 
 
 def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, max_model_len: int = 2048,

@@ -2,8 +2,13 @@
 
 The live set of forget sets is the engine config's `forget_sets` dict (what requests are
 resolved against); the registry validates additions and writes the file after each change.
+Several replicas may share one file (a volume every pod mounts): each change is a
+read-modify-write under an exclusive lock, so no replica drops another's entries, and each
+replica follows the others' changes (sync.py).
 """
+import fcntl
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -54,16 +59,30 @@ class Registry:
     def add(self, fs) -> None:
         """Persist, then serve: a failed write (OSError, e.g. a full disk) leaves both the file
         and the served sets as they were."""
-        self.save({**self.config.forget_sets, fs.name: fs})
+        with self._entries() as entries:
+            entries[fs.name] = str(fs.path)
         self.config.forget_sets[fs.name] = fs
 
     def remove(self, name: str) -> None:
-        self.save({n: fs for n, fs in self.config.forget_sets.items() if n != name})
+        with self._entries() as entries:
+            entries.pop(name, None)
         del self.config.forget_sets[name]
 
-    def save(self, forget_sets=None) -> None:
-        forget_sets = self.config.forget_sets if forget_sets is None else forget_sets
-        write_json_atomic(self.path, {name: str(fs.path) for name, fs in forget_sets.items()})
+    def save(self) -> None:
+        """Write the served sets into the file, keeping the entries other replicas put there."""
+        with self._entries() as entries:
+            entries.update({name: str(fs.path) for name, fs in self.config.forget_sets.items()})
+
+    @contextmanager
+    def _entries(self):
+        """The file's current entries, to change in place; written back atomically, all under an
+        exclusive lock on a file beside it (flock: local disks and most network volumes)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            entries = read_entries(self.path)
+            yield entries
+            write_json_atomic(self.path, entries)
 
 
 def summary(fs) -> dict:

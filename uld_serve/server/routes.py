@@ -1,11 +1,14 @@
 """Routes added to vLLM's server through its `vllm.endpoint_plugins` hook: /v1/models with
 each forget set's manifest summary, and the admin routes of the forget-set registry."""
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..core.errors import UldError
 from .middleware import error_body, key_id_of
 from .registry import summary
+from .sync import follow_registry, load_into_engine, unload_from_engine
 
 router = APIRouter()
 
@@ -78,22 +81,6 @@ async def remove_forget_set(name: str, request: Request):
     return {"removed": name}
 
 
-
-async def unload_from_engine(app_state, name: str) -> None:
-    from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
-
-    await app_state.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
-
-
-async def load_into_engine(app_state, fs):
-    """None when vLLM loaded the forget set's adapter, else its error message."""
-    from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
-
-    result = await app_state.openai_serving_models.load_lora_adapter(
-        LoadLoRAAdapterRequest(lora_name=fs.name, lora_path=str(fs.path)))
-    return None if isinstance(result, str) else result.error.message
-
-
 class UldEndpoints:
     """The `vllm.endpoint_plugins` entry point (allowlisted by `uld serve` via VLLM_PLUGINS)."""
 
@@ -113,6 +100,8 @@ class UldEndpoints:
             failure = await load_into_engine(state, fs)
             if failure:
                 raise UldError(f"the engine could not load forget set {fs.name} ({fs.path}): {failure}")
+        if uld.registry_poll:
+            state.uld_follower = asyncio.get_running_loop().create_task(follow_registry(state, uld.registry_poll))
 
 
 def _drain_on_shutdown(engine_client, uld) -> None:
