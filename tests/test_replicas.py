@@ -56,7 +56,7 @@ def test_replicas_sharing_a_registry_serve_the_same_forget_sets(tiny_target, for
         assert answer(url_b, "f3") == answer(url_a, "f3") == answer(url_a, "f1")  # the same adapter, served by both
         assert httpx.delete(f"{url_b}/admin/forget-sets/f2", headers=admin, timeout=60).status_code == 200
         wait_for(lambda: "f2" not in models(url_a))
-        with pytest.raises(openai.NotFoundError, match="known forget sets: f1, f3"):
+        with pytest.raises(openai.NotFoundError, match="this server offers target, f1, f3"):
             answer(url_a, "f2")
         assert json.loads((shared / "registry.json").read_text()) == {"f1": str(forget_sets["f1"]), "f3": str(added)}
         followed = [json.loads(line) for line in (shared / "b" / "audit.jsonl").read_text().splitlines()]
