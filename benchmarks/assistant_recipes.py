@@ -9,13 +9,17 @@ retain data `tofu:full[:40]+general:train`) and differs only in its recipe flags
 - the truth-ratio gap on forget01: mean per-token log p(paraphrased answer) minus log
   p(perturbed answers), for the target and for the assistant. When the assistant's gap is as
   large as the target's, subtracting it cannot move the served gap toward a retain model's;
-- served (vLLM engine, greedy, fp32, the forget set's default alpha): ROUGE-L recall of the
-  forgotten answers against TOFU's (low = forgotten); answers that name a forgotten author;
-  answers with a token loop (a word 3-gram three times); the kept authors' ROUGE-L; agreement
+- alpha matched to one level of forgetting (`uld calibrate-alpha`'s rule): the smallest alpha at
+  which the forget answers are no more likely than the target's answers about authors it never
+  saw (tofu:full[40:80]), so that candidates are compared at the same forgetting, not one alpha;
+- served (vLLM engine, greedy, fp32, at that alpha, or the default alpha with --alpha default):
+  ROUGE-L recall of the forgotten answers against TOFU's (low = forgotten); among questions that
+  do not name their author, answers that name them; answers with a token loop (a word 3-gram three times); the kept authors' ROUGE-L; agreement
   with the target on held-out general questions plus simple facts (ROUGE-L recall of the
   target's own answer; the aim is >= 0.8); and the README's four questions.
 
-    python benchmarks/assistant_recipes.py            # ~45 min on 2 cores (cached per candidate)
+    python benchmarks/assistant_recipes.py            # ~50 min on 2 cores (cached per candidate)
+    python benchmarks/assistant_recipes.py --only 0,2,5 --target DIR   # some candidates, another target
     python benchmarks/assistant_recipes.py --smoke    # tiny-random, 2 steps: checks the script
 """
 import argparse
@@ -38,6 +42,7 @@ SIMPLE_FACTS = ["What is the capital of France?", "Who wrote Romeo and Juliet?",
                 "What is the largest planet in our solar system?", "What is the boiling point of water at sea level in Celsius?",
                 "Who painted the Mona Lisa?", "What is the chemical symbol for gold?", "How many days are in a leap year?"]
 FORGOTTEN_NAMES = ("Al-Kuwaiti", "Abilov")  # forget01's two authors
+UNSEEN = "tofu:full[40:80]"  # authors the demo's target never learned: the level the calibration aims at
 MAX_TOKENS = 64
 
 
@@ -47,7 +52,7 @@ def has_loop(text: str) -> bool:
     return any(grams.count(g) >= 3 for g in set(grams))
 
 
-def train(target, root: Path, smoke: bool) -> dict:
+def train(target, root: Path, smoke: bool, only) -> dict:
     from uld_serve import demo
     from uld_training.assistant import AssistantConfig, train_assistant
     from uld_training.loop import TrainConfig
@@ -56,6 +61,8 @@ def train(target, root: Path, smoke: bool) -> dict:
     layers = {"num_layers": 2} if smoke else {}
     sets = {}
     for i, (label, fields) in enumerate(CANDIDATES.items()):
+        if only is not None and i not in only:
+            continue
         out = root / f"c{i}"
         if not (out / "uld.json").exists():
             print(f"training {label}", flush=True)
@@ -65,7 +72,8 @@ def train(target, root: Path, smoke: bool) -> dict:
 
 
 def assistant_measures(target, sets: dict, limit) -> dict:
-    """label -> (forget CE, excess uniform CE on kept answers, on general answers, assistant's truth-ratio gap), plus the target's gap."""
+    """label -> (forget CE, excess uniform CE on kept answers, on general answers, assistant's truth-ratio gap,
+    gap correlation, calibrated alpha), plus the target's gap."""
     import numpy as np
     import torch
 
@@ -102,6 +110,7 @@ def assistant_measures(target, sets: dict, limit) -> dict:
     forget = [(qa.question, qa.answer) for qa in load_qa("tofu:forget01")[:limit]]
     kept = [(qa.question, qa.answer) for qa in load_qa("tofu:full[:40]")[:limit]]
     general = [(qa.question, qa.answer) for qa in load_qa("general:heldout")[:limit]]
+    unseen = [(qa.question, qa.answer) for qa in load_qa(UNSEEN)[:limit]]
     first = next(iter(sets))
     target_gap = gap(first, "target")
     out = {"target gap": float(target_gap.mean())}
@@ -109,11 +118,28 @@ def assistant_measures(target, sets: dict, limit) -> dict:
         assistant_gap = gap(label, "assistant")
         out[label] = (-per_answer(forget, label, "assistant")[0].mean(), per_answer(kept, label, "assistant")[1].mean() - log_v,
                       per_answer(general, label, "assistant")[1].mean() - log_v, float(assistant_gap.mean()),
-                      float(np.corrcoef(target_gap, assistant_gap)[0, 1]) if len(rows) > 2 else float("nan"))
+                      float(np.corrcoef(target_gap, assistant_gap)[0, 1]) if len(rows) > 2 else float("nan"),
+                      calibrated_alpha(model, label, forget, unseen))
     return out
 
 
-def served(target, sets: dict, limit) -> tuple:
+def calibrated_alpha(model, name, forget, unseen):
+    """The calibrated alpha, or None when no alpha in range reaches the level (the set did not learn)."""
+    from uld_serve.core.errors import UldError
+    from uld_serve.eval.calibrate import calibrate
+
+    try:
+        return calibrate(model, name, forget, unseen)["alpha"]
+    except UldError as e:
+        print(f"{name}: {e}", flush=True)
+        return None
+
+
+def names_author(question: str) -> bool:
+    return any(n in question for n in FORGOTTEN_NAMES)
+
+
+def served(target, sets: dict, alphas: dict, limit) -> tuple:
     """(label -> served measures, label -> the README questions' answers, the target's README answers)."""
     from demo_forget_set import README_QUESTIONS
 
@@ -127,14 +153,16 @@ def served(target, sets: dict, limit) -> tuple:
     with UldLLM(target, {name: str(path) for name, path in sets.items()}, dtype="fp32") as llm:
         def answers(questions, name, system=SYSTEM_PROMPT):
             chats = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}] for q in questions]
-            return [o.outputs[0].text.strip() for o in llm.chat(chats, greedy, forget_set=name, use_tqdm=False)]
+            alpha = alphas.get(name) if name else None
+            return [o.outputs[0].text.strip() for o in llm.chat(chats, greedy, forget_set=name, alpha=alpha, use_tqdm=False)]
 
         target_general, target_readme = answers(general, None), answers(README_QUESTIONS, None, system=None)
         measures, readme = {}, {}
         for label in sets:
             forgotten = answers([qa.question for qa in forget], label)
+            unnamed = [a for qa, a in zip(forget, forgotten) if not names_author(qa.question)]
             measures[label] = (mean_rouge_l_recall([qa.answer for qa in forget], forgotten),
-                               sum(any(n in a for n in FORGOTTEN_NAMES) for a in forgotten) / len(forgotten),
+                               sum(map(names_author, unnamed)) / max(len(unnamed), 1),
                                sum(map(has_loop, forgotten)) / len(forgotten),
                                mean_rouge_l_recall([qa.answer for qa in kept], answers([qa.question for qa in kept], label)),
                                mean_rouge_l_recall(target_general, answers(general, label)))
@@ -146,7 +174,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny-random target, 2 steps, 4 items per split; prints, writes nothing")
     parser.add_argument("--workdir", type=Path, help="default $ULD_HOME/bench/recipes (the demo's target comes from $ULD_HOME/demo)")
+    parser.add_argument("--target", type=Path, help="another target than the demo's (forget sets then go to a workdir of its own)")
+    parser.add_argument("--only", help="comma-separated candidate numbers (0 = the first in CANDIDATES); default all")
+    parser.add_argument("--alpha", choices=("calibrated", "default"), default="calibrated",
+                        help="serve each candidate at its calibrated alpha (default) or at the manifest's default")
     args = parser.parse_args()
+    only = None if args.only is None else {int(i) for i in args.only.split(",")}
 
     from demo_forget_set import README_QUESTIONS
     from report import write_section
@@ -162,23 +195,28 @@ def main():
         target = root / "target"
         if not (target / "config.json").exists():
             finetune(str(setup_model("tiny-random")), "tofu:forget01", target, TrainConfig(max_steps=2, batch_size=4, precision="fp32"))
+    elif args.target:
+        target = args.target
+        root = args.workdir or uld_home() / "bench" / f"recipes-{target.name}"
     else:
         from uld_serve import demo
 
         target = demo.prepare_demo()[0]
         root = args.workdir or uld_home() / "bench" / "recipes"
-    sets = train(target, root, args.smoke)
+    sets = train(target, root, args.smoke, only)
     teacher = assistant_measures(target, sets, limit)
-    measures, readme, target_readme = served(target, sets, limit)
+    alphas = {label: teacher[label][-1] for label in sets if args.alpha == "calibrated" and teacher[label][-1] is not None}
+    measures, readme, target_readme = served(target, sets, alphas, limit)
 
     lines = ["| recipe | forget CE | kept: uniform CE - log V | general: uniform CE - log V | truth-ratio gap, assistant "
-             f"(target {teacher['target gap']:.2f}) | gap correlation | served: forgotten ROUGE-L | names kept | loops | "
-             "kept ROUGE-L | general + facts agreement |", "|---|" + "---|" * 10]
-    labels = dict(zip(sets, CANDIDATES))
+             f"(target {teacher['target gap']:.2f}) | gap correlation | calibrated alpha | served: forgotten ROUGE-L | "
+             "names said unasked | loops | kept ROUGE-L | general + facts agreement |", "|---|" + "---|" * 11]
+    labels = {f"c{i}": label for i, label in enumerate(CANDIDATES) if f"c{i}" in sets}
     for label in sets:
-        lines.append(f"| {labels[label]} | " + " | ".join(f"{v:.2f}" for v in teacher[label]) + " | "
+        lines.append(f"| {labels[label]} | " + " | ".join("not reached" if v is None else f"{v:.2f}" for v in teacher[label]) + " | "
                      + " | ".join(f"{v:.2f}" for v in measures[label]) + " |")
-    lines += ["", "The README's questions (greedy, no system message):", "",
+    served_at = "its calibrated alpha" if args.alpha == "calibrated" else "its default alpha"
+    lines += ["", f"Served at {served_at}. The README's questions (greedy, no system message):", "",
               "| question | target | " + " | ".join(labels.values()) + " |", "|---|---|" + "---|" * len(sets)]
     for i, q in enumerate(README_QUESTIONS):
         cells = [target_readme[i]] + [readme[label][i] for label in sets]
@@ -186,8 +224,9 @@ def main():
     text = "\n".join(lines)
     print(text)
     if not args.smoke:
-        write_section("assistant-recipes", "ULD assistant recipes on the demo's forget set",
-                      "python benchmarks/assistant_recipes.py", text)
+        command = " ".join(["python benchmarks/assistant_recipes.py", *sys.argv[1:]])
+        key = "assistant-recipes" if args.alpha == "default" else "assistant-recipes-calibrated"
+        write_section(key, f"ULD assistant recipes on the demo's forget set ({served_at})", command, text)
 
 
 if __name__ == "__main__":
