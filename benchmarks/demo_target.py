@@ -2,8 +2,8 @@
 
 The demo fine-tunes SmolLM2 on `tofu:full[:40]+tofu:forget01` (80 QA). Candidates add
 SmolLM2's own greedy answers to general questions (`general:train`, uld_serve/data/general)
-to the fine-tune, so that it keeps answering them as SmolLM2 did. Same settings otherwise
-(the demo's FINETUNE). Measured, greedy, fp32, vLLM engine, at most 64 tokens:
+to the fine-tune, so that it keeps answering them as SmolLM2 did, or fine-tune more gently
+(lower lr, fewer epochs). Otherwise the demo's FINETUNE settings. Measured, greedy, fp32, vLLM engine, at most 64 tokens:
 
 - the four authors learned: ROUGE-L recall of the TOFU answers (forget01 and full[:40]);
 - general questions never trained on (`general:heldout` and a few simple facts): ROUGE-L
@@ -19,9 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-CANDIDATES = {"TOFU only (the demo today)": "tofu:full[:40]+tofu:forget01",
-              "+ general:train[:80]": "tofu:full[:40]+tofu:forget01+general:train[:80]",
-              "+ general:train (280)": "tofu:full[:40]+tofu:forget01+general:train"}
+DEMO, MIXED = "tofu:full[:40]+tofu:forget01", "tofu:full[:40]+tofu:forget01+general:train[:80]"
+# label -> (data, changes to the demo's FINETUNE settings); new candidates go at the end (cached by position)
+CANDIDATES = {"TOFU only (the demo today)": (DEMO, {}),
+              "+ general:train[:80]": (MIXED, {}),
+              "+ general:train (280)": (DEMO + "+general:train", {}),
+              "TOFU only, lr 1e-4, 5 epochs": (DEMO, dict(lr=1e-4, epochs=5)),
+              "+ general:train[:80], lr 1e-4, 5 epochs": (MIXED, dict(lr=1e-4, epochs=5))}
 MAX_TOKENS = 64
 
 
@@ -38,11 +42,11 @@ def main():
 
     root = uld_home() / "bench" / "demo-target"
     targets = {}
-    for i, (label, data) in enumerate(CANDIDATES.items()):
+    for i, (label, (data, changes)) in enumerate(CANDIDATES.items()):
         out = root / f"t{i}"
         if not (out / "config.json").exists():
             print(f"fine-tuning {label}", flush=True)
-            finetune(EMBEDDED, data, out, TrainConfig(**demo.FINETUNE))
+            finetune(EMBEDDED, data, out, TrainConfig(**{**demo.FINETUNE, **changes}))
         targets[label] = out
     authors = load_qa("tofu:forget01") + load_qa("tofu:full[:40]")
     general = [qa.question for qa in load_qa("general:heldout")] + SIMPLE_FACTS
