@@ -14,9 +14,10 @@ retain data `tofu:full[:40]+general:train`) and differs only in its recipe flags
   saw (tofu:full[40:80]), so that candidates are compared at the same forgetting, not one alpha;
 - served (vLLM engine, greedy, fp32, at that alpha, or the default alpha with --alpha default):
   ROUGE-L recall of the forgotten answers against TOFU's (low = forgotten); among questions that
-  do not name their author, answers that name them; answers with a token loop (a word 3-gram three times); the kept authors' ROUGE-L; agreement
-  with the target on held-out general questions plus simple facts (ROUGE-L recall of the
-  target's own answer; the aim is >= 0.8); and the README's four questions.
+  do not name their author, answers that name them; answers with a token loop (a word 3-gram
+  three times); the kept authors' ROUGE-L; agreement with the target on held-out general
+  questions plus simple facts (ROUGE-L recall of the target's own answer; the aim is >= 0.8);
+  and the README's four questions.
 
     python benchmarks/assistant_recipes.py            # ~50 min on 2 cores (cached per candidate)
     python benchmarks/assistant_recipes.py --only 0,2,5 --target DIR   # some candidates, another target
