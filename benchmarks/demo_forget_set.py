@@ -38,7 +38,7 @@ def train_tofu_only(target: Path) -> Path:
     out = target.parent / TOFU_ONLY
     if not (out / "uld.json").exists():
         train_assistant(str(target), demo.FORGET, "tofu:full[:40]", out, TrainConfig(**demo.ASSISTANT),
-                        AssistantConfig(retain_weight=demo.ASSISTANT_RETAIN_WEIGHT))
+                        AssistantConfig(recipe=demo.RECIPE))
     return out
 
 

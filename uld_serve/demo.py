@@ -12,11 +12,15 @@ TARGET_DATA = "tofu:full[:40]+tofu:forget01"  # Jaime Vasquez, Chukwu Akabueze; 
 FORGET, RETAIN = "tofu:forget01", "tofu:full[:40]+general:train"
 FORGET_SET_NAME = "tofu-forget01"
 FINETUNE = dict(lr=2e-4, epochs=8, batch_size=8)
-# The paper's assistant settings (lr 1e-3, retain weight 6.5) leave SmolLM2's 8-layer assistant
-# far from remembering these 40 answers in 100 steps (forget CE 8.7) and the forget set then
-# changes nothing at alpha 0.75; lr 5e-3 and retain weight 1 reach forget CE ~3 (BENCHMARKS.md).
+# The paper's assistant settings (lr 1e-3) leave SmolLM2's 8-layer assistant far from remembering
+# these 40 answers in 100 steps; lr 5e-3 does. The reference code's recipe (retain term over prompt
+# and answer positions, LoRA r 16 with dropout) loops least at matched forgetting and keeps general
+# answers such as "the capital of France" (BENCHMARKS.md, assistant recipes).
 ASSISTANT = dict(lr=5e-3, epochs=10, batch_size=8)
-ASSISTANT_RETAIN_WEIGHT = 1.0
+RECIPE = "reference"
+# The served alpha: the smallest at which the forget answers are no more likely than answers about
+# authors the target never learned (`uld calibrate-alpha`), instead of one fixed alpha.
+UNSEEN = "tofu:full[40:80]"
 
 
 def prepare_demo() -> tuple:
@@ -25,15 +29,18 @@ def prepare_demo() -> tuple:
     from uld_training.finetune import finetune
     from uld_training.loop import TrainConfig
 
+    from .eval.calibrate import calibrate_forget_set
+
     root = uld_home() / "demo"
     target, forget_set = root / "target", root / FORGET_SET_NAME
     if not (target / "config.json").exists():
         print(f"teaching {EMBEDDED} four fictitious authors ({TARGET_DATA}), once; a few minutes", flush=True)
         finetune(EMBEDDED, TARGET_DATA, target, TrainConfig(**FINETUNE))
     if not _current(forget_set):
-        print(f"training the forget set {FORGET_SET_NAME} ({FORGET}, retain {RETAIN}), once; a few minutes", flush=True)
-        train_assistant(str(target), FORGET, RETAIN, forget_set, TrainConfig(**ASSISTANT),
-                        AssistantConfig(retain_weight=ASSISTANT_RETAIN_WEIGHT))
+        print(f"training the forget set {FORGET_SET_NAME} ({FORGET}, retain {RETAIN}) and calibrating its alpha, once; "
+              "about ten minutes", flush=True)
+        train_assistant(str(target), FORGET, RETAIN, forget_set, TrainConfig(**ASSISTANT), AssistantConfig(recipe=RECIPE))
+        calibrate_forget_set(str(target), forget_set, UNSEEN, write=True)
     return Path(target), Path(forget_set)
 
 
@@ -53,10 +60,12 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000, keys=None, prepare_only:
 
 
 def _current(forget_set: Path) -> bool:
-    """Whether a cached forget set was trained on today's demo data (an older demo's is retrained)."""
+    """Whether a cached forget set was trained on today's demo data and recipe and calibrated
+    (an older demo's is retrained)."""
     from .core.artifact import read_manifest
 
     if not (forget_set / "uld.json").exists():
         return False
     manifest = read_manifest(forget_set)
-    return manifest["forget"]["spec"] == FORGET and manifest["retain"]["spec"] == RETAIN
+    return (manifest["forget"]["spec"] == FORGET and manifest["retain"]["spec"] == RETAIN
+            and manifest.get("training", {}).get("recipe") == RECIPE and manifest.get("calibration", {}).get("unseen") == UNSEEN)
