@@ -136,7 +136,7 @@ def test_the_images_variables_reach_uld_serve(tiny_target, forget_sets, tmp_path
            "ULD_SERVE_REGISTRY": str(tmp_path / "registry.json"), "ULD_SERVE_FORGET_SET_ROOT": str(tmp_path),
            "ULD_SERVE_API_KEYS_FILE": str(tmp_path / "client-keys"), "ULD_SERVE_ADMIN_KEYS_FILE": str(tmp_path / "admin-keys"),
            "ULD_SERVE_TENSOR_PARALLEL_SIZE": "2", "ULD_SERVE_DISTRIBUTED_EXECUTOR_BACKEND": "ray",
-           "ULD_SERVE_SERVED_MODEL_NAME": "target", "ULD_SERVE_AUDIT_LOG": "off"}
+           "ULD_SERVE_SERVED_MODEL_NAME": "target", "ULD_SERVE_AUDIT_LOG": str(tmp_path / "audit" / "a.jsonl")}
     result = subprocess.run([str(REPO / ".venv" / "bin" / "uld"), "serve", "--check"], capture_output=True, text=True, env=env,
                             timeout=300)
     assert result.returncode == 0, result.stderr
@@ -144,10 +144,10 @@ def test_the_images_variables_reach_uld_serve(tiny_target, forget_sets, tmp_path
     assert settings["target"] == str(tiny_target) and settings["served_model_name"] == "target" and settings["dtype"] == "bf16"
     assert (settings["host"], settings["port"]) == ("0.0.0.0", 8123)
     assert settings["forget_sets"] == {"f1": str(forget_sets["f1"]), "f2": str(forget_sets["f2"])}
-    assert settings["enforced"]["forget_set"] == "f1" and settings["audit_log"] is None
+    assert settings["enforced"]["forget_set"] == "f1" and settings["audit_log"] == str(tmp_path / "audit" / "a.jsonl")
     assert (settings["client_keys"], settings["admin_keys"]) == (2, 1)
     assert settings["vllm_args"] == ["--tensor-parallel-size", "2", "--distributed-executor-backend", "ray"]
-    assert not (tmp_path / "registry.json").exists()  # --check writes nothing
+    assert not (tmp_path / "registry.json").exists() and not (tmp_path / "audit").exists()  # --check writes nothing
 
     env["ULD_SERVE_PIPELINE_PARALLEL_SIZE"] = "2"
     refused = subprocess.run([str(REPO / ".venv" / "bin" / "uld"), "serve", "--check"], capture_output=True, text=True, env=env,

@@ -94,7 +94,7 @@ def serve(
     if not audit_max_mib > 0 or audit_backups < 0:
         raise UldError("--audit-max-mib must be positive and --audit-backups at least 0")
     audit = AuditLog(None if audit_log == "off" else Path(audit_log or default_audit_log()), audit_max_mib, audit_backups,
-                     audit_content)
+                     audit_content, open_file=not check)
     state = prepare(target, parse_forget_sets(forget_set), registry_path=registry, served_name=served_model_name,
                     keys=keys, forget_set_roots=forget_set_root, weight_level=weight_level, max_loras=max_loras,
                     max_lora_rank=max_lora_rank, sparse_head=sparse_head, dtype=dtype, limits=limits,

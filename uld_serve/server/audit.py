@@ -34,11 +34,13 @@ class AuditLog:
     """`healthy` is False after a line could not be written: the middleware then refuses
     completions (507) until a line is written again, so no request is served unrecorded."""
 
-    def __init__(self, path: Optional[Path], max_mib: float = 100, backups: int = 10, content: bool = False):
+    def __init__(self, path: Optional[Path], max_mib: float = 100, backups: int = 10, content: bool = False,
+                 open_file: bool = True):
+        """open_file False: only name the file (`uld serve --check` creates nothing)."""
         self.path, self.content = path, content
         self.healthy = True
         self._logger = None
-        if path is None:
+        if path is None or not open_file:
             return
         path = Path(path)
         try:
