@@ -8,7 +8,9 @@ from pathlib import Path
 FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned at K=15": "forget10-tuned-k15",
                "tuned with the paper's settings": "forget10-tuned-paper",
                "tuned at K=15, general retain data": "forget10-tuned-k15-general",
-               "K=15, general retain data, 10 epochs": "forget10-k15-general-e10"}
+               "K=15, general retain data, 10 epochs": "forget10-k15-general-e10",
+               "tuned, reference recipe": "forget10-tuned-reference",
+               "tuned, reference recipe, general retain data": "forget10-tuned-reference-general"}
 
 # tune_assistant.py's folder (its choice.json names the forget set it chose)
 TUNE = "tune-assistant"

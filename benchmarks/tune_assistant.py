@@ -39,10 +39,14 @@ from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 # candidate training settings -> the FORGET_SETS label of the forget10 assistant trained with them
 TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "retain_weight": 1.0},
             "fast-k15": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
-            "fast-k15-general": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15}}
-GENERAL = {"fast-k15-general"}  # these add general_qa.py's train.jsonl to their retain data
+            "fast-k15-general": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
+            # the reference code's recipe (train-assistant --recipe reference), at the fast lr
+            "reference": {"lr": 5e-3, "recipe": "reference"},
+            "reference-general": {"lr": 5e-3, "recipe": "reference"}}
+GENERAL = {"fast-k15-general", "reference-general"}  # these add general_qa.py's train.jsonl to their retain data
 FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15",
-         "fast-k15-general": "tuned at K=15, general retain data"}
+         "fast-k15-general": "tuned at K=15, general retain data", "reference": "tuned, reference recipe",
+         "reference-general": "tuned, reference recipe, general retain data"}
 GREEDY_FLOOR = 0.95  # ROUGE-L recall of the target's own greedy answers on held-out general questions
 BUDGET = {"epochs": 5, "batch_size": 8, "precision": "auto"}
 SMOKE = {"max_steps": 2, "precision": "fp32"}
