@@ -78,6 +78,8 @@ def test_bad_input_gets_one_sentence(pipeline, tmp_path):
     assert_user_error(uld("eval", "tofu", "--target", work / "target", "--forget-set", f"f={tmp_path / 'nowhere'}",
                           "--out", tmp_path / "e", check=False), "does not exist")
     assert_user_error(uld("eval", "summarize", "--logs", tmp_path / "none.json", check=False), "does not exist")
+    assert_user_error(uld("eval", "summarize", "--logs", tmp_path / "none.json", "--limit", "0", check=False),
+                      "--limit must be at least 1")
     assert_user_error(uld("train-assistant", "--target", work / "target", "--forget", "tofu:forget01",
                           "--retain", "tofu:retain90[:8]", "--out", work / "forget01", check=False), "already exists")
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no half-written artifact left behind

@@ -7,7 +7,7 @@ from rouge_score import rouge_scorer
 from scipy import stats
 
 from uld_serve.eval import metrics as m
-from uld_serve.eval.summary import UTILITY, recompute
+from uld_serve.eval.summary import UTILITY, first_items, recompute
 
 
 def test_truth_ratio_by_hand():
@@ -124,6 +124,28 @@ def test_recompute_matches_independent_statement():
     for name, value in expected.items():
         assert summary[name] == pytest.approx(value, rel=1e-9), name
     assert summary["model_utility"] == pytest.approx(len(UTILITY) / sum(1 / summary[n] for n in UTILITY), rel=1e-9)
+
+
+def test_first_items_equal_logs_of_only_those_items():
+    """`uld eval summarize --limit 300` (the reference code's MAX_NUM): every aggregate as if only
+    the first n items of each split had been evaluated, in both logs."""
+    logs, retain = synthetic_logs(3), synthetic_logs(4)
+    recompute(retain)
+    limited = recompute(first_items(logs, 12), first_items(retain, 12))
+
+    def only(full, n):
+        out = json.loads(json.dumps(full))
+        for entry in out.values():
+            logs_of_entry = [entry] if "value_by_index" in entry else [entry[side] for side in ("forget", "holdout") if side in entry]
+            for log in logs_of_entry:
+                for k in [k for k in log["value_by_index"] if int(k) >= n]:
+                    del log["value_by_index"][k]
+        return out
+
+    small_retain = only(retain, 12)
+    assert limited == pytest.approx(recompute(only(logs, 12), small_retain), rel=1e-12)
+    assert limited["forget_quality"] != pytest.approx(recompute(logs, retain)["forget_quality"])
+    assert len(first_items(logs, 12)["mia_min_k"]["holdout"]["value_by_index"]) == 12
 
 
 def test_forget_quality_is_none_without_reference():

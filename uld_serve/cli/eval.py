@@ -6,6 +6,7 @@ from typing import Optional
 import typer
 
 from ..core.devices import DEVICE_HELP
+from ..core.errors import UldError
 from .app import DTYPE, TARGET, app, eval_app, parse_forget_sets
 
 DEVICE = typer.Option("auto", help=f"where the reference model scores and answers: {DEVICE_HELP}")
@@ -45,12 +46,19 @@ def eval_summarize(
     logs: Path = typer.Option(..., help="a TOFU_EVAL.json"),
     retain_logs: Optional[Path] = typer.Option(None, help="the retain model's TOFU_EVAL.json"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a markdown table"),
+    limit: Optional[int] = typer.Option(None, help="only the first N items of each split, in both logs "
+                                        "(the reference ULD code evaluates the first 300)"),
 ):
     """Recompute every aggregate from per-sample values (forget quality, model utility, privleak, ...)."""
-    from ..eval.summary import markdown_table, recompute
+    from ..eval.summary import first_items, markdown_table, recompute
     from ..eval.tofu_eval import load_logs
 
-    summary = recompute(load_logs(logs), load_logs(retain_logs) if retain_logs else None)
+    if limit is not None and limit < 1:
+        raise UldError("--limit must be at least 1")
+    loaded, reference = load_logs(logs), load_logs(retain_logs) if retain_logs else None
+    if limit is not None:
+        loaded, reference = first_items(loaded, limit), reference and first_items(reference, limit)
+    summary = recompute(loaded, reference)
     print(json.dumps(summary, indent=2) if as_json else markdown_table({logs.parent.name or str(logs): summary}),
           end="\n" if as_json else "")
 

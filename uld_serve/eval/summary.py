@@ -32,6 +32,20 @@ HEADLINE = ["forget_quality", "model_utility", "forget_Q_A_ROUGE", "forget_truth
             "extraction_strength"]
 
 
+def first_items(logs: dict, n: int) -> dict:
+    """The logs restricted to each split's first n items (indices 0..n-1), derived metrics to be
+    recomputed from them: the reference ULD code evaluates only the first 300 items of each
+    split (its MAX_NUM), so its forget quality is a KS test over 300 truth ratios, not 400."""
+    def trim(entry):
+        if not isinstance(entry, dict):
+            return entry
+        if isinstance(entry.get("value_by_index"), dict):
+            return {**entry, "value_by_index": {k: v for k, v in entry["value_by_index"].items() if int(k) < n}}
+        return {k: trim(v) for k, v in entry.items()}  # the MIA metrics' forget/holdout sub-logs
+
+    return {name: trim(entry) for name, entry in logs.items()}
+
+
 def _items(log, field):
     return [(idx, v) for idx, v in log["value_by_index"].items() if v is not None and v.get(field) is not None]
 
