@@ -46,11 +46,15 @@ async def add_forget_set(request: Request):
         return _error(400, "the request body is not valid JSON")
     if not isinstance(body, dict):
         return _error(400, 'the body must be {"name": ..., "path": ...}')
-    name = body.get("name")
+    async with state.changes:
+        return await _add(request, state, body.get("name"), body.get("path"))
+
+
+async def _add(request: Request, state, name, path):
     if name in state.config.forget_sets:
         return _error(409, f"forget set {name!r} is already registered; remove it first")
     try:
-        fs = state.registry.validate(name, body.get("path"))
+        fs = state.registry.validate(name, path)
     except UldError as e:
         return _error(400, str(e))
     failure = await load_into_engine(request.app.state, fs)
@@ -68,6 +72,11 @@ async def add_forget_set(request: Request):
 @router.delete("/admin/forget-sets/{name}")
 async def remove_forget_set(name: str, request: Request):
     state = request.app.state.uld
+    async with state.changes:
+        return await _remove(request, state, name)
+
+
+async def _remove(request: Request, state, name: str):
     if name not in state.config.forget_sets:
         return _error(404, f"unknown forget set {name!r}; known forget sets: {', '.join(state.config.forget_sets) or 'none'}")
     if state.enforced is not None and state.enforced.forget_set == name:

@@ -1,5 +1,6 @@
 """What the middleware and the routes share: created by `uld serve` and carried to vLLM's
 app state in the server's argument namespace (`args.uld`)."""
+import asyncio
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -24,6 +25,9 @@ class ServerState:
     registry_poll: float = 5.0  # seconds between looks at the (possibly shared) registry file; 0: never
     in_flight: int = 0  # completion requests the middleware has passed on and not yet answered
     draining: bool = False  # set when vLLM starts shutting down (SIGTERM): new requests get 503
+    # held by each admin change and each registry reconcile, so that they never interleave
+    # around the awaits of loading an adapter (two adds of one name: 201, then 409)
+    changes: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def describe(self) -> dict:
         """What `uld serve --check` prints: the settings as resolved, keys only counted."""

@@ -45,7 +45,8 @@ async def follow_registry(app_state, interval: float) -> None:
             continue
         seen = stamp
         try:
-            await reconcile(app_state, read_entries(path))
+            async with app_state.uld.changes:
+                await reconcile(app_state, read_entries(path))
         except UldError as e:
             log.warning("registry %s not followed: %s", path, e)
 
