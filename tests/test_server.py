@@ -211,16 +211,6 @@ def test_registry_add_remove_and_refuse(server, forget_sets, tiny_base, tmp_path
     assert set(json.loads((server["work"] / "registry.json").read_text())) == {"f1", "f2"}
 
 
-def test_two_adds_of_one_name_at_once_get_201_and_409(server, forget_sets, tmp_path):
-    url, headers = server["url"], {"Authorization": f"Bearer {ADMIN}"}
-    copy = shutil.copytree(forget_sets["f1"], tmp_path / "f6")
-    with ThreadPoolExecutor(2) as pool:
-        codes = list(pool.map(lambda _: httpx.post(f"{url}/admin/forget-sets", headers=headers, timeout=60,
-                                                   json={"name": "f6", "path": str(copy)}).status_code, range(2)))
-    assert sorted(codes) == [201, 409]
-    assert httpx.delete(f"{url}/admin/forget-sets/f6", headers=headers).status_code == 200
-
-
 def test_a_truncated_adapter_is_refused_at_add(server, forget_sets, tmp_path):
     headers = {"Authorization": f"Bearer {ADMIN}"}
     copy = shutil.copytree(forget_sets["f1"], tmp_path / "f4")

@@ -25,8 +25,8 @@ class ServerState:
     registry_poll: float = 5.0  # seconds between looks at the (possibly shared) registry file; 0: never
     in_flight: int = 0  # completion requests the middleware has passed on and not yet answered
     draining: bool = False  # set when vLLM starts shutting down (SIGTERM): new requests get 503
-    # held by each admin change and each registry reconcile, so that they never interleave
-    # around the awaits of loading an adapter (two adds of one name: 201, then 409)
+    # held by each admin change and each registry reconcile, so that neither acts on a view of
+    # the served sets that the other is changing across the awaits of loading an adapter
     changes: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def describe(self) -> dict:
