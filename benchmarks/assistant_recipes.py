@@ -142,20 +142,17 @@ def names_author(question: str) -> bool:
 
 def served(target, sets: dict, alphas: dict, limit) -> tuple:
     """(label -> served measures, label -> the README questions' answers, the target's README answers)."""
-    from demo_forget_set import README_QUESTIONS
+    from demo_forget_set import README_QUESTIONS, chat_answers
 
-    from uld_serve import SamplingParams, UldLLM
-    from uld_serve.core.tofu import SYSTEM_PROMPT, load_qa
+    from uld_serve import UldLLM
+    from uld_serve.core.tofu import load_qa
     from uld_serve.eval.metrics import mean_rouge_l_recall
 
     forget, kept = load_qa("tofu:forget01")[:limit], load_qa("tofu:full[:40]")[:limit]
     general = [qa.question for qa in load_qa("general:heldout")[:limit]] + SIMPLE_FACTS
-    greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
     with UldLLM(target, {name: str(path) for name, path in sets.items()}, dtype="fp32") as llm:
-        def answers(questions, name, system=SYSTEM_PROMPT):
-            chats = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}] for q in questions]
-            alpha = alphas.get(name) if name else None
-            return [o.outputs[0].text.strip() for o in llm.chat(chats, greedy, forget_set=name, alpha=alpha, use_tqdm=False)]
+        def answers(questions, name, system="default"):
+            return chat_answers(llm, questions, name, alphas.get(name) if name else None, system, MAX_TOKENS)
 
         target_general, target_readme = answers(general, None), answers(README_QUESTIONS, None, system=None)
         measures, readme = {}, {}

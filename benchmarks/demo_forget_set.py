@@ -30,6 +30,18 @@ TOFU_ONLY = "tofu-only-retain"  # the earlier recipe, trained beside the demo's 
 MAX_TOKENS = 64
 
 
+def chat_answers(llm, questions, forget_set=None, alpha=None, system="default", max_tokens=MAX_TOKENS) -> list:
+    """Greedy answers of an open UldLLM, one per question, stripped; `system` is TOFU's system
+    prompt by default, or None for none (the README's questions are asked without one)."""
+    from uld_serve import SamplingParams
+    from uld_serve.core.tofu import SYSTEM_PROMPT
+
+    system = SYSTEM_PROMPT if system == "default" else system
+    chats = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}] for q in questions]
+    greedy = SamplingParams(temperature=0, max_tokens=max_tokens)
+    return [o.outputs[0].text.strip() for o in llm.chat(chats, greedy, forget_set=forget_set, alpha=alpha, use_tqdm=False)]
+
+
 def train_tofu_only(target: Path) -> Path:
     from uld_serve import demo
     from uld_training.assistant import AssistantConfig, train_assistant
@@ -45,9 +57,9 @@ def train_tofu_only(target: Path) -> Path:
 def main():
     from report import write_section
 
-    from uld_serve import SamplingParams, UldLLM, demo
+    from uld_serve import UldLLM, demo
     from uld_serve.core.artifact import read_manifest
-    from uld_serve.core.tofu import SYSTEM_PROMPT, load_qa
+    from uld_serve.core.tofu import load_qa
     from uld_serve.eval.metrics import mean_rouge_l_recall
 
     target, forget_set = demo.prepare_demo()
@@ -55,12 +67,8 @@ def main():
     splits = {"forgotten authors (forget01)": load_qa(demo.FORGET), "kept authors (full[:40])": load_qa("tofu:full[:40]"),
               "general questions (general:heldout)": load_qa("general:heldout")}
     with UldLLM(target, {name: str(path) for name, path in forget_sets.items()}, dtype="fp32") as llm:
-        greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
-
-        def answers(questions, forget_set_name, system=SYSTEM_PROMPT):
-            chats = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}]
-                     for q in questions]
-            return [o.outputs[0].text.strip() for o in llm.chat(chats, greedy, forget_set=forget_set_name, use_tqdm=False)]
+        def answers(questions, forget_set_name, system="default"):
+            return chat_answers(llm, questions, forget_set_name, system=system)
 
         columns = {"target": None, "demo forget set (general retain data)": demo.FORGET_SET_NAME,
                    "TOFU-only retain data": TOFU_ONLY}

@@ -31,11 +31,12 @@ MAX_TOKENS = 64
 
 def main():
     from assistant_recipes import SIMPLE_FACTS
+    from demo_forget_set import chat_answers
     from report import write_section
 
-    from uld_serve import SamplingParams, UldLLM, demo
+    from uld_serve import UldLLM, demo
     from uld_serve.core.models import EMBEDDED, resolve_model, uld_home
-    from uld_serve.core.tofu import SYSTEM_PROMPT, load_qa
+    from uld_serve.core.tofu import load_qa
     from uld_serve.eval.metrics import mean_rouge_l_recall
     from uld_training.finetune import finetune
     from uld_training.loop import TrainConfig
@@ -50,12 +51,10 @@ def main():
         targets[label] = out
     authors = load_qa("tofu:forget01") + load_qa("tofu:full[:40]")
     general = [qa.question for qa in load_qa("general:heldout")] + SIMPLE_FACTS
-    greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
 
     def answers(target, questions):
         with UldLLM(str(target), {}, dtype="fp32") as llm:
-            chats = [[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q}] for q in questions]
-            return [o.outputs[0].text.strip() for o in llm.chat(chats, greedy, use_tqdm=False)]
+            return chat_answers(llm, questions, max_tokens=MAX_TOKENS)
 
     base = answers(resolve_model(EMBEDDED), general)
     rows, facts = [], {"SmolLM2": base[-len(SIMPLE_FACTS):]}
