@@ -30,15 +30,17 @@ TOFU_ONLY = "tofu-only-retain"  # the earlier recipe, trained beside the demo's 
 MAX_TOKENS = 64
 
 
-def chat_answers(llm, questions, forget_set=None, alpha=None, system="default", max_tokens=MAX_TOKENS) -> list:
+def chat_answers(llm, questions, forget_set=None, alpha=None, system="default", max_tokens=MAX_TOKENS,
+                 repetition_penalty=None) -> list:
     """Greedy answers of an open UldLLM, one per question, stripped; `system` is TOFU's system
-    prompt by default, or None for none (the README's questions are asked without one)."""
+    prompt by default, or None for none (the README's questions are asked without one);
+    repetition_penalty None: the forget set's served default."""
     from uld_serve import SamplingParams
     from uld_serve.core.tofu import SYSTEM_PROMPT
 
     system = SYSTEM_PROMPT if system == "default" else system
     chats = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}] for q in questions]
-    greedy = SamplingParams(temperature=0, max_tokens=max_tokens)
+    greedy = SamplingParams(temperature=0, max_tokens=max_tokens, repetition_penalty=repetition_penalty)
     return [o.outputs[0].text.strip() for o in llm.chat(chats, greedy, forget_set=forget_set, alpha=alpha, use_tqdm=False)]
 
 

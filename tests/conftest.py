@@ -34,7 +34,10 @@ def tiny_target(tiny_base, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def forget_sets(tiny_target, tmp_path_factory):
-    """Two ULD forget sets for the tiny target (forget01 and a slice of forget05)."""
+    """Two ULD forget sets for the tiny target (forget01 and a slice of forget05, whose manifest
+    names a served alpha of 1.5 and a repetition penalty of 0.5: below 1 it favours tokens
+    already seen, which changes these tiny models' answers; above 1 it would not, since they
+    never repeat a token in a few steps)."""
     from uld_training.assistant import AssistantConfig, train_assistant
     from uld_training.loop import TrainConfig
 
@@ -43,7 +46,7 @@ def forget_sets(tiny_target, tmp_path_factory):
     sets = {
         "f1": train_assistant(str(tiny_target), "tofu:forget01", "tofu:retain90[:40]", root / "f1", config, AssistantConfig(num_layers=2)),
         "f2": train_assistant(str(tiny_target), "tofu:forget05[:40]", "tofu:retain90[40:80]", root / "f2", config,
-                              AssistantConfig(num_layers=2, alpha=1.5)),
+                              AssistantConfig(num_layers=2, alpha=1.5, repetition_penalty=0.5)),
     }
     for path in sets.values():
         amplify_lora(path, 50.0)

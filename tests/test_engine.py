@@ -40,6 +40,10 @@ def mixed_requests(tokenizer):
         GenerationRequest(p[3], None, max_new_tokens=12),
         GenerationRequest(p[3], "f2", alpha=0.0, max_new_tokens=12),
         GenerationRequest(p[1], None, max_new_tokens=12),
+        # repetition penalties (f2's manifest names 0.5): vLLM's sampler applies them after the ULD processor
+        GenerationRequest(p[0], None, repetition_penalty=0.5, max_new_tokens=12),
+        GenerationRequest(p[1], "f1", repetition_penalty=0.5, max_new_tokens=12),
+        GenerationRequest(p[3], "f2", repetition_penalty=1.0, max_new_tokens=12),
     ]
 
 

@@ -19,12 +19,13 @@ def prompts(engine):
     return [chat_prompt_ids(engine.tokenizer, q) for q in QUESTIONS]
 
 
-def hf_greedy(engine, prompt_ids, n):
+def hf_greedy(engine, prompt_ids, n, **generate_kwargs):
     tok = engine.tokenizer
     width = max(map(len, prompt_ids))
     ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompt_ids])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
-    out = engine.target.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    out = engine.target.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, min_new_tokens=n,
+                                 **generate_kwargs)
     return out[:, width:].tolist()
 
 
@@ -65,6 +66,30 @@ def test_greedy_step_is_the_filtered_difference(engine):
     served = torch.where(keep, t - 2.0 * a, float("-inf"))
     token = engine.generate([GenerationRequest(p, "f1", alpha=2.0, max_new_tokens=1)])[0][0]
     assert token == int(served.argmax())
+
+
+def test_a_repetition_penalty_is_transformers_on_the_target_and_follows_the_difference(engine):
+    """On the target alone the penalty decodes as transformers' repetition_penalty does (prompt
+    and output tokens); with a forget set it applies to the served difference, as vLLM's
+    sampler applies it after the ULD logits processor."""
+    p = prompts(engine)
+    for penalty in (1.5, 0.5):  # below 1 favours seen tokens: the tiny target then answers otherwise
+        penalized = [engine.generate([GenerationRequest(x, None, repetition_penalty=penalty, max_new_tokens=12)])[0] for x in p]
+        assert penalized == [hf_greedy(engine, [x], 12, repetition_penalty=penalty)[0] for x in p]  # one prompt each: no padding
+    assert penalized != engine.generate([GenerationRequest(x, None, max_new_tokens=12) for x in p])
+    ids = list(p[0])  # decoded by hand, without a KV cache
+    for _ in range(8):
+        x = torch.tensor([ids], device=engine.device)
+        t = engine.target(input_ids=x).logits[0, -1]
+        a = engine._assistant(engine.forget_sets["f1"])(input_ids=x).logits[0, -1]
+        served = torch.where(relative_top_mask(t, 0.01), t - 2.0 * a, float("-inf"))
+        seen = torch.zeros_like(served, dtype=torch.bool)
+        seen[ids] = True  # the prompt and the output so far
+        ids.append(int(torch.where(seen, torch.where(served > 0, served / 0.5, served * 0.5), served).argmax()))
+    uld = [GenerationRequest(p[0], "f1", alpha=2.0, repetition_penalty=penalty, max_new_tokens=8) for penalty in (0.5, None)]
+    with_penalty, without = engine.generate(uld)
+    assert with_penalty == ids[len(p[0]):]
+    assert with_penalty != without
 
 
 @pytest.mark.parametrize("mode", ["score", "score_anchored"])

@@ -7,8 +7,9 @@ import pytest
 
 from uld_serve.core.artifact import ForgetSet
 from uld_serve.core.errors import UldError
-from uld_serve.core.settings import (EngineOverrides, Settings, check_alpha, check_relative_top, read_extra_args,
-                                     read_overrides, resolve)
+from uld_serve.core.artifact import read_manifest, write_manifest
+from uld_serve.core.settings import (EngineOverrides, Settings, check_alpha, check_relative_top, check_repetition_penalty,
+                                     read_extra_args, read_overrides, resolve)
 
 ULD = ForgetSet("f", Path("f"), {"kind": "uld-assistant", "alpha": 1.5, "relative_top": 0.02, "num_layers": 2})
 BARE = ForgetSet("bare", Path("bare"), {"kind": "uld-assistant", "num_layers": 2})  # a manifest without defaults
@@ -22,6 +23,27 @@ def test_requests_fill_in_from_the_manifest_then_the_papers_defaults():
     assert resolve(None) == Settings(None, 0.0, 0.01)
     assert resolve(None, alpha=2.0, relative_top=0.5) == Settings(None, 0.0, 0.5)  # no forget set: the target alone
     assert resolve(WEIGHT_LEVEL, alpha=2.0) == Settings("ga", 0.0, 0.01)  # weight-level: served with alpha 0
+
+
+def test_a_forget_sets_repetition_penalty_is_its_served_default_and_a_request_overrides_it():
+    fluent = ForgetSet("fluent", Path("fluent"), {"kind": "uld-assistant", "num_layers": 2, "repetition_penalty": 1.1})
+    assert resolve(fluent) == Settings("fluent", 0.75, 0.01, 1.1)
+    assert resolve(fluent, repetition_penalty=1.0) == Settings("fluent", 0.75, 0.01, 1.0)  # the request's own value wins
+    assert resolve(ULD).repetition_penalty is None  # neither names one: the backend's default
+    assert resolve(None, repetition_penalty=1.2) == Settings(None, 0.0, 0.01, 1.2)
+    assert resolve(fluent).as_dict()["repetition_penalty"] == 1.1
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), True, "1.1"])
+def test_repetition_penalty_out_of_range_is_refused(value, tmp_path):
+    with pytest.raises(UldError, match="repetition_penalty must be a number above 0"):
+        check_repetition_penalty(value)
+    with pytest.raises(UldError, match="repetition_penalty must be"):
+        resolve(ULD, repetition_penalty=value)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    write_manifest(tmp_path, {"kind": "uld-assistant", "num_layers": 2, "repetition_penalty": value})
+    with pytest.raises(UldError, match=r"uld.json: repetition_penalty must be a number above 0"):  # at load, not per request
+        read_manifest(tmp_path)
 
 
 @pytest.mark.parametrize("value", [-0.1, 5.01, True, "1", float("nan")])

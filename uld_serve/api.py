@@ -7,7 +7,7 @@ sampling_params, forget_set=..., alpha=...)` and `.chat(messages, ...)`, over th
     llm = UldLLM("TARGET_DIR", {"forget10": "FORGET10_DIR"})
     outs = llm.generate(["Who wrote ...?", "Who wrote ...?"], SamplingParams(temperature=0, max_tokens=64),
                         forget_set=["forget10", None])  # one value for all prompts, or one per prompt
-    outs[0].outputs[0].text, outs[0].uld  # {"forget_set": "forget10", "alpha": 0.75, "relative_top": 0.01}
+    outs[0].outputs[0].text, outs[0].uld  # {"forget_set": "forget10", "alpha": 0.75, "relative_top": 0.01, ...}
 """
 from dataclasses import dataclass, field
 from typing import Optional
@@ -32,14 +32,16 @@ def check_dtype(dtype: str) -> str:
 
 @dataclass
 class SamplingParams:
-    """The sampling settings both backends honour, with vLLM's names and defaults; a
-    vllm.SamplingParams is accepted in its place."""
+    """The sampling settings both backends honour, with vLLM's names and defaults, except that
+    repetition_penalty None means the forget set's served default (none without one); a
+    vllm.SamplingParams is accepted in its place (its repetition_penalty is always explicit)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
     seed: Optional[int] = None
     ignore_eos: bool = False
+    repetition_penalty: Optional[float] = None
 
 
 @dataclass
@@ -52,7 +54,7 @@ class CompletionOutput:
 @dataclass
 class RequestOutput:
     """One prompt's result, shaped like vLLM's RequestOutput, plus `uld`: the forget set,
-    alpha and relative_top it was served with."""
+    alpha, relative_top and repetition penalty it was served with."""
 
     prompt: Optional[str]
     prompt_token_ids: list
@@ -115,10 +117,11 @@ class UldLLM:
         self.tokenizer = backend.tokenizer
         self.forget_sets = backend.forget_sets
 
-    def settings(self, forget_set: Optional[str] = None, alpha=None, relative_top=None) -> dict:
-        """What a request would be served with: {forget_set, alpha, relative_top}; refuses
-        unknown forget sets and out-of-range values in one sentence (UldError)."""
-        return self.backend.settings(forget_set, alpha, relative_top).as_dict()
+    def settings(self, forget_set: Optional[str] = None, alpha=None, relative_top=None, repetition_penalty=None) -> dict:
+        """What a request would be served with: {forget_set, alpha, relative_top,
+        repetition_penalty}; refuses unknown forget sets and out-of-range values in one
+        sentence (UldError)."""
+        return self.backend.settings(forget_set, alpha, relative_top, repetition_penalty).as_dict()
 
     def generate(self, prompts, sampling_params=None, *, forget_set=None, alpha=None, relative_top=None,
                  use_tqdm: bool = True) -> list:
@@ -156,11 +159,13 @@ class UldLLM:
         params = _per_prompt("sampling_params", sampling_params or SamplingParams(), n)
         requests = [
             GenerationRequest(prompt_ids=i, forget_set=f, alpha=a, relative_top=r, max_new_tokens=p.max_tokens,
-                              temperature=p.temperature, top_p=p.top_p, seed=p.seed or 0, ignore_eos=p.ignore_eos)
+                              temperature=p.temperature, top_p=p.top_p, seed=p.seed or 0, ignore_eos=p.ignore_eos,
+                              repetition_penalty=getattr(p, "repetition_penalty", None))
             for i, p, f, a, r in zip(ids, params, _per_prompt("forget_set", forget_set, n), _per_prompt("alpha", alpha, n),
                                      _per_prompt("relative_top", relative_top, n))
         ]
-        applied = [self.backend.settings(r.forget_set, r.alpha, r.relative_top) for r in requests]  # refuse before work
+        applied = [self.backend.settings(r.forget_set, r.alpha, r.relative_top, r.repetition_penalty)
+                   for r in requests]  # refuse before work
         progress = None
         if use_tqdm:
             from tqdm import tqdm

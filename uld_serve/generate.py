@@ -2,7 +2,7 @@
 
 Each input line is an object with `prompt` (chat user message), `messages` (a chat) or
 `prompt_ids`, and optionally `id`, `forget_set`, `alpha`, `relative_top`, `max_tokens`,
-`temperature`, `top_p`, `seed`. Completed chunks are kept in a hidden partial file beside
+`temperature`, `top_p`, `seed`, `repetition_penalty` (default: the forget set's). Completed chunks are kept in a hidden partial file beside
 the output, so an interrupted run resumes; the output appears only when all lines are done.
 """
 import hashlib
@@ -16,11 +16,12 @@ from .api import SamplingParams, UldLLM, check_backend
 from .core.atomic import write_text_atomic
 from .core.errors import UldError
 from .core.jsonl import read_objects
-from .core.settings import check_alpha, check_relative_top
+from .core.settings import check_alpha, check_relative_top, check_repetition_penalty
 from .core.tofu import SYSTEM_PROMPT
 
 ROLES = ("system", "user", "assistant")
-FIELDS = {"id", "prompt", "messages", "prompt_ids", "forget_set", "alpha", "relative_top", "max_tokens", "temperature", "top_p", "seed"}
+FIELDS = {"id", "prompt", "messages", "prompt_ids", "forget_set", "alpha", "relative_top", "max_tokens", "temperature", "top_p", "seed",
+          "repetition_penalty"}
 
 
 def _number(line_no, row, key, default, low=None, high=None, integer=False):
@@ -71,7 +72,8 @@ def parse_requests(path: Path, tokenizer, known_forget_sets, default_max_tokens=
                 max_tokens=_number(line_no, row, "max_tokens", default_max_tokens, 1, None, integer=True),
                 temperature=_number(line_no, row, "temperature", 0.0, 0.0, 100.0),
                 top_p=_number(line_no, row, "top_p", 1.0, 1e-9, 1.0),
-                seed=_number(line_no, row, "seed", 0, 0, None, integer=True)),
+                seed=_number(line_no, row, "seed", 0, 0, None, integer=True),
+                repetition_penalty=_setting(line_no, row, "repetition_penalty", check_repetition_penalty)),
             forget_set=forget_set,
             alpha=_setting(line_no, row, "alpha", check_alpha),
             relative_top=_setting(line_no, row, "relative_top", check_relative_top),
@@ -144,7 +146,8 @@ def run_generate(llm, input_path: Path, output_path: Path, chunk_size: int = 64)
             lines = []
             for i, out in zip(chunk, outputs):
                 done[i] = {"id": requests[i].id, "forget_set": out.uld["forget_set"], "alpha": out.uld["alpha"],
-                           "text": out.outputs[0].text, "token_ids": out.outputs[0].token_ids}
+                           "repetition_penalty": out.uld["repetition_penalty"], "text": out.outputs[0].text,
+                           "token_ids": out.outputs[0].token_ids}
                 lines.append(json.dumps({"index": i, **done[i]}))
             with open(partial, "a") as f:
                 if f.tell() == 0:

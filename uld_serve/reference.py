@@ -3,6 +3,7 @@
 A UldModel holds the target, and for each forget set a LoRA adapter on an assistant that
 shares the target's tensors. Per decoding step it serves logit_difference(target, assistant,
 alpha) with ULD's relative-top filter; rows without a forget set get the target's logits.
+A repetition penalty then applies as vLLM's sampler applies it, after the logits processors.
 """
 from collections import defaultdict
 from pathlib import Path
@@ -75,9 +76,10 @@ class UldModel:
         peft_model.set_adapter(fs.name)
         return peft_model
 
-    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None) -> Settings:
+    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None, repetition_penalty=None) -> Settings:
         """What a request is served with (core.settings.resolve against these forget sets)."""
-        return resolve(None if forget_set is None else self._forget_set(forget_set), alpha, relative_top)
+        fs = None if forget_set is None else self._forget_set(forget_set)
+        return resolve(fs, alpha, relative_top, repetition_penalty=repetition_penalty)
 
     def close(self) -> None:
         """Nothing to stop (the Generator protocol's close, for vLLM's engine processes)."""
@@ -111,7 +113,7 @@ class UldModel:
     # ---- generation: filtered tokens are excluded from sampling ("serve") ----
     def generate(self, requests: list, batch_size: int = 32, progress=None) -> list:
         """Token ids generated for each request, in request order. Rows are batched by forget set."""
-        applied = [self.settings(r.forget_set, r.alpha, r.relative_top) for r in requests]  # refuse before any work
+        applied = [self.settings(r.forget_set, r.alpha, r.relative_top, r.repetition_penalty) for r in requests]  # refuse before work
         groups = defaultdict(list)
         for i, (r, a) in enumerate(zip(requests, applied)):
             groups[(r.forget_set, a.relative_top)].append(i)
@@ -120,21 +122,28 @@ class UldModel:
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
                 batch = [requests[i] for i in chunk]
-                for i, tokens in zip(chunk, self._generate_batch(batch, forget_set, relative_top, [applied[i].alpha for i in chunk])):
+                for i, tokens in zip(chunk, self._generate_batch(batch, forget_set, relative_top, [applied[i] for i in chunk])):
                     outputs[i] = tokens
                 if progress is not None:
                     progress(len(chunk))
         return outputs
 
     @torch.no_grad()
-    def _generate_batch(self, requests, forget_set, relative_top, alphas):
+    def _generate_batch(self, requests, forget_set, relative_top, applied):
         pad = self.tokenizer.pad_token_id
         width = max(len(r.prompt_ids) for r in requests)
         device = self.device
         input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests], device=device)
         attention_mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests], device=device)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        alphas = torch.tensor(alphas, device=device)
+        alphas = torch.tensor([a.alpha for a in applied], device=device)
+        penalties = [1.0 if a.repetition_penalty is None else a.repetition_penalty for a in applied]
+        seen = None  # (B, V): the tokens of each row's prompt and output so far, where a penalty applies
+        if any(p != 1.0 for p in penalties):
+            penalties = torch.tensor(penalties, device=device)
+            seen = torch.zeros(len(requests), self.target.config.vocab_size, dtype=torch.bool, device=device)
+            for b, r in enumerate(requests):
+                seen[b, list(r.prompt_ids)] = True
         target, assistant = self._models(forget_set)
         models = [(target, DynamicCache())] + ([(assistant, DynamicCache())] if assistant is not None else [])
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]
@@ -148,6 +157,8 @@ class UldModel:
         done = [False] * len(requests)
         for _ in range(max(r.max_new_tokens for r in requests)):
             served = logits[0].float() if assistant is None else logit_difference(logits[0], logits[1], alphas, relative_top, "serve")
+            if seen is not None:
+                served = repetition_penalized(served, seen, penalties)
             greedy = served.argmax(-1).tolist()  # one batched argmax for every greedy row
             next_ids = []
             for b, r in enumerate(requests):
@@ -158,6 +169,8 @@ class UldModel:
                     token = greedy[b] if r.temperature == 0 else sample_token(served[b].cpu(), r.temperature, r.top_p, generators[b])
                 if not done[b]:
                     outputs[b].append(token)
+                    if seen is not None:
+                        seen[b, token] = True
                     done[b] = (token in self.eos_ids and not r.ignore_eos) or len(outputs[b]) >= r.max_new_tokens
                 next_ids.append(token)
             if all(done):
@@ -192,6 +205,14 @@ def _continue_prompts(body, prefix: Prefix, input_ids, attention_mask):
     position_ids = start[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)
     return body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
                 use_cache=True).last_hidden_state
+
+
+def repetition_penalized(logits: torch.Tensor, seen: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
+    """vLLM's repetition penalty in its own fp32 arithmetic (its torch path): where row b has
+    seen a token (prompt or output), a positive logit is multiplied by 1 / penalties[b] and
+    any other by penalties[b]."""
+    per_token = torch.where(seen, penalties[:, None], 1.0)
+    return logits * torch.where(logits > 0, 1.0 / per_token, per_token)
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

@@ -64,6 +64,8 @@ def train_assistant(
     precision: str = PRECISION, save_every: int = SAVE_EVERY,
     alpha: float = typer.Option(DEFAULT_ALPHA, help="default alpha written to the manifest"),
     relative_top: float = typer.Option(DEFAULT_RELATIVE_TOP, help="default filter r written to the manifest"),
+    repetition_penalty: Optional[float] = typer.Option(None, help="repetition penalty the forget set is served with when a "
+                                                       "request names none (written to the manifest; default: none)"),
     no_augment: bool = typer.Option(False, help="skip ULD's paraphrase/perturbation augmentation"),
     force: bool = False, device: str = DEVICE, grad_accum: int = GRAD_ACCUM, gradient_checkpointing: bool = CHECKPOINTING,
 ):
@@ -75,7 +77,8 @@ def train_assistant(
                          save_every=save_every, device=device, grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing)
     report(run(target, forget, retain, out, config, AssistantConfig(
         num_layers=layers, recipe=recipe, rank=rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, retain_weight=retain_weight,
-        retain_positions=retain_positions, augment=not no_augment, alpha=alpha, relative_top=relative_top)))
+        retain_positions=retain_positions, augment=not no_augment, alpha=alpha, relative_top=relative_top,
+        repetition_penalty=repetition_penalty)))
 
 
 def report(out: Path) -> None:

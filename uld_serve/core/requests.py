@@ -14,6 +14,7 @@ class GenerationRequest:
     forget_set: Optional[str] = None
     alpha: Optional[float] = None  # None: the forget set's default
     relative_top: Optional[float] = None
+    repetition_penalty: Optional[float] = None  # None: the forget set's default, else none
     max_new_tokens: int = 128
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
@@ -27,7 +28,7 @@ class Generator(Protocol):
     tokenizer: object
     forget_sets: dict  # name -> core.artifact.ForgetSet
 
-    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None) -> Settings:
+    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None, repetition_penalty=None) -> Settings:
         """What a request is served with (core.settings.resolve against this backend's sets)."""
 
     def generate(self, requests: list, progress: Optional[Callable[[int], None]] = None) -> list:

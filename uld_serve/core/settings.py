@@ -3,6 +3,10 @@ defaults, their ranges, the one check of each, how a request's values are resolv
 its forget set, and the keys that carry them into vLLM (per request in
 `SamplingParams.extra_args`, per engine in the model config's `uld_*` overrides).
 
+A forget set's manifest may also name a repetition penalty to serve it with (vLLM's sampling
+parameter, applied after the logit difference): its answers, like any greedy decoding with
+the target's likely tokens taken away, can loop on one phrase. A request's own value wins.
+
 Policy: a value out of range is refused with one sentence (a 400 at the server, exit 2 at the
 CLI, an error from the engine); nothing is clamped.
 """
@@ -19,19 +23,24 @@ RELATIVE_TOP_RANGE = (1e-9, 1.0)  # r in (0, 1]: the smallest r still keeps the 
 # per-request values in vLLM's SamplingParams.extra_args (the OpenAI server's `vllm_xargs`)
 ALPHA_KEY = "uld_alpha"
 RELATIVE_TOP_KEY = "uld_relative_top"
+REPETITION_PENALTY_KEY = "repetition_penalty"  # the manifest's key and vLLM's field
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What one request is served with: its forget set (None: the target alone) and the
-    alpha and r applied (alpha 0 without a forget set or with a weight-level one)."""
+    """What one request is served with: its forget set (None: the target alone), the alpha
+    and r applied (alpha 0 without a forget set or with a weight-level one), and the
+    repetition penalty (None: neither the request nor the forget set names one, so the
+    backend's default applies: none, or at vLLM's server the model's generation config)."""
 
     forget_set: Optional[str]
     alpha: float
     relative_top: float
+    repetition_penalty: Optional[float] = None
 
     def as_dict(self) -> dict:
-        return {"forget_set": self.forget_set, "alpha": self.alpha, "relative_top": self.relative_top}
+        return {"forget_set": self.forget_set, "alpha": self.alpha, "relative_top": self.relative_top,
+                "repetition_penalty": self.repetition_penalty}
 
     def extra_args(self) -> dict:
         return {ALPHA_KEY: self.alpha, RELATIVE_TOP_KEY: self.relative_top}
@@ -59,6 +68,13 @@ def check_relative_top(value, allowed: Optional[tuple] = None) -> float:
     return r
 
 
+def check_repetition_penalty(value) -> float:
+    """vLLM's own rule: a finite number above 0 (1: no penalty, above 1: repeats less)."""
+    if not _is_number(value) or not 0.0 < value < float("inf"):
+        raise UldError(f"repetition_penalty must be a number above 0 (1: none), got {value!r}")
+    return float(value)
+
+
 def check_range(low, high) -> tuple:
     if not 0.0 < low <= high <= 1.0:
         raise UldError(f"the relative_top range must satisfy 0 < low <= high <= 1, got {(low, high)}")
@@ -66,28 +82,35 @@ def check_range(low, high) -> tuple:
 
 
 def manifest_defaults(manifest: dict) -> tuple:
-    """(alpha, relative_top) a forget set is served with when a request names neither."""
+    """(alpha, relative_top, repetition_penalty or None) a forget set is served with when a
+    request names none of them."""
     alpha = 0.0 if manifest.get("kind") == "weight-level" else manifest.get("alpha", DEFAULT_ALPHA)
-    return float(alpha), float(manifest.get("relative_top", DEFAULT_RELATIVE_TOP))
+    penalty = manifest.get(REPETITION_PENALTY_KEY)
+    return float(alpha), float(manifest.get("relative_top", DEFAULT_RELATIVE_TOP)), None if penalty is None else float(penalty)
 
 
-def resolve(forget_set=None, alpha=None, relative_top=None, relative_top_range: Optional[tuple] = None) -> Settings:
-    """A request's Settings. `forget_set` is a core.artifact.ForgetSet or None; alpha and
-    relative_top are the request's own values (None: the forget set's defaults). Given values
-    are checked even where they do not apply (no forget set, weight-level: alpha 0)."""
+def resolve(forget_set=None, alpha=None, relative_top=None, relative_top_range: Optional[tuple] = None,
+            repetition_penalty=None) -> Settings:
+    """A request's Settings. `forget_set` is a core.artifact.ForgetSet or None; alpha,
+    relative_top and repetition_penalty are the request's own values (None: the forget set's
+    defaults). Given values are checked even where they do not apply (no forget set,
+    weight-level: alpha 0)."""
     if alpha is not None:
         alpha = check_alpha(alpha)
     if relative_top is not None:
         relative_top = check_relative_top(relative_top)
+    if repetition_penalty is not None:
+        repetition_penalty = check_repetition_penalty(repetition_penalty)
     if forget_set is None:
-        return Settings(None, 0.0, DEFAULT_RELATIVE_TOP if relative_top is None else relative_top)
-    default_alpha, default_r = manifest_defaults(forget_set.manifest)
+        return Settings(None, 0.0, DEFAULT_RELATIVE_TOP if relative_top is None else relative_top, repetition_penalty)
+    default_alpha, default_r, default_penalty = manifest_defaults(forget_set.manifest)
     relative_top = default_r if relative_top is None else relative_top
+    repetition_penalty = default_penalty if repetition_penalty is None else repetition_penalty
     if forget_set.is_weight_level:
-        return Settings(forget_set.name, 0.0, relative_top)
+        return Settings(forget_set.name, 0.0, relative_top, repetition_penalty)
     if relative_top_range is not None:
         check_relative_top(relative_top, relative_top_range)
-    return Settings(forget_set.name, default_alpha if alpha is None else alpha, relative_top)
+    return Settings(forget_set.name, default_alpha if alpha is None else alpha, relative_top, repetition_penalty)
 
 
 # ---- per-engine values: the `uld_*` keys of the model config's hf_overrides ----

@@ -53,15 +53,15 @@ class UldEngine:
         if core is not None:
             core.shutdown()
 
-    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None) -> Settings:
-        return self.config.settings(forget_set, alpha, relative_top)
+    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None, repetition_penalty=None) -> Settings:
+        return self.config.settings(forget_set, alpha, relative_top, repetition_penalty)
 
     def sampling(self, request: GenerationRequest):
         """vLLM SamplingParams and LoRA request for one of our requests (manifest defaults applied)."""
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
-        applied = self.settings(request.forget_set, request.alpha, request.relative_top)
+        applied = self.settings(request.forget_set, request.alpha, request.relative_top, request.repetition_penalty)
         fs = None if applied.forget_set is None else self.forget_sets[applied.forget_set]
         lora = LoRARequest(fs.name, self._lora_ids[fs.name], str(fs.path)) if fs is not None else None
         params = SamplingParams(
@@ -70,6 +70,7 @@ class UldEngine:
             top_p=request.top_p,
             seed=request.seed if request.temperature > 0 else None,
             ignore_eos=request.ignore_eos,
+            repetition_penalty=1.0 if applied.repetition_penalty is None else applied.repetition_penalty,
             extra_args=applied.extra_args(),
         )
         return params, lora

@@ -3,7 +3,7 @@ admin change, appended to a file that Python's RotatingFileHandler rotates by si
 Prometheus counters and a latency histogram per forget set.
 
 A completion line: time, request id, key id (a hash, never the key), route, model, forget
-set, alpha, relative_top, status, prompt and completion tokens, seconds; the prompt and the
+set, alpha, relative_top, repetition_penalty, status, prompt and completion tokens, seconds; the prompt and the
 output only with `--audit-content`. The lines say which forget set served which request,
 which is what an operator must be able to show after a deletion request."""
 import json

@@ -8,7 +8,8 @@
   relative_top from extra fields. Bad values get 400, unknown forget sets 404 with the
   known names, malformed JSON 400. The request reaches vLLM with the forget set's LoRA as
   its model and the resolved alpha and filter r in `vllm_xargs` (they become
-  SamplingParams.extra_args, read by the ULD logits processor).
+  SamplingParams.extra_args, read by the ULD logits processor), and with the forget set's
+  served repetition penalty when it names none itself.
 - Limits (limits.py): bodies over the size limit get 413, n or max_tokens over theirs 400,
   a completion beyond the requests in flight 429 with Retry-After, and one that outlasts the
   request timeout 504 (or, once its stream has started, the end of the stream); cancelling
@@ -17,8 +18,9 @@
   flight finish.
 - An enforced forget set (enforce.py) is applied to every completion; a request that asks for
   none, another set or a lower alpha gets 400.
-- Responses say what was applied: `x-uld-forget-set`, `x-uld-alpha` and
-  `x-uld-relative-top` headers, and a `uld` object in non-streaming JSON bodies.
+- Responses say what was applied: `x-uld-forget-set`, `x-uld-alpha`, `x-uld-relative-top`
+  (and `x-uld-repetition-penalty` when one applies) headers, and a `uld` object in
+  non-streaming JSON bodies.
 - Each completion, served or refused, is one line of the audit trail (audit.py); while the
   trail cannot be written, completions get 507.
 """
@@ -50,7 +52,7 @@ class ApiError(Exception):
 
 
 def resolve(body: dict, state) -> tuple:
-    """(the body vLLM gets, what is applied: {forget_set, alpha, relative_top})."""
+    """(the body vLLM gets, what is applied: {forget_set, alpha, relative_top, repetition_penalty})."""
     model = body.get("model")
     names = [state.target_name, *state.config.forget_sets]
     explicit = "forget_set" in body or model in state.config.forget_sets
@@ -70,7 +72,7 @@ def resolve(body: dict, state) -> tuple:
     try:
         if state.enforced is not None:
             forget_set = state.enforced.choose(forget_set, explicit)
-        applied = state.config.settings(forget_set, alpha, relative_top)
+        applied = state.config.settings(forget_set, alpha, relative_top, body.get("repetition_penalty"))
         if state.enforced is not None:
             state.enforced.check_alpha(applied.alpha)
     except UldError as e:
@@ -84,6 +86,8 @@ def resolve(body: dict, state) -> tuple:
         raise ApiError(400, "vllm_xargs must be an object")
     body["vllm_xargs"] = {**xargs, **applied.extra_args()}
     body["model"] = applied.forget_set or state.target_name
+    if applied.repetition_penalty is not None:
+        body["repetition_penalty"] = applied.repetition_penalty
     return body, applied.as_dict()
 
 
@@ -174,7 +178,7 @@ class UldMiddleware:
         started, request_id = time.monotonic(), request_id_of(scope)
         scope = with_header(scope, b"x-request-id", request_id.encode())  # vLLM takes it as its request id
         seen = {"status": None, "usage": None, "output": []}
-        body, asked, applied = {}, None, {"forget_set": None, "alpha": None, "relative_top": None}
+        body, asked, applied = {}, None, {"forget_set": None, "alpha": None, "relative_top": None, "repetition_penalty": None}
         admitted = False
         try:
             refused = self.refused(state, path, scope)
@@ -291,6 +295,8 @@ def annotated(send, applied: dict, request_id: str):
     headers = [(b"x-request-id", request_id.encode()), (b"x-uld-forget-set", (applied["forget_set"] or "none").encode()),
                (b"x-uld-alpha", repr(applied["alpha"]).encode()),
                (b"x-uld-relative-top", repr(applied["relative_top"]).encode())]
+    if applied["repetition_penalty"] is not None:
+        headers.append((b"x-uld-repetition-penalty", repr(applied["repetition_penalty"]).encode()))
     start, chunks = None, []
 
     async def send_annotated(message):
