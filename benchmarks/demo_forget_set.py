@@ -31,17 +31,18 @@ MAX_TOKENS = 64
 
 
 def chat_answers(llm, questions, forget_set=None, alpha=None, system="default", max_tokens=MAX_TOKENS,
-                 repetition_penalty=None) -> list:
+                 repetition_penalty=None, relative_top=None) -> list:
     """Greedy answers of an open UldLLM, one per question, stripped; `system` is TOFU's system
     prompt by default, or None for none (the README's questions are asked without one);
-    repetition_penalty None: the forget set's served default."""
+    repetition_penalty and relative_top None: the forget set's served defaults."""
     from uld_serve import SamplingParams
     from uld_serve.core.tofu import SYSTEM_PROMPT
 
     system = SYSTEM_PROMPT if system == "default" else system
     chats = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}] for q in questions]
     greedy = SamplingParams(temperature=0, max_tokens=max_tokens, repetition_penalty=repetition_penalty)
-    return [o.outputs[0].text.strip() for o in llm.chat(chats, greedy, forget_set=forget_set, alpha=alpha, use_tqdm=False)]
+    outs = llm.chat(chats, greedy, forget_set=forget_set, alpha=alpha, relative_top=relative_top, use_tqdm=False)
+    return [o.outputs[0].text.strip() for o in outs]
 
 
 def train_tofu_only(target: Path) -> Path:

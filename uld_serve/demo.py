@@ -21,6 +21,10 @@ RECIPE = "reference"
 # The served alpha: the smallest at which the forget answers are no more likely than answers about
 # authors the target never learned (`uld calibrate-alpha`), instead of one fixed alpha.
 UNSEEN = "tofu:full[40:80]"
+# Served with a repetition penalty: at the calibrated alpha greedy answers about the forgotten
+# authors looped on one phrase ("CORRESPONDENTS CORRESPONDENTS ..."); BENCHMARKS.md, repetition
+# penalty, has what each penalty does to forgotten, kept and general answers.
+REPETITION_PENALTY = 1.1
 
 
 def prepare_demo() -> tuple:
@@ -41,6 +45,7 @@ def prepare_demo() -> tuple:
               "about ten minutes", flush=True)
         train_assistant(str(target), FORGET, RETAIN, forget_set, TrainConfig(**ASSISTANT), AssistantConfig(recipe=RECIPE))
         calibrate_forget_set(str(target), forget_set, UNSEEN, write=True)
+    _serve_with_repetition_penalty(forget_set)
     return Path(target), Path(forget_set)
 
 
@@ -57,6 +62,18 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000, keys=None, prepare_only:
                     registry_path=target.parent / "registry.json")
     print(f"serving smollm2-tofu and the forget set {FORGET_SET_NAME} on http://{host}:{port} (README: try it)", flush=True)
     serve(state, host=host, port=port)
+
+
+def _serve_with_repetition_penalty(forget_set: Path) -> None:
+    """Record the demo's served penalty in the manifest (a serving default: a cached forget set
+    trained before it was chosen gets it without retraining)."""
+    from .core.artifact import MANIFEST, read_manifest
+    from .core.atomic import write_json_atomic
+    from .core.settings import REPETITION_PENALTY_KEY
+
+    manifest = read_manifest(forget_set)
+    if manifest.get(REPETITION_PENALTY_KEY) != REPETITION_PENALTY:
+        write_json_atomic(forget_set / MANIFEST, {**manifest, REPETITION_PENALTY_KEY: REPETITION_PENALTY})
 
 
 def _current(forget_set: Path) -> bool:
