@@ -36,25 +36,23 @@ def test_off_writes_nothing(tmp_path):
 
 
 def test_a_failed_write_marks_the_log_unhealthy_until_a_line_is_written_again(tmp_path, monkeypatch):
-    """A full disk, simulated: the line that cannot be written turns the log unhealthy (the
-    server then refuses completions with 507), the lines already written stay, and the next
-    line that can be written makes it healthy again."""
+    """A full disk, simulated at os.write: the line that does not fit is cut back out (no torn
+    line), the log turns unhealthy (the server then refuses completions with 507), the lines
+    already written stay, and the next line that can be written makes it healthy again.
+    (tests/test_faults.py fills a real tmpfs under a running server.)"""
+    import os
+
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path)
     record(log, "kept")
-    handler = log._logger.handlers[0]
+    real_write = os.write
 
-    class FullDisk:
-        def tell(self):
-            return 0
+    def full_disk(fd, data):
+        if len(data) > 10:
+            return real_write(fd, data[:10])  # part of the line fits
+        raise OSError(28, "No space left on device")
 
-        def write(self, text):
-            raise OSError(28, "No space left on device")
-
-        def flush(self):
-            pass
-
-    monkeypatch.setattr(handler, "stream", FullDisk())
+    monkeypatch.setattr("uld_serve.server.audit.os.write", full_disk)
     record(log, "lost")
     assert not log.healthy
     monkeypatch.undo()  # space again

@@ -5,10 +5,14 @@ Prometheus counters and a latency histogram per forget set.
 A completion line: time, request id, key id (a hash, never the key), route, model, forget
 set, alpha, relative_top, repetition_penalty, status, prompt and completion tokens, seconds; the prompt and the
 output only with `--audit-content`. The lines say which forget set served which request,
-which is what an operator must be able to show after a deletion request."""
+which is what an operator must be able to show after a deletion request. The first line of
+each start says what the server serves (its settings, keys only counted); a trail that cannot
+take it stops the start. A disk that fills while serving is noticed at the next line: that
+request was served unrecorded, the ones after it get 507 until a line can be written again."""
 import json
 import logging
 import logging.handlers
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -24,7 +28,29 @@ LATENCY = Histogram("uld_request_seconds", "Completion request time by forget se
 
 
 class _Handler(logging.handlers.RotatingFileHandler):
+    """Each line goes to the file with os.write, whole or not at all: a line that does not fit
+    on a full disk is cut back out, and nothing waits in a buffer to be written later (a
+    buffered stream would write an undone admin change's line once space is free again)."""
+
     failed = False
+
+    def emit(self, record):
+        try:
+            if self.shouldRollover(record):
+                self.doRollover()
+            if self.stream is None:
+                self.stream = self._open()
+            data, fd = (self.format(record) + self.terminator).encode("utf-8"), self.stream.fileno()
+            start, written = os.fstat(fd).st_size, 0
+            try:
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+            except OSError:
+                if written:
+                    os.ftruncate(fd, start)
+                raise
+        except Exception:
+            self.handleError(record)
 
     def handleError(self, record):  # logging would print a traceback and go on; the audit log fails closed
         self.failed = True
@@ -79,6 +105,13 @@ class AuditLog:
         if self.content:
             record.update(prompt=prompt, output=output)
         self.write(record)
+
+    def start(self, settings: dict) -> None:
+        """The start line (ServerState.describe); UldError when it cannot be written."""
+        self.write({"event": "start", **settings})
+        if not self.healthy:
+            raise UldError(f"the audit trail {self.path} cannot be written; the server does not start without it "
+                           "(free the disk, or --audit-log off)")
 
     def admin(self, *, key_id: Optional[str], action: str, name: str, status: int, path: Optional[str] = None) -> None:
         self.write({"event": "admin", "key_id": key_id, "action": action, "forget_set": name, "path": path, "status": status})

@@ -85,6 +85,7 @@ def prepare(target: str, forget_sets: dict, *, registry_path: Optional[Path] = N
 
 def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, max_model_len: int = 2048,
           extra_args: Optional[list] = None) -> None:
+    state.audit.start(state.describe())
     engine_environment()
     os.environ["VLLM_PLUGINS"] = ",".join(filter(None, [os.environ.get("VLLM_PLUGINS"), PLUGINS]))
     import uvloop

@@ -1,5 +1,8 @@
 """Routes added to vLLM's server through its `vllm.endpoint_plugins` hook: /v1/models with
-each forget set's manifest summary, and the admin routes of the forget-set registry."""
+each forget set's manifest summary, and the admin routes of the forget-set registry.
+
+An admin change stands only once its audit line is written: when the line cannot be written
+(a full disk), the change is undone and the client gets 507, as completions do."""
 import asyncio
 
 from fastapi import APIRouter, Request
@@ -65,7 +68,13 @@ async def _add(request: Request, state, name, path):
     except OSError as e:
         await unload_from_engine(request.app.state, fs.name)
         return _error(507, f"the registry {state.registry.path} could not be written ({e.strerror}); nothing was added")
-    state.audit.admin(key_id=key_id_of(state, request.scope), action="add", name=fs.name, status=201, path=str(fs.path))
+    if not _audited(state, request, "add", fs.name, 201, str(fs.path)):
+        try:
+            state.registry.remove(fs.name)
+        except OSError as e:
+            return _error(507, f"{_unaudited(state)}, and the registry could not be restored ({e.strerror}): {fs.name!r} stays added")
+        await unload_from_engine(request.app.state, fs.name)
+        return _error(507, f"{_unaudited(state)}; nothing was added")
     return JSONResponse(_card(fs.name, state.target_name, summary(fs)), status_code=201)
 
 
@@ -81,13 +90,30 @@ async def _remove(request: Request, state, name: str):
         return _error(404, f"unknown forget set {name!r}; known forget sets: {', '.join(state.config.forget_sets) or 'none'}")
     if state.enforced is not None and state.enforced.forget_set == name:
         return _error(409, f"forget set {name!r} is enforced on this server; restart it without --enforce to remove it")
+    fs = state.config.forget_sets[name]
     try:
         state.registry.remove(name)
     except OSError as e:
         return _error(507, f"the registry {state.registry.path} could not be written ({e.strerror}); nothing was removed")
+    if not _audited(state, request, "remove", name, 200):
+        try:
+            state.registry.add(fs)
+        except OSError as e:
+            await unload_from_engine(request.app.state, name)
+            return _error(507, f"{_unaudited(state)}, and the registry could not be restored ({e.strerror}): {name!r} is removed")
+        return _error(507, f"{_unaudited(state)}; nothing was removed")
     await unload_from_engine(request.app.state, name)
-    state.audit.admin(key_id=key_id_of(state, request.scope), action="remove", name=name, status=200)
     return {"removed": name}
+
+
+def _audited(state, request: Request, action: str, name: str, status: int, path=None) -> bool:
+    """Write the change's audit line; False when it could not be written."""
+    state.audit.admin(key_id=key_id_of(state, request.scope), action=action, name=name, status=status, path=path)
+    return state.audit.healthy
+
+
+def _unaudited(state) -> str:
+    return f"the audit trail {state.audit.path} cannot be written"
 
 
 class UldEndpoints:
