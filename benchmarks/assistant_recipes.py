@@ -179,7 +179,7 @@ def main():
     args = parser.parse_args()
     only = None if args.only is None else {int(i) for i in args.only.split(",")}
 
-    from demo_forget_set import README_QUESTIONS
+    from demo_forget_set import readme_table
     from report import write_section
 
     from uld_serve.core.models import setup_model, uld_home
@@ -214,11 +214,8 @@ def main():
         lines.append(f"| {labels[label]} | " + " | ".join("not reached" if v is None else f"{v:.2f}" for v in teacher[label]) + " | "
                      + " | ".join(f"{v:.2f}" for v in measures[label]) + " |")
     served_at = "its calibrated alpha" if args.alpha == "calibrated" else "its default alpha"
-    lines += ["", f"Served at {served_at}. The README's questions (greedy, no system message):", "",
-              "| question | target | " + " | ".join(labels.values()) + " |", "|---|---|" + "---|" * len(sets)]
-    for i, q in enumerate(README_QUESTIONS):
-        cells = [target_readme[i]] + [readme[label][i] for label in sets]
-        lines.append(f"| {q} | " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    lines += ["", f"Served at {served_at}. The README's questions (greedy, no system message):", ""]
+    lines += readme_table(target_readme, {labels[label]: readme[label] for label in sets})
     text = "\n".join(lines)
     print(text)
     if not args.smoke:

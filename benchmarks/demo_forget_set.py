@@ -45,6 +45,16 @@ def chat_answers(llm, questions, forget_set=None, alpha=None, system="default", 
     return [o.outputs[0].text.strip() for o in outs]
 
 
+def readme_table(target_answers: list, columns: dict) -> list:
+    """Markdown lines: the README's questions, the target's answers, then one column per label
+    (label -> answers in README_QUESTIONS' order)."""
+    lines = ["| question | target | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for i, q in enumerate(README_QUESTIONS):
+        cells = [target_answers[i]] + [answers[i] for answers in columns.values()]
+        lines.append(f"| {q} | " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    return lines
+
+
 def train_tofu_only(target: Path) -> Path:
     from uld_serve import demo
     from uld_training.assistant import AssistantConfig, train_assistant

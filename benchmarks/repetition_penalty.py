@@ -78,7 +78,7 @@ def main():
     args = parser.parse_args()
     penalties = [float(p) for p in args.penalties.split(",")]
 
-    from demo_forget_set import README_QUESTIONS
+    from demo_forget_set import readme_table
     from report import write_section
 
     from uld_serve import UldLLM, demo
@@ -105,12 +105,8 @@ def main():
              "general + facts: agreement with the target | with the target at the same penalty | loops (general) |",
              "|---|---|" + "---|" * 7]
     lines += [f"| {r:g} | {p:g} | " + " | ".join(f"{v:.2f}" for v in rows[(r, p)]) + " |" for r, p in settings]
-    lines += ["", "The README's questions (greedy, no system message):", "",
-              "| question | target | " + " | ".join(f"r {r:g}, penalty {p:g}" for r, p in settings) + " |",
-              "|---|---|" + "---|" * len(settings)]
-    for i, q in enumerate(README_QUESTIONS):
-        cells = [target_readme[i]] + [readme[s][i] for s in settings]
-        lines.append(f"| {q} | " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    lines += ["", "The README's questions (greedy, no system message):", ""]
+    lines += readme_table(target_readme, {f"r {r:g}, penalty {p:g}": readme[(r, p)] for r, p in settings})
     text = "\n".join(lines)
     print(text)
     if not args.smoke:
