@@ -122,8 +122,8 @@ def test_a_disk_that_fills_under_the_audit_trail_refuses_completions_and_undoes_
         settled(recorded("after"))
         lines = [json.loads(line) for line in (disk / "audit.jsonl").read_text().splitlines()]
         assert lines[0]["event"] == "start" and sorted(lines[0]["forget_sets"]) == ["f1", "f2"]
-        recorded = [line.get("request_id") for line in lines[1:] if line["event"] != "filler"]
-        assert recorded == ["before", "freed", "after"]  # whole lines only, and no line for an undone admin change
+        ids = [line.get("request_id") for line in lines[1:] if line["event"] != "filler"]
+        assert ids == ["before", "freed", "after"]  # whole lines only, and no line for an undone admin change
     finally:
         process.terminate()
         process.wait(timeout=60)

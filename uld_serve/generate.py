@@ -2,8 +2,9 @@
 
 Each input line is an object with `prompt` (chat user message), `messages` (a chat) or
 `prompt_ids`, and optionally `id`, `forget_set`, `alpha`, `relative_top`, `max_tokens`,
-`temperature`, `top_p`, `seed`, `repetition_penalty` (default: the forget set's). Completed chunks are kept in a hidden partial file beside
-the output, so an interrupted run resumes; the output appears only when all lines are done.
+`temperature`, `top_p`, `seed`, `repetition_penalty` (default: the forget set's). Completed
+chunks are kept in a hidden partial file beside the output, so an interrupted run resumes;
+the output appears only when all lines are done.
 """
 import hashlib
 import json

@@ -137,10 +137,9 @@ class UldModel:
         attention_mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests], device=device)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         alphas = torch.tensor([a.alpha for a in applied], device=device)
-        penalties = [1.0 if a.repetition_penalty is None else a.repetition_penalty for a in applied]
+        penalties = torch.tensor([1.0 if a.repetition_penalty is None else a.repetition_penalty for a in applied], device=device)
         seen = None  # (B, V): the tokens of each row's prompt and output so far, where a penalty applies
-        if any(p != 1.0 for p in penalties):
-            penalties = torch.tensor(penalties, device=device)
+        if bool((penalties != 1.0).any()):
             seen = torch.zeros(len(requests), self.target.config.vocab_size, dtype=torch.bool, device=device)
             for b, r in enumerate(requests):
                 seen[b, list(r.prompt_ids)] = True

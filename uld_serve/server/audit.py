@@ -3,8 +3,8 @@ admin change, appended to a file that Python's RotatingFileHandler rotates by si
 Prometheus counters and a latency histogram per forget set.
 
 A completion line: time, request id, key id (a hash, never the key), route, model, forget
-set, alpha, relative_top, repetition_penalty, status, prompt and completion tokens, seconds; the prompt and the
-output only with `--audit-content`. The lines say which forget set served which request,
+set, alpha, relative_top, repetition_penalty, status, prompt and completion tokens, seconds;
+the prompt and the output only with `--audit-content`. The lines say which forget set served which request,
 which is what an operator must be able to show after a deletion request. The first line of
 each start says what the server serves (its settings, keys only counted); a trail that cannot
 take it stops the start. A disk that fills while serving is noticed at the next line: that
@@ -40,14 +40,13 @@ class _Handler(logging.handlers.RotatingFileHandler):
                 self.doRollover()
             if self.stream is None:
                 self.stream = self._open()
-            data, fd = (self.format(record) + self.terminator).encode("utf-8"), self.stream.fileno()
-            start, written = os.fstat(fd).st_size, 0
+            data, fd, written = (self.format(record) + self.terminator).encode("utf-8"), self.stream.fileno(), 0
             try:
                 while written < len(data):
                     written += os.write(fd, data[written:])
             except OSError:
-                if written:
-                    os.ftruncate(fd, start)
+                if written:  # the file ends with the part that fit: cut it back out
+                    os.ftruncate(fd, os.fstat(fd).st_size - written)
                 raise
         except Exception:
             self.handleError(record)
