@@ -68,10 +68,12 @@ def test_reference_recipe_trains_what_its_manifest_says(tiny_target, tmp_path):
 
     out = train_assistant(str(tiny_target), "tofu:forget01", "tofu:retain90[:8]", tmp_path / "ref",
                           TrainConfig(max_steps=1, batch_size=4, precision="fp32"),
-                          AssistantConfig(num_layers=2, recipe="reference", retain_positions="all"))
+                          AssistantConfig(num_layers=2, recipe="reference", retain_positions="all", contender_weight=2.0))
     manifest = json.loads((out / "uld.json").read_text())
     training = manifest["training"]
     assert training["recipe"] == "reference" and training["retain_positions"] == "all"  # the flag overrides the recipe
+    assert (training["contender_weight"], training["contenders"]) == (2.0, 16)
+    assert manifest["result"]["retain_contender_ce"] > 0  # the term was computed and logged
     assert (training["rank"], training["lora_dropout"], training["retain_weight"], training["crossed_paraphrases"]) == (16, 0.05, 1.4, 2)
     assert manifest["retain"]["perturbed_augmentation"] == 2 * 40
     adapter = json.loads((out / "adapter_config.json").read_text())
@@ -81,7 +83,9 @@ def test_reference_recipe_trains_what_its_manifest_says(tiny_target, tmp_path):
 
 @pytest.mark.parametrize("change, message", [(dict(recipe="paper"), "unknown recipe 'paper'"),
                                              (dict(retain_positions="prompt"), "--retain-positions must be one of"),
-                                             (dict(lora_dropout=1.0), "--lora-dropout must be in [0, 1)")])
+                                             (dict(lora_dropout=1.0), "--lora-dropout must be in [0, 1)"),
+                                             (dict(contender_weight=-1.0), "--contender-weight must not be negative"),
+                                             (dict(contenders=1), "--contenders must be at least 2")])
 def test_bad_recipe_settings_are_refused(change, message):
     from uld_training.assistant import AssistantConfig
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uld_serve.core.errors import UldError
-from uld_training.assistant import REFERENCE_LENGTH, retain_logits, uniform_cross_entropy
+from uld_training.assistant import REFERENCE_LENGTH, contender_cross_entropy, retain_logits, uniform_cross_entropy
 from uld_training.batching import answer_loss, collate, encode_pairs, grouped_batches
 from uld_training.loop import TrainConfig, accelerator_for, bf16_is_fast, run_training
 
@@ -17,6 +17,16 @@ def test_uniform_cross_entropy_by_hand():
     expected = (math.log(4.0) + torch.logsumexp(torch.tensor([1.0, 0, 0, 0]), 0).item() - 0.25) / 2
     assert uniform_cross_entropy(z).item() == pytest.approx(expected)
     assert uniform_cross_entropy(torch.zeros(0, 4)).item() == 0.0
+
+
+def test_contender_cross_entropy_covers_only_the_targets_likeliest_tokens():
+    target = torch.tensor([[5.0, 4.0, 0.0, -1.0, 3.0]])  # likeliest: tokens 0, 1, 4
+    z = torch.tensor([[2.0, 0.0, 9.0, 9.0, 1.0]])  # the assistant's logits
+    expected = torch.logsumexp(torch.tensor([2.0, 0.0, 1.0]), 0).item() - 1.0
+    assert contender_cross_entropy(z, target, 3).item() == pytest.approx(expected)
+    flat = torch.tensor([[1.0, 1.0, 9.0, 9.0, 1.0]])  # uniform among the three, whatever elsewhere
+    assert contender_cross_entropy(flat, target, 3).item() == pytest.approx(math.log(3))
+    assert contender_cross_entropy(z, target, 50).item() == pytest.approx(uniform_cross_entropy(z).item())
 
 
 def test_retain_positions_follow_the_reference_codes_uniform_loss(tiny_base):

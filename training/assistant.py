@@ -20,12 +20,17 @@ where the retain data holds wrong answers to the forget questions too. Two recip
   - paraphrase pairs are taken in file order (the reference takes them from a Python set,
     whose order changes with the hash seed);
   - the target's own chat template formats the prompts (the reference uses Llama-2's).
+
+Either recipe may add a term of ours, not the paper's (`--contender-weight`, default off): at
+the same retain places, CE(uniform, the assistant's softmax over the target's M likeliest
+tokens), the target's logits computed without gradient. See contender_cross_entropy.
 """
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from uld_serve.core.assistant import LORA_TARGET_MODULES, build_assistant, default_num_layers
 from uld_serve.core.errors import UldError
@@ -37,7 +42,7 @@ from uld_serve.core.settings import (DEFAULT_ALPHA, DEFAULT_RELATIVE_TOP, REPETI
 
 from .artifact import (data_record, epoch_rng, load_trainable_state, result_record, resume_dir, steps_per_epoch,
                        trainable_state, write_output)
-from .batching import answer_logits, answer_loss, encode_pairs, logits_at, pad_to, paired_batches
+from .batching import answer_loss, answer_mask, encode_pairs, logits_at, pad_to, paired_batches
 from .loop import CHECKPOINTING, TrainConfig, accelerator_for, run_training
 
 RETAIN_POSITIONS = ("answer", "prompt+answer", "all")
@@ -53,6 +58,8 @@ class Recipe:
     retain_positions: str
     crossed_paraphrases: int  # 0: one random paraphrase pair per question and epoch; n: the first n crossed pairs, every epoch
     wrong_answers: Optional[int]  # wrong answers per forget question in the retain data (None: all)
+    contender_weight: float = 0.0  # weight of contender_cross_entropy at the retain places (0: off)
+    contenders: int = 16
 
 
 RECIPES = {
@@ -71,6 +78,8 @@ class AssistantConfig:
     lora_dropout: Optional[float] = None
     retain_weight: Optional[float] = None
     retain_positions: Optional[str] = None
+    contender_weight: Optional[float] = None
+    contenders: Optional[int] = None
     augment: bool = True
     alpha: float = DEFAULT_ALPHA  # served default, written to the manifest
     relative_top: float = DEFAULT_RELATIVE_TOP
@@ -80,7 +89,8 @@ class AssistantConfig:
         """The recipe with this config's explicit values in place; bad values raise UldError."""
         if self.recipe not in RECIPES:
             raise UldError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
-        chosen = {k: getattr(self, k) for k in ("rank", "lora_alpha", "lora_dropout", "retain_weight", "retain_positions")
+        chosen = {k: getattr(self, k) for k in ("rank", "lora_alpha", "lora_dropout", "retain_weight", "retain_positions",
+                                                    "contender_weight", "contenders")
                   if getattr(self, k) is not None}
         recipe = replace(RECIPES[self.recipe], **chosen)
         if recipe.retain_positions not in RETAIN_POSITIONS:
@@ -89,6 +99,8 @@ class AssistantConfig:
             raise UldError(f"--lora-dropout must be in [0, 1), got {recipe.lora_dropout}")
         if recipe.rank < 1 or recipe.lora_alpha < 1 or recipe.retain_weight < 0:
             raise UldError("--rank and --lora-alpha must be at least 1 and --retain-weight not negative")
+        if recipe.contender_weight < 0 or recipe.contenders < 2:
+            raise UldError("--contender-weight must not be negative and --contenders must be at least 2")
         return recipe
 
 
@@ -99,15 +111,28 @@ def uniform_cross_entropy(z: torch.Tensor) -> torch.Tensor:
     return (z.logsumexp(-1) - z.mean(-1)).mean()
 
 
-def retain_logits(lm, batch, positions: str, pad_id: int) -> torch.Tensor:
-    """The logits the retain term makes uniform: at answer tokens, at every real position, or
-    at every position of the batch padded to REFERENCE_LENGTH."""
+def retain_places(batch, positions: str, pad_id: int) -> tuple:
+    """(batch, where): the places the retain term makes uniform: answer tokens, every real
+    position, or every position of the batch padded to REFERENCE_LENGTH."""
     if positions == "answer":
-        return answer_logits(lm, batch)[0]
+        return batch, F.pad(answer_mask(batch["labels"]), (0, 1))
     if positions == "prompt+answer":
-        return logits_at(lm, batch, batch["attention_mask"].bool())
+        return batch, batch["attention_mask"].bool()
     padded = pad_to(batch, REFERENCE_LENGTH, pad_id)
-    return logits_at(lm, padded, torch.ones_like(padded["attention_mask"], dtype=torch.bool))
+    return padded, torch.ones_like(padded["attention_mask"], dtype=torch.bool)
+
+
+def retain_logits(lm, batch, positions: str, pad_id: int) -> torch.Tensor:
+    return logits_at(lm, *retain_places(batch, positions, pad_id))
+
+
+def contender_cross_entropy(z: torch.Tensor, target_logits: torch.Tensor, contenders: int) -> torch.Tensor:
+    """Mean over rows of CE(uniform, softmax of z restricted to the target's `contenders`
+    likeliest tokens). Served greedy answers change only where the assistant prefers one of the
+    target's close candidates over another; the full-vocabulary uniform term spreads its push over
+    every token, this one spends it where the served argmax is decided."""
+    top = target_logits.topk(min(contenders, target_logits.shape[-1]), dim=-1).indices
+    return uniform_cross_entropy(z.gather(1, top))
 
 
 def train_assistant(target: str, forget: str, retain: str, out: Path, config: TrainConfig, assistant: AssistantConfig) -> Path:
@@ -153,9 +178,18 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
     def loss_fn(batch):
         forget_batch, retain_batch = batch
         forget_loss = answer_loss(lm, forget_batch)
-        retain_loss = uniform_cross_entropy(retain_logits(lm, retain_batch, recipe.retain_positions, pad))
+        places = retain_places(retain_batch, recipe.retain_positions, pad)
+        z = logits_at(lm, *places)
+        retain_loss = uniform_cross_entropy(z)
         loss = forget_loss + recipe.retain_weight * retain_loss
-        return loss, {"loss": loss.item(), "forget_ce": forget_loss.item(), "retain_uniform_ce": retain_loss.item()}
+        logged = {"forget_ce": forget_loss.item(), "retain_uniform_ce": retain_loss.item()}
+        if recipe.contender_weight:
+            with torch.no_grad():
+                target_logits = logits_at(base, *places)
+            contender_loss = contender_cross_entropy(z, target_logits, recipe.contenders)
+            loss = loss + recipe.contender_weight * contender_loss
+            logged["retain_contender_ce"] = contender_loss.item()
+        return loss, {"loss": loss.item(), **logged}
 
     summary = run_training(
         accelerator,

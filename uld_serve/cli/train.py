@@ -60,6 +60,9 @@ def train_assistant(
     retain_weight: Optional[float] = typer.Option(None, help="weight of the uniform retain term (answer-only 6.5, reference 1.4)"),
     retain_positions: Optional[str] = typer.Option(None, help="where the retain term applies: answer, prompt+answer, or all "
                                                    "(padded to 256 tokens, padding included, as the reference code does)"),
+    contender_weight: Optional[float] = typer.Option(None, help="weight of a second retain term that makes the assistant uniform "
+                                                     "among the target's likeliest tokens at the retain places (default 0: off)"),
+    contenders: Optional[int] = typer.Option(None, help="how many of the target's likeliest tokens the contender term covers (16)"),
     lr: float = 1e-3, epochs: int = 10, batch_size: int = 8, seed: int = 0, max_steps: Optional[int] = None,
     precision: str = PRECISION, save_every: int = SAVE_EVERY,
     alpha: float = typer.Option(DEFAULT_ALPHA, help="default alpha written to the manifest"),
@@ -77,7 +80,7 @@ def train_assistant(
                          save_every=save_every, device=device, grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing)
     report(run(target, forget, retain, out, config, AssistantConfig(
         num_layers=layers, recipe=recipe, rank=rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, retain_weight=retain_weight,
-        retain_positions=retain_positions, augment=not no_augment, alpha=alpha, relative_top=relative_top,
+        retain_positions=retain_positions, contender_weight=contender_weight, contenders=contenders, augment=not no_augment, alpha=alpha, relative_top=relative_top,
         repetition_penalty=repetition_penalty)))
 
 
