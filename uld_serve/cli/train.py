@@ -80,7 +80,8 @@ def train_assistant(
                          save_every=save_every, device=device, grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing)
     report(run(target, forget, retain, out, config, AssistantConfig(
         num_layers=layers, recipe=recipe, rank=rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, retain_weight=retain_weight,
-        retain_positions=retain_positions, contender_weight=contender_weight, contenders=contenders, augment=not no_augment, alpha=alpha, relative_top=relative_top,
+        retain_positions=retain_positions, contender_weight=contender_weight, contenders=contenders, augment=not no_augment,
+        alpha=alpha, relative_top=relative_top,
         repetition_penalty=repetition_penalty)))
 
 

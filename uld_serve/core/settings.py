@@ -10,7 +10,7 @@ the target's likely tokens taken away, can loop on one phrase. A request's own v
 Policy: a value out of range is refused with one sentence (a 400 at the server, exit 2 at the
 CLI, an error from the engine); nothing is clamped.
 """
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 from .errors import UldError
@@ -39,8 +39,7 @@ class Settings:
     repetition_penalty: Optional[float] = None
 
     def as_dict(self) -> dict:
-        return {"forget_set": self.forget_set, "alpha": self.alpha, "relative_top": self.relative_top,
-                "repetition_penalty": self.repetition_penalty}
+        return asdict(self)
 
     def extra_args(self) -> dict:
         return {ALPHA_KEY: self.alpha, RELATIVE_TOP_KEY: self.relative_top}

@@ -3,13 +3,9 @@
 - Auth (keys.py): with any key configured, every route but /health needs `Authorization: Bearer
   KEY`: 401 without a known key, 403 for a client key on a route beyond the completions and
   /v1/models.
-- Completions: the forget set comes from `"model"` (vLLM's LoRA convention: the target's
-  name or a forget set's) or from an extra `forget_set` field (null: none), alpha and
-  relative_top from extra fields. Bad values get 400, unknown forget sets 404 with the
-  known names, malformed JSON 400. The request reaches vLLM with the forget set's LoRA as
-  its model and the resolved alpha and filter r in `vllm_xargs` (they become
-  SamplingParams.extra_args, read by the ULD logits processor), and with the forget set's
-  served repetition penalty when it names none itself.
+- Completions: resolve.py decides the forget set, alpha, filter r and repetition penalty and
+  rewrites the body for vLLM; bad values get 400, unknown forget sets 404 with the known
+  names, malformed JSON 400.
 - Limits (limits.py): bodies over the size limit get 413, n or max_tokens over theirs 400,
   a completion beyond the requests in flight 429 with Retry-After, and one that outlasts the
   request timeout 504 (or, once its stream has started, the end of the stream); cancelling
@@ -24,18 +20,20 @@
 - Each completion, served or refused, is one line of the audit trail (audit.py); while the
   trail cannot be written, completions get 507.
 """
-import asyncio
 import json
 import time
 import uuid
+from dataclasses import fields
 from typing import Optional
 
 from prometheus_client import Counter
 
-from ..core.errors import UldError
+from ..core.settings import Settings
+from .asgi import ApiError, bearer_token, declared_length, error_response, read_body, replay, with_header, within
 from .audit import ask_for_usage, observed
 from .keys import CLIENT, key_id
 from .limits import RETRY_AFTER_S
+from .resolve import resolve
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
 CLIENT_PATHS = (*COMPLETION_PATHS, "/v1/models", "/tokenize", "/detokenize", "/version")
@@ -43,92 +41,6 @@ UNGUARDED = ("/health",)
 ADMIN_READS = ("/metrics",)  # still answered while draining
 RETRY_AFTER = [(b"retry-after", str(RETRY_AFTER_S).encode())]
 REQUESTS = Counter("uld_requests", "Completion requests by forget set ('none': without one)", ["forget_set"])
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def resolve(body: dict, state) -> tuple:
-    """(the body vLLM gets, what is applied: {forget_set, alpha, relative_top, repetition_penalty})."""
-    model = body.get("model")
-    names = [state.target_name, *state.config.forget_sets]
-    explicit = "forget_set" in body or model in state.config.forget_sets
-    if "forget_set" in body:
-        forget_set = body.pop("forget_set")
-        if forget_set is not None and not isinstance(forget_set, str):
-            raise ApiError(400, "forget_set must be a forget set's name or null")
-        if model not in (None, state.target_name, forget_set):
-            raise ApiError(400, f"model {model!r} and forget_set {forget_set!r} disagree; name the target as the model")
-    elif model is None or model == state.target_name:
-        forget_set = None
-    elif model in state.config.forget_sets:
-        forget_set = model
-    else:
-        raise ApiError(404, f"unknown model {model!r}; this server offers {', '.join(names)}")
-    alpha, relative_top = body.pop("alpha", None), body.pop("relative_top", None)
-    try:
-        if state.enforced is not None:
-            forget_set = state.enforced.choose(forget_set, explicit)
-        applied = state.config.settings(forget_set, alpha, relative_top, body.get("repetition_penalty"))
-        if state.enforced is not None:
-            state.enforced.check_alpha(applied.alpha)
-    except UldError as e:
-        raise ApiError(404 if str(e).startswith("unknown forget set") else 400, str(e)) from None
-    except ValueError as e:
-        raise ApiError(400, str(e)) from None
-    if applied.forget_set is not None and not state.config.forget_sets[applied.forget_set].is_weight_level:
-        refuse_structured_outputs(body)
-    xargs = body.get("vllm_xargs") or {}
-    if not isinstance(xargs, dict):
-        raise ApiError(400, "vllm_xargs must be an object")
-    body["vllm_xargs"] = {**xargs, **applied.extra_args()}
-    body["model"] = applied.forget_set or state.target_name
-    if applied.repetition_penalty is not None:
-        body["repetition_penalty"] = applied.repetition_penalty
-    return body, applied.as_dict()
-
-
-STRUCTURED_FIELDS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
-
-
-def refuse_structured_outputs(body: dict) -> None:
-    """A grammar's token mask would meet logits twice the vocabulary wide (target | assistant)
-    before the ULD processor combines them, so a ULD forget set and structured outputs are
-    not served together."""
-    response_format = body.get("response_format")
-    kind = response_format.get("type") if isinstance(response_format, dict) else response_format
-    asked = [f for f in STRUCTURED_FIELDS if body.get(f) is not None]
-    if kind not in (None, "text"):
-        asked.insert(0, f"response_format {kind}")
-    if asked:
-        raise ApiError(400, f"structured outputs ({', '.join(asked)}) are not served with a ULD forget set; "
-                            "send the request without the forget set or without the structured output")
-
-
-ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError",
-               409: "ConflictError", 413: "RequestTooLargeError", 429: "RateLimitError", 503: "ServiceUnavailableError",
-               504: "TimeoutError", 507: "InsufficientStorageError"}
-
-
-def error_body(status: int, message: str) -> dict:
-    """The OpenAI error object, as vLLM's own errors have it."""
-    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "Error"), "param": None, "code": status}}
-
-
-async def error_response(send, status: int, message: str, headers=()) -> None:
-    body = json.dumps(error_body(status, message)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
-    await send({"type": "http.response.body", "body": body})
-
-
-def bearer_token(scope) -> Optional[str]:
-    headers = dict(scope.get("headers") or [])
-    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    return token if scheme.lower() == "bearer" else None
 
 
 def refusal(state, path: str, scope) -> Optional[tuple]:
@@ -178,7 +90,7 @@ class UldMiddleware:
         started, request_id = time.monotonic(), request_id_of(scope)
         scope = with_header(scope, b"x-request-id", request_id.encode())  # vLLM takes it as its request id
         seen = {"status": None, "usage": None, "output": []}
-        body, asked, applied = {}, None, {"forget_set": None, "alpha": None, "relative_top": None, "repetition_penalty": None}
+        body, asked, applied = {}, None, dict.fromkeys(f.name for f in fields(Settings))  # nothing applied yet
         admitted = False
         try:
             refused = self.refused(state, path, scope)
@@ -191,7 +103,7 @@ class UldMiddleware:
                 state.in_flight += 1  # the slot is taken before the first await, so concurrent arrivals see it
                 admitted = True
                 try:
-                    body = json.loads(await read_body(receive, limits))
+                    body = json.loads(await read_body(receive, limits.max_body_bytes, limits.too_large()))
                     if not isinstance(body, dict):
                         raise ValueError("the body must be a JSON object")
                     asked = body.get("model")
@@ -224,69 +136,9 @@ def request_id_of(scope) -> str:
     return given[:128] if given else uuid.uuid4().hex
 
 
-def with_header(scope, name: bytes, value: bytes):
-    return {**scope, "headers": [(k, v) for k, v in scope.get("headers") or [] if k != name] + [(name, value)]}
-
-
 def key_id_of(state, scope) -> Optional[str]:
     token = bearer_token(scope)
     return key_id(token) if token and not state.keys.open else None
-
-
-async def within(timeout_s, app, scope, receive, wrap, send) -> int:
-    """Run the app on one request for at most timeout_s: past it, the app is cancelled (vLLM
-    aborts the request) and the client gets 504, or, mid-stream, the end of the stream.
-    Returns the response's status (504 for a request cut short)."""
-    progress = {"status": None, "done": False}
-
-    async def tracked(message):
-        if message["type"] == "http.response.start":
-            progress["status"] = message["status"]
-        elif message["type"] == "http.response.body" and not message.get("more_body"):
-            progress["done"] = True
-        await send(message)
-
-    try:
-        await asyncio.wait_for(app(scope, receive, wrap(tracked)), timeout_s)
-    except asyncio.TimeoutError:
-        if progress["status"] is None:
-            await error_response(send, 504, f"the request took longer than this server's {timeout_s:g} s (uld serve --request-timeout)")
-        elif not progress["done"]:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return 504
-    return progress["status"]
-
-
-def declared_length(scope) -> int:
-    value = dict(scope.get("headers") or []).get(b"content-length", b"0")
-    return int(value) if value.isdigit() else 0
-
-
-async def read_body(receive, limits) -> bytes:
-    """The whole body, refused with 413 once it passes the limit (a chunked body declares no length)."""
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        size += len(chunks[-1])
-        if size > limits.max_body_bytes:
-            raise ApiError(413, limits.too_large())
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-def replay(body: bytes, receive):
-    """The rewritten body, then the client's own messages (its disconnect ends a stream)."""
-    sent = False
-
-    async def replayed():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
 
 
 def annotated(send, applied: dict, request_id: str):

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..core.errors import UldError
-from .middleware import error_body, key_id_of
+from .asgi import error_body
+from .middleware import key_id_of
 from .registry import summary
 from .sync import follow_registry, load_into_engine, unload_from_engine
 
