@@ -5,6 +5,7 @@ sets and custom alphas (plain vLLM gets the same requests without ULD fields).
     python benchmarks/load_test.py                                   # SmolLM2, 500 requests
     python benchmarks/load_test.py --soak 600 --concurrency 64       # 10 minutes of load, RSS sampled
     python benchmarks/load_test.py --target tiny-random --requests 64 --skip-plain   # CI size
+    python benchmarks/load_test.py --offline                         # the same requests, engines only
 
 Reports per server: throughput (completion tokens/s), p50/p99 time to first token and time
 per output token (streamed requests), failures (a 5xx, a lost connection or a timeout), and
@@ -211,6 +212,51 @@ async def soak(url: str, pid: int, questions: list, uld: bool, seconds: float, c
             "rss_growth_pct": round(100 * (warm[-1] - warm[0]) / warm[0], 2), "rss_samples": samples}
 
 
+def offline(target: Path, sets: dict, questions: list, count: int, max_tokens: int, rounds: int = 3) -> None:
+    """The same request mix through the engines without a server: UldEngine against vLLM's LLM
+    on the chat prompts vLLM's server builds, all requests at once, greedy, max_tokens each;
+    interleaved rounds after a warm-up. This is the engine's ratio for the load test's own mix,
+    the yardstick for the servers' ratio."""
+    import statistics
+
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from uld_serve.core.models import load_tokenizer
+    from uld_serve.core.requests import GenerationRequest
+    from uld_serve.engine.llm import UldEngine, engine_environment
+
+    engine_environment()
+    tokenizer = load_tokenizer(target)
+    requests = make_requests(questions, count, True)
+    # As vLLM's server does: the template rendered as text, then tokenized without special tokens.
+    prompts = [tokenizer.encode(tokenizer.apply_chat_template(r["body"]["messages"], add_generation_prompt=True, tokenize=False),
+                                add_special_tokens=False) for r in requests]
+    uld_requests = [GenerationRequest(p, None if r["body"]["model"] == "target" else r["body"]["model"], alpha=r["body"].get("alpha"),
+                                      max_new_tokens=max_tokens) for p, r in zip(prompts, requests)]
+    plain = LLM(model=str(target), dtype="float32", max_model_len=1024, seed=0)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0)
+    engine = UldEngine(target, sets, max_model_len=1024)
+    runs = {"plain vLLM": lambda: [len(o.outputs[0].token_ids) for o in plain.generate(
+                [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)],
+            "vLLM + ULD": lambda: [len(t) for t in engine.generate(uld_requests, use_tqdm=False)]}
+    for run in runs.values():
+        run()
+    rates = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            tokens = sum(run())
+            rates[name].append(tokens / (time.perf_counter() - started))
+    engine.close()
+    plain.llm_engine.engine_core.shutdown()
+    ratio = statistics.median(u / b for u, b in zip(rates["vLLM + ULD"], rates["plain vLLM"]))
+    print("| engine (no server) | tokens/s, median of rounds | vs plain vLLM, median of per-round ratios |")
+    print("|---|---|---|")
+    for name, values in rates.items():
+        print(f"| {name} | {statistics.median(values):.1f} | {ratio if name == 'vLLM + ULD' else 1.0:.2f}x |")
+
+
 def forget_sets_for(target: Path, given: list) -> dict:
     if given:
         return dict(zip(("f1", "f2"), given))
@@ -239,6 +285,7 @@ def main():
     parser.add_argument("--skip-plain", action="store_true", help="leave out plain vLLM (the CI size)")
     parser.add_argument("--soak", type=float, default=0, help="seconds of back-to-back load instead of one burst")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--offline", action="store_true", help="time the engines on the same requests, without servers")
     args = parser.parse_args()
 
     from uld_serve.core.models import resolve_model
@@ -247,6 +294,10 @@ def main():
     target = resolve_model(args.target)
     sets = forget_sets_for(target, args.forget_set)
     questions = [qa.question for qa in load_qa("tofu:forget01")][:20] + ["What is the capital of France?", "Who wrote Hamlet?"]
+    if args.offline:
+        print(f"{args.requests} chat requests (the load test's mix), max_tokens {args.max_tokens}, greedy; target {target.name}, "
+              f"{os.cpu_count()} cores")
+        return offline(target, sets, questions, args.requests, args.max_tokens)
     work = Path(tempfile.mkdtemp(prefix="uld-load-"))
     env_python = sys.executable
     servers = [("uld serve", True)] + ([] if args.skip_plain else [("plain vLLM", False)])
