@@ -33,8 +33,9 @@ PENALTIES = (1.0, 1.05, 1.1, 1.15, 1.2)
 MAX_TOKENS = 64
 
 
-def measure(llm, name, settings, limit) -> tuple:
-    """((r, penalty) -> row of measures, (r, penalty) -> README answers, the target's README answers)."""
+def measure(llm, name, settings, limit, alpha=None) -> tuple:
+    """((r, penalty) -> row of measures, (r, penalty) -> README answers, the target's README answers);
+    alpha None: the forget set's own."""
     from assistant_recipes import SIMPLE_FACTS, has_loop, names_author
     from demo_forget_set import README_QUESTIONS, chat_answers
 
@@ -46,7 +47,8 @@ def measure(llm, name, settings, limit) -> tuple:
     general = [qa.question for qa in load_qa("general:heldout")[:limit]] + SIMPLE_FACTS[:limit]
 
     def answers(questions, forget_set, penalty, system="default", r=None):
-        return chat_answers(llm, questions, forget_set, None, system, MAX_TOKENS, repetition_penalty=penalty, relative_top=r)
+        return chat_answers(llm, questions, forget_set, alpha if forget_set else None, system, MAX_TOKENS,
+                            repetition_penalty=penalty, relative_top=r)
 
     target_general = answers(general, None, 1.0)
     rows, readme = {}, {}

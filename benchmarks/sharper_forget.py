@@ -1,0 +1,100 @@
+"""Does a forget set that learns its answers more sharply need a smaller alpha, and so change
+fewer general answers?
+
+`benchmarks/uniform_floor.py` shows that on SmolLM2 even the most uniform assistant changes
+general answers in proportion to alpha, so the one lever left for the demo's general agreement
+is the alpha that calibration needs. Forget sets are trained as the demo's (`tofu:forget01`,
+reference recipe, lr 5e-3) for more epochs, calibrated as the demo's, and compared with the
+demo's forget set (10 epochs), teacher-forced: the share of answer tokens whose served argmax
+differs from the target's, on the target's own greedy answers to held-out general questions and
+simple facts (fewer is better) and on the forgotten answers (more is forgetting), and the same
+for the floor's know-nothing logits at each calibrated alpha (what a perfectly uniform assistant
+would still change). Then each is served as the demo serves it (vLLM engine, fp32, greedy,
+repetition penalty 1.1): the measures of `benchmarks/repetition_penalty.py`. The longer-trained
+sets are also measured at other alphas (`--alphas`, default the demo's calibrated one): whether
+they keep more general answers than the demo's at the same served forgetting.
+
+    python benchmarks/sharper_forget.py --epochs 20 --alphas 0.7,demo   # ~13 min per 10 epochs on 2 cores after the demo is cached, ~6 min a set to measure
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+EPOCHS = (20,)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", default=",".join(map(str, EPOCHS)), help="comma-separated epoch counts besides the demo's")
+    parser.add_argument("--alphas", default="demo",
+                        help="comma-separated alphas the longer-trained sets are also served at ('demo': the demo's calibrated one)")
+    args = parser.parse_args()
+
+    from assistant_recipes import SIMPLE_FACTS
+    from general_fragility import noisy_answers
+    from report import write_section
+    from demo_forget_set import readme_table
+    from repetition_penalty import measure
+    from uniform_floor import changed_share, floor
+
+    from uld_serve import UldLLM, demo
+    from uld_serve.core.artifact import read_manifest
+    from uld_serve.core.models import load_model, uld_home
+    from uld_serve.core.tofu import load_qa
+    from uld_serve.eval.calibrate import calibrate_forget_set
+    from uld_serve.reference import UldModel
+    from uld_training.assistant import AssistantConfig, train_assistant
+    from uld_training.loop import TrainConfig
+
+    target, demo_set = demo.prepare_demo()
+    sets = {demo.ASSISTANT["epochs"]: demo_set}
+    for epochs in map(int, args.epochs.split(",")):
+        path = uld_home() / "bench" / "sharper" / f"e{epochs}"
+        if not (path / "uld.json").exists():
+            train_assistant(str(target), demo.FORGET, demo.RETAIN, path, TrainConfig(**{**demo.ASSISTANT, "epochs": epochs}),
+                            AssistantConfig(recipe=demo.RECIPE))
+        if "calibration" not in read_manifest(path):
+            calibrate_forget_set(str(target), path, demo.UNSEEN, write=True)
+        sets[epochs] = path
+
+    bias = floor(load_model(target))["logits"]
+    general = [qa.question for qa in load_qa("general:heldout")] + SIMPLE_FACTS
+    plain = noisy_answers(UldModel(target), general, 0.0)
+    general_pairs = list(zip(general, plain))
+    forgotten = [(qa.question, qa.answer) for qa in load_qa(demo.FORGET)]
+    lines = [f"Teacher-forced on the target's own greedy answers to {len(general)} general questions and simple facts and on "
+             f"the {len(forgotten)} forgotten answers; r 0.01.", "",
+             "| epochs | forget CE, last batch | alpha | general answer tokens changed | forgotten answer tokens changed "
+             "| general tokens the floor's logits change at that alpha | served: forgotten ROUGE-L | names said unasked | "
+             "loops (forgotten) | kept ROUGE-L | general + facts agreement |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    demo_alpha = read_manifest(demo_set)["alpha"]
+    extra = [demo_alpha if a == "demo" else float(a) for a in args.alphas.split(",") if a]
+    answers = {}
+    for epochs, path in sorted(sets.items()):
+        manifest = read_manifest(path)
+        calibrated, r = manifest["alpha"], manifest["relative_top"]
+        model = UldModel(target, {"forget": str(path)})
+        with UldLLM(target, {"f": str(path)}, dtype="fp32") as llm:
+            for alpha in [calibrated] + ([] if path == demo_set else extra):
+                cells = [changed_share(model, pairs, alpha, r, lambda t, a: a) for pairs in (general_pairs, forgotten)]
+                at_floor = changed_share(model, general_pairs, alpha, r, lambda t, a: bias.to(t.device).expand_as(t))
+                rows, readme, target_answers = measure(llm, "f", [(r, demo.REPETITION_PENALTY)], None, alpha=alpha)
+                served = rows[(r, demo.REPETITION_PENALTY)]
+                answers[f"{epochs} epochs, alpha {alpha:.3f}"] = readme[(r, demo.REPETITION_PENALTY)]
+                label = "calibrated" if alpha == calibrated else "demo's" if alpha == demo_alpha else "chosen"
+                lines.append(f"| {epochs}{' (demo)' if path == demo_set else ''} | {manifest['result']['forget_ce']:.2f} | "
+                             f"{alpha:.3f} ({label}) | {cells[0]:.3f} | {cells[1]:.3f} | {at_floor:.3f} | "
+                             + " | ".join(f"{v:.2f}" for v in served[:5]) + " |")
+    lines += ["", "The README's questions (greedy, no system message):", "",
+              *readme_table(target_answers, answers)]
+    text = "\n".join(lines)
+    print(text)
+    write_section("sharper-forget", "A forget set trained longer: the alpha it needs",
+                  " ".join(["python benchmarks/sharper_forget.py", *sys.argv[1:]]), text)
+
+
+if __name__ == "__main__":
+    main()
