@@ -163,7 +163,9 @@ def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(tiny_target
     late = post(url, max_tokens=4)
     assert late.status_code == 503 and "shutting down" in late.json()["error"]["message"]
     reader.join(120)
-    assert len(events) == 301 and events[-1] == "data: [DONE]"  # 300 tokens and the end: finished, not cut
+    # Finished, not cut: the stream ends properly and its last chunk stops at max_tokens (vLLM may
+    # put two tokens in one chunk under load, so chunks are not counted).
+    assert events[-1] == "data: [DONE]" and json.loads(events[-2][len("data: "):])["choices"][0]["finish_reason"] == "length"
     assert process.wait(90) == 0
 
 
