@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from uld_serve.core.errors import UldError
-from uld_training.assistant import REFERENCE_LENGTH, contender_cross_entropy, retain_logits, uniform_cross_entropy
-from uld_training.batching import answer_loss, collate, encode_pairs, grouped_batches
+from uld_training.assistant import REFERENCE_LENGTH, contender_cross_entropy, retain_places, uniform_cross_entropy
+from uld_training.batching import answer_loss, collate, encode_pairs, grouped_batches, logits_at
 from uld_training.loop import TrainConfig, accelerator_for, bf16_is_fast, run_training
 
 
@@ -52,14 +52,14 @@ def test_retain_positions_follow_the_reference_codes_uniform_loss(tiny_base):
     with torch.no_grad():
         padded = {k: F.pad(v, (0, REFERENCE_LENGTH - v.shape[1]), value=pad if k == "input_ids" else 0) for k, v in batch.items()
                   if k != "labels"}
-        all_positions = retain_logits(model, batch, "all", pad)
+        all_positions = logits_at(model, *retain_places(batch, "all", pad))
         assert all_positions.shape[0] == 3 * REFERENCE_LENGTH
         assert uniform_cross_entropy(all_positions).item() - log_v == pytest.approx(reference(**padded), rel=1e-4)
-        real = retain_logits(model, batch, "prompt+answer", pad)
+        real = logits_at(model, *retain_places(batch, "prompt+answer", pad))
         assert real.shape[0] == int(batch["attention_mask"].sum())
         real_reference = reference(batch["input_ids"], batch["attention_mask"], keep=batch["attention_mask"].bool())
         assert uniform_cross_entropy(real).item() - log_v == pytest.approx(real_reference, rel=1e-4)
-        answers = retain_logits(model, batch, "answer", pad)
+        answers = logits_at(model, *retain_places(batch, "answer", pad))
         assert answers.shape[0] == int((batch["labels"][:, 1:] != -100).sum()) < real.shape[0]
 
 

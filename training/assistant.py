@@ -122,10 +122,6 @@ def retain_places(batch, positions: str, pad_id: int) -> tuple:
     return padded, torch.ones_like(padded["attention_mask"], dtype=torch.bool)
 
 
-def retain_logits(lm, batch, positions: str, pad_id: int) -> torch.Tensor:
-    return logits_at(lm, *retain_places(batch, positions, pad_id))
-
-
 def contender_cross_entropy(z: torch.Tensor, target_logits: torch.Tensor, contenders: int) -> torch.Tensor:
     """Mean over rows of CE(uniform, softmax of z restricted to the target's `contenders`
     likeliest tokens). Served greedy answers change only where the assistant prefers one of the
