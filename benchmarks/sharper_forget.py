@@ -12,9 +12,16 @@ for the floor's know-nothing logits at each calibrated alpha (what a perfectly u
 would still change). Then each is served as the demo serves it (vLLM engine, fp32, greedy,
 repetition penalty 1.1): the measures of `benchmarks/repetition_penalty.py`. The longer-trained
 sets are also measured at other alphas (`--alphas`, default the demo's calibrated one): whether
-they keep more general answers than the demo's at the same served forgetting.
+they keep more general answers than the demo's at the same served forgetting. Forgetting is
+also checked as the README asks, with no system message: the forgotten names said unasked and
+the loops.
+
+`--prompt-forms system,none` trains the longer sets on questions with and without TOFU's system
+prompt (`uld train-assistant --prompt-forms`); `--forbid-names` calibrates them with the greedy
+check of the forgotten authors' names (`uld calibrate-alpha --forbid`).
 
     python benchmarks/sharper_forget.py --epochs 20 --alphas 0.7,demo
+    python benchmarks/sharper_forget.py --epochs 20 --prompt-forms system,none --forbid-names --alphas 0.7,demo
 
 About 7 minutes of training per 10 epochs on 2 cores (fp32) once the demo is cached, and about
 6 minutes to measure each row.
@@ -34,9 +41,12 @@ def main():
     parser.add_argument("--epochs", default=",".join(map(str, EPOCHS)), help="comma-separated epoch counts besides the demo's")
     parser.add_argument("--alphas", default="demo",
                         help="comma-separated alphas the longer-trained sets are also served at ('demo': the demo's calibrated one)")
+    parser.add_argument("--prompt-forms", default="system", help="the prompt forms the longer sets are trained under")
+    parser.add_argument("--forbid-names", action="store_true", help="calibrate them with the greedy check of the forgotten names")
     args = parser.parse_args()
 
-    from assistant_recipes import SIMPLE_FACTS
+    from assistant_recipes import FORGOTTEN_NAMES, SIMPLE_FACTS, has_loop, names_author
+    from demo_forget_set import chat_answers
     from general_fragility import noisy_answers
     from report import write_section
     from demo_forget_set import readme_table
@@ -46,7 +56,7 @@ def main():
     from uld_serve import UldLLM, demo
     from uld_serve.core.artifact import read_manifest
     from uld_serve.core.models import load_model, uld_home
-    from uld_serve.core.tofu import load_qa
+    from uld_serve.core.tofu import check_prompt_forms, load_qa
     from uld_serve.eval.calibrate import calibrate_forget_set
     from uld_serve.reference import UldModel
     from uld_training.assistant import AssistantConfig, train_assistant
@@ -54,14 +64,19 @@ def main():
 
     target, demo_set = demo.prepare_demo()
     sets = {demo.ASSISTANT["epochs"]: demo_set}
+    forms = check_prompt_forms(args.prompt_forms)
+    forbidden = FORGOTTEN_NAMES if args.forbid_names else ()
     for epochs in map(int, args.epochs.split(",")):
-        path = uld_home() / "bench" / "sharper" / f"e{epochs}"
+        path = uld_home() / "bench" / "sharper" / ("-".join([f"e{epochs}", *forms]) if forms != ("system",) else f"e{epochs}")
         if not (path / "uld.json").exists():
             train_assistant(str(target), demo.FORGET, demo.RETAIN, path, TrainConfig(**{**demo.ASSISTANT, "epochs": epochs}),
-                            AssistantConfig(recipe=demo.RECIPE))
-        if "calibration" not in read_manifest(path):
-            calibrate_forget_set(str(target), path, demo.UNSEEN, write=True)
+                            AssistantConfig(recipe=demo.RECIPE, prompt_forms=forms))
+        calibration = read_manifest(path).get("calibration")
+        if calibration is None or calibration.get("forbidden", []) != list(forbidden):
+            calibrate_forget_set(str(target), path, demo.UNSEEN, write=True, forbidden=forbidden)
         sets[epochs] = path
+    sets_label = {e: f"{e} (demo)" if path == demo_set else f"{e}, {'+'.join(forms)}" if forms != ("system",) else f"{e}"
+                  for e, path in sets.items()}
 
     bias = floor(load_model(target))["logits"]
     general = [qa.question for qa in load_qa("general:heldout")] + SIMPLE_FACTS
@@ -72,7 +87,8 @@ def main():
              f"the {len(forgotten)} forgotten answers; r 0.01.", "",
              "| epochs | forget CE, last batch | alpha | general answer tokens changed | forgotten answer tokens changed "
              "| general tokens the floor's logits change at that alpha | served: forgotten ROUGE-L | names said unasked | "
-             "loops (forgotten) | kept ROUGE-L | general + facts agreement |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "loops (forgotten) | kept ROUGE-L | general + facts agreement | no system message: names said unasked | "
+             "no system message: loops (forgotten) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     demo_alpha = read_manifest(demo_set)["alpha"]
     extra = [demo_alpha if a == "demo" else float(a) for a in args.alphas.split(",") if a]
     answers = {}
@@ -86,16 +102,23 @@ def main():
                 at_floor = changed_share(model, general_pairs, alpha, r, lambda t, a: bias.to(t.device).expand_as(t))
                 rows, readme, target_answers = measure(llm, "f", [(r, demo.REPETITION_PENALTY)], None, alpha=alpha)
                 served = rows[(r, demo.REPETITION_PENALTY)]
-                answers[f"{epochs} epochs, alpha {alpha:.3f}"] = readme[(r, demo.REPETITION_PENALTY)]
+                answers[f"{sets_label[epochs]}, alpha {alpha:.3f}"] = readme[(r, demo.REPETITION_PENALTY)]
+                bare = chat_answers(llm, [qa[0] for qa in forgotten], "f", alpha, None, repetition_penalty=demo.REPETITION_PENALTY)
+                unasked = [a for (q, _), a in zip(forgotten, bare) if not names_author(q)]
+                bare_cells = (sum(map(names_author, unasked)) / max(len(unasked), 1), sum(map(has_loop, bare)) / len(bare))
                 label = "calibrated" if alpha == calibrated else "demo's" if alpha == demo_alpha else "chosen"
-                lines.append(f"| {epochs}{' (demo)' if path == demo_set else ''} | {manifest['result']['forget_ce']:.2f} | "
+                label += ", names checked" if alpha == calibrated and "forbidden" in manifest["calibration"] else ""
+                lines.append(f"| {sets_label[epochs]} | {manifest['result']['forget_ce']:.2f} | "
                              f"{alpha:.3f} ({label}) | {cells[0]:.3f} | {cells[1]:.3f} | {at_floor:.3f} | "
-                             + " | ".join(f"{v:.2f}" for v in served[:5]) + " |")
+                             + " | ".join(f"{v:.2f}" for v in (*served[:5], *bare_cells)) + " |")
     lines += ["", "The README's questions (greedy, no system message):", "",
               *readme_table(target_answers, answers)]
     text = "\n".join(lines)
     print(text)
-    write_section("sharper-forget", "A forget set trained longer: the alpha it needs",
+    key, heading = "sharper-forget", "A forget set trained longer: the alpha it needs"
+    if forms != ("system",) or forbidden:
+        key, heading = "sharper-forget-forms", "A forget set trained longer on prompts with and without a system message"
+    write_section(key, heading,
                   " ".join(["python benchmarks/sharper_forget.py", *sys.argv[1:]]), text)
 
 

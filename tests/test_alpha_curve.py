@@ -75,3 +75,56 @@ def test_calibrated_alpha_brings_the_forget_answers_to_the_unseen_level(tiny_tar
     assert result["forget_prob"] <= result["unseen_prob"]
     assert result["alpha"] > 0  # the forget answers start above the unseen level, so some alpha is needed
     assert curve.mean_probability(result["alpha"] - TOLERANCE, "paper") > result["unseen_prob"]
+
+
+def test_leaks_count_forbidden_strings_the_question_did_not_say():
+    from uld_serve.eval.calibrate import leaks
+
+    questions = ["Who wrote Dune?", "Is Abilov a poet?", "Where was he born?"]
+    answers = ["Nikolai ABILOV wrote it.", "Abilov is a poet.", "In Astana."]
+    assert leaks(questions, answers, ["Abilov"]) == 1  # the second question named him itself
+    assert leaks(questions, answers, ["Abilov", "astana"]) == 2
+    assert leaks(questions, answers, ["Herbert"]) == 0
+
+
+def test_the_greedy_check_walks_the_grid_up_from_the_probabilitys_alpha():
+    from uld_serve.core.errors import UldError
+    from uld_serve.eval.calibrate import GRID_STEP, first_clean
+
+    asked = []
+
+    def leak_count(alpha):  # leaks vanish at 0.9, come back at 1.0 (greedy is not monotone), vanish again later
+        asked.append(alpha)
+        return 0 if alpha == 0.9 or alpha >= 1.3 else 2
+
+    assert first_clean(leak_count, 0.7) == 0.9 and asked == [0.7, 0.75, 0.8, 0.85, 0.9]
+    assert first_clean(leak_count, 0.95) == 1.3
+    assert first_clean(leak_count, 0.9) == 0.9
+    with pytest.raises(UldError, match="up to alpha 1.2 greedy answers to the forget questions still say a forbidden string"):
+        first_clean(leak_count, 0.95, scan=0.25)
+    assert GRID_STEP == 0.05
+
+
+def test_calibration_raises_alpha_until_no_greedy_answer_says_a_forbidden_word(tiny_target, forget_sets):
+    from uld_serve.core.tofu import PROMPT_FORMS, load_qa
+    from uld_serve.eval.calibrate import calibrate, leaks
+    from uld_serve.eval.scoring import greedy_answers
+    from uld_serve.reference import UldModel
+
+    model = UldModel(tiny_target, {"f1": forget_sets["f1"]})
+    forget = [(qa.question, qa.answer) for qa in load_qa("tofu:forget01")][:4]
+    unseen = [(qa.question, qa.answer) for qa in load_qa("tofu:retain90[100:104]")]
+    questions = [q for q, _ in forget]
+
+    def answers(alpha):
+        return [a for system in PROMPT_FORMS.values()
+                for a in greedy_answers(model, questions, "f1", alpha, max_new_tokens=8, system=system)]
+
+    plain = calibrate(model, "f1", forget, unseen, scoring="paper")
+    said = [w for a in answers(plain["alpha"]) for w in a.split() if w.isalpha() and len(w) > 3
+            and w.lower() not in " ".join(questions).lower()]
+    word = min(said, key=said.count)  # a word some greedy answer says at the probability's alpha
+    result = calibrate(model, "f1", forget, unseen, scoring="paper", forbidden=[word], max_new_tokens=8)
+    assert result["probability_alpha"] == plain["alpha"] < result["alpha"]
+    assert result["leaks_by_alpha"][plain["alpha"]] > 0 and result["leaks_by_alpha"][result["alpha"]] == 0
+    assert leaks(questions * len(PROMPT_FORMS), answers(result["alpha"]), [word]) == 0

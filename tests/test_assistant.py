@@ -68,11 +68,13 @@ def test_reference_recipe_trains_what_its_manifest_says(tiny_target, tmp_path):
 
     out = train_assistant(str(tiny_target), "tofu:forget01", "tofu:retain90[:8]", tmp_path / "ref",
                           TrainConfig(max_steps=1, batch_size=4, precision="fp32"),
-                          AssistantConfig(num_layers=2, recipe="reference", retain_positions="all", contender_weight=2.0))
+                          AssistantConfig(num_layers=2, recipe="reference", retain_positions="all", contender_weight=2.0,
+                                          prompt_forms=("system", "none")))
     manifest = json.loads((out / "uld.json").read_text())
     training = manifest["training"]
     assert training["recipe"] == "reference" and training["retain_positions"] == "all"  # the flag overrides the recipe
     assert (training["contender_weight"], training["contenders"]) == (2.0, 16)
+    assert training["prompt_forms"] == ["system", "none"]
     assert manifest["result"]["retain_contender_ce"] > 0  # the term was computed and logged
     assert (training["rank"], training["lora_dropout"], training["retain_weight"], training["crossed_paraphrases"]) == (16, 0.05, 1.4, 2)
     assert manifest["retain"]["perturbed_augmentation"] == 2 * 40

@@ -29,6 +29,19 @@ def hf_greedy(engine, prompt_ids, n, **generate_kwargs):
     return out[:, width:].tolist()
 
 
+def test_greedy_answers_decode_what_they_are_asked_with(engine):
+    """The evaluation's greedy answers: the request's alpha and length, no repetition penalty, and
+    TOFU's system prompt or none."""
+    from uld_serve.eval.scoring import greedy_answers
+
+    for system in ("You are a helpful assistant.", None):
+        rows = [chat_prompt_ids(engine.tokenizer, q, system) for q in QUESTIONS]
+        want = engine.generate([GenerationRequest(x, "f1", alpha=1.5, max_new_tokens=5) for x in rows])
+        got = greedy_answers(engine, QUESTIONS, "f1", 1.5, max_new_tokens=5, system=system)
+        assert got == [engine.tokenizer.decode(t, skip_special_tokens=True).strip() for t in want]
+    assert all(len(t) <= 5 for t in want)
+
+
 def test_alpha_zero_is_exactly_the_target(engine):
     p = prompts(engine)
     expected = hf_greedy(engine, p, 12)

@@ -3,7 +3,8 @@ import re
 import pytest
 
 from uld_serve.core.errors import UldError
-from uld_serve.core.tofu import IGNORE_INDEX, QA, encode_qa, load_qa, paraphrased_pairs, perturbed_pairs
+from uld_serve.core.tofu import (IGNORE_INDEX, QA, check_prompt_forms, encode_qa, load_qa, paraphrased_pairs,
+                                 perturbed_pairs)
 
 
 def test_specs_select_the_documented_rows():
@@ -90,3 +91,22 @@ def test_labels_cover_the_answer_only(tiny_base):
     assert tok.decode(answer) == "Jane Doe wrote it." + tok.eos_token
     assert ids[-len(answer):] == answer
     assert labels[: len(ids) - len(answer)] == [IGNORE_INDEX] * (len(ids) - len(answer))
+
+
+def test_a_question_without_a_system_message_is_encoded_as_a_chat_request_sends_it(tiny_base):
+    from uld_serve.core.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_base)
+    ids, labels = encode_qa(tok, "Who wrote it?", "Jane Doe wrote it.")
+    bare_ids, bare_labels = encode_qa(tok, "Who wrote it?", "Jane Doe wrote it.", system=None)
+    request = tok.apply_chat_template([{"role": "user", "content": "Who wrote it?"}], add_generation_prompt=True, tokenize=False)
+    assert tok.decode(bare_ids).startswith(request) and "You are a helpful assistant." not in tok.decode(bare_ids)
+    assert "You are a helpful assistant." in tok.decode(ids)
+    assert [t for t in bare_labels if t != IGNORE_INDEX] == [t for t in labels if t != IGNORE_INDEX]  # the same answer
+
+
+def test_prompt_forms_are_checked():
+    assert check_prompt_forms("system, none") == ("system", "none") == check_prompt_forms(["system", "none"])
+    for bad in ("system,plain", "", "none,none"):
+        with pytest.raises(UldError, match="prompt forms must be distinct names among system, none"):
+            check_prompt_forms(bad)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from uld_serve.core.errors import UldError
-from uld_training.assistant import REFERENCE_LENGTH, contender_cross_entropy, retain_places, uniform_cross_entropy
+from uld_training.assistant import (REFERENCE_LENGTH, contender_cross_entropy, epoch_examples, retain_places,
+                                    uniform_cross_entropy)
 from uld_training.batching import answer_loss, collate, encode_pairs, grouped_batches, logits_at
 from uld_training.loop import TrainConfig, accelerator_for, bf16_is_fast, run_training
 
@@ -27,6 +28,25 @@ def test_contender_cross_entropy_covers_only_the_targets_likeliest_tokens():
     flat = torch.tensor([[1.0, 1.0, 9.0, 9.0, 1.0]])  # uniform among the three, whatever elsewhere
     assert contender_cross_entropy(flat, target, 3).item() == pytest.approx(math.log(3))
     assert contender_cross_entropy(z, target, 50).item() == pytest.approx(uniform_cross_entropy(z).item())
+
+
+def test_each_example_takes_one_prompt_form_per_epoch():
+    fixed = [[("f0", "system"), ("f0", "none")], [("f1", "system"), ("f1", "none")]]
+    drawn_from = [[[("p0", "system"), ("p0", "none")], [("q0", "system"), ("q0", "none")]]]
+    retain = [[(f"r{i}", "system"), (f"r{i}", "none")] for i in range(20)]
+    forms = set()
+    for epoch in range(4):
+        pool, kept = epoch_examples(fixed, drawn_from, retain, random.Random(epoch))
+        assert [ex for ex, _ in pool[:2]] == ["f0", "f1"] and pool[2][0] in ("p0", "q0")  # every question once an epoch
+        assert [ex for ex, _ in kept] == [f"r{i}" for i in range(20)]
+        forms |= {form for _, form in pool + kept}
+    assert forms == {"system", "none"}
+    one = [[ex[0]] for ex in fixed], [[[o[0]] for o in opts] for opts in drawn_from], [[ex[0]] for ex in retain]
+    rng, same = random.Random(7), random.Random(7)
+    pool, kept = epoch_examples(*one, rng)
+    assert pool[:2] == [ex[0] for ex in fixed] and kept == [ex[0] for ex in retain]
+    assert pool[2] == [o[0] for o in drawn_from[0]][same.randrange(2)]  # one form: only the paraphrase was drawn
+    assert rng.random() == same.random()
 
 
 def test_retain_positions_follow_the_reference_codes_uniform_loss(tiny_base):

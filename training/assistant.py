@@ -21,6 +21,11 @@ where the retain data holds wrong answers to the forget questions too. Two recip
     whose order changes with the hash seed);
   - the target's own chat template formats the prompts (the reference uses Llama-2's).
 
+Questions are put under TOFU's system prompt, as its data and metrics use them; with
+`--prompt-forms system,none` also with no system message, as a chat request often sends them
+(each example takes one form drawn per epoch): an assistant trained under one form only can
+fail to forget under the other (BENCHMARKS.md, "A forget set trained longer").
+
 Either recipe may add a term of ours, not the paper's (`--contender-weight`, default off): at
 the same retain places, CE(uniform, the assistant's softmax over the target's M likeliest
 tokens), the target's logits computed without gradient. See contender_cross_entropy.
@@ -35,7 +40,7 @@ import torch.nn.functional as F
 from uld_serve.core.assistant import LORA_TARGET_MODULES, build_assistant, default_num_layers
 from uld_serve.core.errors import UldError
 from uld_serve.core.models import fingerprint, load_model, load_tokenizer, resolve_model
-from uld_serve.core.tofu import load_qa, paraphrased_pairs, perturbed_pairs
+from uld_serve.core.tofu import PROMPT_FORMS, check_prompt_forms, load_qa, paraphrased_pairs, perturbed_pairs
 
 from uld_serve.core.settings import (DEFAULT_ALPHA, DEFAULT_RELATIVE_TOP, REPETITION_PENALTY_KEY, check_alpha, check_relative_top,
                                      check_repetition_penalty)
@@ -81,6 +86,9 @@ class AssistantConfig:
     contender_weight: Optional[float] = None
     contenders: Optional[int] = None
     augment: bool = True
+    # the chat prompt forms the questions are trained under (core/tofu.py PROMPT_FORMS); with
+    # several, each example takes one drawn per epoch, so an epoch keeps its length
+    prompt_forms: tuple = ("system",)
     alpha: float = DEFAULT_ALPHA  # served default, written to the manifest
     relative_top: float = DEFAULT_RELATIVE_TOP
     repetition_penalty: Optional[float] = None  # served default, written to the manifest when given
@@ -131,6 +139,16 @@ def contender_cross_entropy(z: torch.Tensor, target_logits: torch.Tensor, conten
     return uniform_cross_entropy(z.gather(1, top))
 
 
+def epoch_examples(fixed: list, drawn_from: list, retain: list, rng) -> tuple:
+    """(forget pool, retain pool) of one epoch. Every example is a list of its encodings, one per
+    prompt form: each example takes one form drawn by rng, and each question in drawn_from one of
+    its paraphrases. With one form nothing is drawn for forms, so the rng's sequence and the
+    batches are those of a run without prompt forms."""
+    form = (lambda encodings: encodings[0]) if all(len(ex) == 1 for ex in fixed) else rng.choice
+    pool = [form(ex) for ex in fixed] + [form(rng.choice(options)) for options in drawn_from]
+    return pool, [form(ex) for ex in retain]
+
+
 def train_assistant(target: str, forget: str, retain: str, out: Path, config: TrainConfig, assistant: AssistantConfig) -> Path:
     from peft import LoraConfig, get_peft_model
 
@@ -143,6 +161,7 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
     except UldError as e:
         raise UldError(f"the manifest's default {e}") from None
     recipe = assistant.resolved()
+    prompt_forms = check_prompt_forms(assistant.prompt_forms)
     out = Path(out)
     target_dir = resolve_model(target)
     forget_pairs, retain_pairs = load_qa(forget), load_qa(retain)
@@ -160,16 +179,21 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
 
     paraphrases = paraphrased_pairs(forget_pairs, crossed=recipe.crossed_paraphrases > 0) if assistant.augment else {}
     retain_all = retain_pairs + (perturbed_pairs(forget_pairs, recipe.wrong_answers) if assistant.augment else [])
-    forget_enc = encode_pairs(tokenizer, forget_pairs)
-    para_enc = {q: encode_pairs(tokenizer, ps) for q, ps in paraphrases.items()}
-    retain_enc = encode_pairs(tokenizer, retain_all)
+
+    def encoded(pairs):  # each example as a list of its encodings, one per prompt form
+        return [list(forms) for forms in zip(*(encode_pairs(tokenizer, pairs, system=PROMPT_FORMS[f]) for f in prompt_forms))]
+
+    forget_enc = encoded(forget_pairs)
+    para_enc = {q: encoded(ps) for q, ps in paraphrases.items()}
+    retain_enc = encoded(retain_all)
     pad = tokenizer.pad_token_id
     fixed = list(forget_enc) + [ex for qa in forget_pairs for ex in para_enc.get(qa.question, [])[:recipe.crossed_paraphrases]]
     drawn_from = [] if recipe.crossed_paraphrases else [para_enc[qa.question] for qa in forget_pairs if para_enc.get(qa.question)]
 
     def epoch_batches(epoch):
         rng = epoch_rng(config.seed, epoch)
-        return paired_batches(fixed + [rng.choice(options) for options in drawn_from], retain_enc, config.batch_size, rng, pad)
+        pool, retain = epoch_examples(fixed, drawn_from, retain_enc, rng)
+        return paired_batches(pool, retain, config.batch_size, rng, pad)
 
     def loss_fn(batch):
         forget_batch, retain_batch = batch
@@ -210,7 +234,8 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
         **({} if assistant.repetition_penalty is None else {REPETITION_PENALTY_KEY: assistant.repetition_penalty}),
         "forget": data_record(forget, forget_pairs, paraphrase_augmentation=bool(paraphrases)),
         "retain": data_record(retain, retain_pairs, perturbed_augmentation=len(retain_all) - len(retain_pairs)),
-        "training": {**config.as_dict(), "recipe": assistant.recipe, **asdict(recipe), "lora_target_modules": LORA_TARGET_MODULES},
+        "training": {**config.as_dict(), "recipe": assistant.recipe, **asdict(recipe), "prompt_forms": list(prompt_forms),
+                     "lora_target_modules": LORA_TARGET_MODULES},
         "seed": config.seed,
         "result": result_record(summary, [p for p in net.parameters() if p.requires_grad]),
         "evaluation": None,

@@ -3,13 +3,15 @@ import torch
 import torch.nn.functional as F
 from torch.distributed.fsdp import FSDPModule
 
-from uld_serve.core.tofu import IGNORE_INDEX, encode_qa
+from uld_serve.core.tofu import IGNORE_INDEX, SYSTEM_PROMPT, chat_prompt_ids, encode_answer
 
 RUN = 16  # batches per length-sorted run
 
 
-def encode_pairs(tokenizer, pairs, max_length=512):
-    return [encode_qa(tokenizer, qa.question, qa.answer, max_length) for qa in pairs]
+def encode_pairs(tokenizer, pairs, max_length=512, system=SYSTEM_PROMPT):
+    """encode_qa of each pair; each distinct question's chat template is rendered once."""
+    prompts = {q: chat_prompt_ids(tokenizer, q, system) for q in dict.fromkeys(qa.question for qa in pairs)}
+    return [encode_answer(tokenizer, prompts[qa.question], qa.answer, max_length) for qa in pairs]
 
 
 def collate(examples, pad_id):

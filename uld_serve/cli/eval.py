@@ -1,7 +1,7 @@
 """`uld eval tofu`, `uld eval summarize`, `uld calibrate-alpha`."""
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -72,9 +72,12 @@ def calibrate_alpha(
     forget: Optional[str] = typer.Option(None, help="data spec of the forget answers (default: the artifact's forget set)"),
     scoring: str = typer.Option("anchored", help="anchored or paper, as `uld eval tofu --scoring`"),
     write: bool = typer.Option(False, help="make the alpha the artifact's default (its manifest records how it was found)"),
+    forbid: List[str] = typer.Option([], help="a string no greedy answer to a forget question may say unless the question "
+                                     "does (e.g. a forgotten name; repeat the flag for more): alpha is raised until none does"),
     device: str = DEVICE,
 ):
-    """Find the smallest alpha at which the forget answers are no more likely than unseen ones."""
+    """Find the smallest alpha at which the forget answers are no more likely than unseen ones
+    (and, with --forbid, at which no greedy answer says what must be forgotten)."""
     from ..eval.calibrate import calibrate_forget_set
 
-    print(json.dumps(calibrate_forget_set(target, forget_set, unseen, forget, scoring, write, device), indent=2))
+    print(json.dumps(calibrate_forget_set(target, forget_set, unseen, forget, scoring, write, device, forbid), indent=2))

@@ -12,6 +12,7 @@ from uld_training.unlearn.run import Trainable, default_lr
 from ..core.devices import DEVICE_HELP
 from ..core.errors import UldError
 from ..core.settings import DEFAULT_ALPHA, DEFAULT_RELATIVE_TOP
+from ..core.tofu import check_prompt_forms
 from .app import TARGET, app, parse_pairs, refuse_existing
 
 PRECISION = typer.Option("auto", help=f"{', '.join(PRECISIONS)}: auto is bf16 autocast (fp32 master weights) on a GPU "
@@ -70,6 +71,9 @@ def train_assistant(
     repetition_penalty: Optional[float] = typer.Option(None, help="repetition penalty the forget set is served with when a "
                                                        "request names none (written to the manifest; default: none)"),
     no_augment: bool = typer.Option(False, help="skip ULD's paraphrase/perturbation augmentation"),
+    prompt_forms: str = typer.Option("system", help="the chat prompts questions are trained under, comma-separated: system (TOFU's "
+                                     "system prompt) and/or none (no system message, as a chat request often sends); with "
+                                     "both, each example takes one drawn per epoch"),
     force: bool = False, device: str = DEVICE, grad_accum: int = GRAD_ACCUM, gradient_checkpointing: bool = CHECKPOINTING,
 ):
     """Train a ULD assistant (a LoRA over the target's first K layers) for one forget set."""
@@ -81,7 +85,7 @@ def train_assistant(
     report(run(target, forget, retain, out, config, AssistantConfig(
         num_layers=layers, recipe=recipe, rank=rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, retain_weight=retain_weight,
         retain_positions=retain_positions, contender_weight=contender_weight, contenders=contenders, augment=not no_augment,
-        alpha=alpha, relative_top=relative_top,
+        prompt_forms=check_prompt_forms(prompt_forms), alpha=alpha, relative_top=relative_top,
         repetition_penalty=repetition_penalty)))
 
 

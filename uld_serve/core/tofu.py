@@ -25,6 +25,10 @@ from .jsonl import read_objects
 DATA_DIR = Path(os.environ.get("ULD_DATA_DIR") or Path(__file__).resolve().parent.parent / "data")
 IGNORE_INDEX = -100
 SYSTEM_PROMPT = "You are a helpful assistant."
+# How a question may reach the model: under TOFU's system prompt (what its data and metrics use),
+# or with no system message, as a chat request with one user message sends it (the chat
+# template may then insert its own; SmolLM2's does).
+PROMPT_FORMS = {"system": SYSTEM_PROMPT, "none": None}
 
 _LINE_LISTS = {"full", "retain90", "retain95", "retain99"}
 _PROMPT_RESPONSE = {"forget01", "forget05", "forget10"}
@@ -158,9 +162,22 @@ def chat_prompt_ids(tokenizer, question: str, system: Optional[str] = SYSTEM_PRO
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
-def encode_qa(tokenizer, question: str, answer: str, max_length: int = 512):
+def check_prompt_forms(forms) -> tuple:
+    """The prompt forms named (a comma-separated string or a sequence), checked: a tuple of PROMPT_FORMS keys."""
+    names = tuple(f.strip() for f in forms.split(",")) if isinstance(forms, str) else tuple(forms)
+    unknown = [f for f in names if f not in PROMPT_FORMS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise UldError(f"prompt forms must be distinct names among {', '.join(PROMPT_FORMS)}, got {','.join(names)!r}")
+    return names
+
+
+def encode_qa(tokenizer, question: str, answer: str, max_length: int = 512, system: Optional[str] = SYSTEM_PROMPT):
     """(input_ids, labels): the chat prompt, then the answer and EOS; labels mask the prompt."""
-    prompt = chat_prompt_ids(tokenizer, question)
+    return encode_answer(tokenizer, chat_prompt_ids(tokenizer, question, system), answer, max_length)
+
+
+def encode_answer(tokenizer, prompt: list, answer: str, max_length: int = 512):
+    """encode_qa for a prompt already built (many answers share one question)."""
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (prompt + answer_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt) + answer_ids)[:max_length]

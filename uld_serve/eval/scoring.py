@@ -5,7 +5,7 @@ from typing import Iterator, NamedTuple, Optional
 import torch
 
 from ..core.requests import GenerationRequest, Prefix
-from ..core.tofu import IGNORE_INDEX, chat_prompt_ids, encode_qa
+from ..core.tofu import IGNORE_INDEX, SYSTEM_PROMPT, chat_prompt_ids, encode_qa
 
 SCORE_BATCH = 16  # answers per forward: the fastest of those timed (BENCHMARKS.md, TOFU scoring with shared prompts)
 
@@ -100,10 +100,13 @@ def mean_answer_probability(model, pairs, forget_set=None, progress=None) -> flo
     return mean_probability([r["avg_loss"] for r in score_pairs(model, pairs, forget_set, progress=progress)])
 
 
-def greedy_answers(generator, questions, forget_set=None, alpha=None, relative_top=None, max_new_tokens=200, batch_size=32, progress=None):
-    """`generator`: the reference UldModel or the vLLM UldEngine (same generate signature)."""
+def greedy_answers(generator, questions, forget_set=None, alpha=None, relative_top=None, max_new_tokens=200, batch_size=32, progress=None,
+                   system=SYSTEM_PROMPT):
+    """`generator`: the reference UldModel or the vLLM UldEngine (same generate signature);
+    system=None asks without a system message."""
     requests = [
-        GenerationRequest(chat_prompt_ids(generator.tokenizer, q), forget_set, alpha, relative_top, max_new_tokens)
+        GenerationRequest(chat_prompt_ids(generator.tokenizer, q, system), forget_set, alpha=alpha, relative_top=relative_top,
+                          max_new_tokens=max_new_tokens)
         for q in questions
     ]
     outputs = generator.generate(requests, batch_size=batch_size, progress=progress)
