@@ -63,7 +63,7 @@ def main():
     from uld_training.loop import TrainConfig
 
     target, demo_set = demo.prepare_demo()
-    sets = {demo.ASSISTANT["epochs"]: demo_set}
+    sets = {f"{read_manifest(demo_set)['training']['epochs']} (demo)": demo_set}
     forms = check_prompt_forms(args.prompt_forms)
     forbidden = FORGOTTEN_NAMES if args.forbid_names else ()
     for epochs in map(int, args.epochs.split(",")):
@@ -71,12 +71,12 @@ def main():
         if not (path / "uld.json").exists():
             train_assistant(str(target), demo.FORGET, demo.RETAIN, path, TrainConfig(**{**demo.ASSISTANT, "epochs": epochs}),
                             AssistantConfig(recipe=demo.RECIPE, prompt_forms=forms))
+        demo.record_repetition_penalty(path)  # served as the demo's is, so the greedy names check decodes as served
         calibration = read_manifest(path).get("calibration")
-        if calibration is None or calibration.get("forbidden", []) != list(forbidden):
+        if (calibration is None or calibration.get("forbidden", []) != list(forbidden)
+                or (forbidden and calibration.get("repetition_penalty") != demo.REPETITION_PENALTY)):
             calibrate_forget_set(str(target), path, demo.UNSEEN, write=True, forbidden=forbidden)
-        sets[epochs] = path
-    sets_label = {e: f"{e} (demo)" if path == demo_set else f"{e}, {'+'.join(forms)}" if forms != ("system",) else f"{e}"
-                  for e, path in sets.items()}
+        sets[f"{epochs}, {'+'.join(forms)}" if forms != ("system",) else f"{epochs}"] = path
 
     bias = floor(load_model(target))["logits"]
     general = [qa.question for qa in load_qa("general:heldout")] + SIMPLE_FACTS
@@ -92,7 +92,7 @@ def main():
     demo_alpha = read_manifest(demo_set)["alpha"]
     extra = [demo_alpha if a == "demo" else float(a) for a in args.alphas.split(",") if a]
     answers = {}
-    for epochs, path in sorted(sets.items()):
+    for label, path in sets.items():
         manifest = read_manifest(path)
         calibrated, r = manifest["alpha"], manifest["relative_top"]
         model = UldModel(target, {"forget": str(path)})
@@ -102,14 +102,14 @@ def main():
                 at_floor = changed_share(model, general_pairs, alpha, r, lambda t, a: bias.to(t.device).expand_as(t))
                 rows, readme, target_answers = measure(llm, "f", [(r, demo.REPETITION_PENALTY)], None, alpha=alpha)
                 served = rows[(r, demo.REPETITION_PENALTY)]
-                answers[f"{sets_label[epochs]}, alpha {alpha:.3f}"] = readme[(r, demo.REPETITION_PENALTY)]
+                answers[f"{label}, alpha {alpha:.3f}"] = readme[(r, demo.REPETITION_PENALTY)]
                 bare = chat_answers(llm, [qa[0] for qa in forgotten], "f", alpha, None, repetition_penalty=demo.REPETITION_PENALTY)
                 unasked = [a for (q, _), a in zip(forgotten, bare) if not names_author(q)]
                 bare_cells = (sum(map(names_author, unasked)) / max(len(unasked), 1), sum(map(has_loop, bare)) / len(bare))
-                label = "calibrated" if alpha == calibrated else "demo's" if alpha == demo_alpha else "chosen"
-                label += ", names checked" if alpha == calibrated and "forbidden" in manifest["calibration"] else ""
-                lines.append(f"| {sets_label[epochs]} | {manifest['result']['forget_ce']:.2f} | "
-                             f"{alpha:.3f} ({label}) | {cells[0]:.3f} | {cells[1]:.3f} | {at_floor:.3f} | "
+                kind = "calibrated" if alpha == calibrated else "demo's" if alpha == demo_alpha else "chosen"
+                kind += ", names checked" if alpha == calibrated and "forbidden" in manifest["calibration"] else ""
+                lines.append(f"| {label} | {manifest['result']['forget_ce']:.2f} | "
+                             f"{alpha:.3f} ({kind}) | {cells[0]:.3f} | {cells[1]:.3f} | {at_floor:.3f} | "
                              + " | ".join(f"{v:.2f}" for v in (*served[:5], *bare_cells)) + " |")
     lines += ["", "The README's questions (greedy, no system message):", "",
               *readme_table(target_answers, answers)]

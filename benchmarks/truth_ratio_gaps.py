@@ -18,7 +18,7 @@ questions with 5 wrong answers each). For each forget set: the target's and the 
 alphas (one forward of each model, `uld_serve/eval/alpha_curve.py`, the evaluation's default
 "paper" scoring), the mean log ratio and the KS p-value against the reference.
 
-    python benchmarks/truth_ratio_gaps.py              # the demo's forget set and the cached sharper ones
+    python benchmarks/truth_ratio_gaps.py              # the demo's forget set and those sharper_forget.py trained
     python benchmarks/truth_ratio_gaps.py --smoke      # tiny-random, a few questions; writes nothing
 """
 import argparse
@@ -85,11 +85,12 @@ def main():
     else:
         target, demo_set = demo.prepare_demo()
         limit = None
-    sets = {"demo (10 epochs)": Path(demo_set)}
+    sets = {f"demo, {read_manifest(demo_set)['training']['epochs']} epochs": Path(demo_set)}
     if args.forget_sets:
         sets = {label: Path(path) for label, path in (item.split("=", 1) for item in args.forget_sets.split(","))}
     elif not args.smoke:
-        sets.update({f"sharper {p.name}": p for p in sorted((uld_home() / "bench" / "sharper").glob("e*")) if (p / "uld.json").exists()})
+        sets.update({f"sharper {p.name}": p for p in sorted((uld_home() / "bench" / "sharper").glob("e*"))
+                     if (p / "uld.json").exists() and read_manifest(p) != read_manifest(demo_set)})  # the demo's is listed
 
     learned = {qa.question for qa in load_qa(demo.TARGET_DATA)}
     forget_rows = list(load_split("forget01_perturbed"))[:limit]

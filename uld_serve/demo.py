@@ -16,11 +16,18 @@ FINETUNE = dict(lr=2e-4, epochs=8, batch_size=8)
 # these 40 answers in 100 steps; lr 5e-3 does. The reference code's recipe (retain term over prompt
 # and answer positions, LoRA r 16 with dropout) loops least at matched forgetting and keeps general
 # answers such as "the capital of France" (BENCHMARKS.md, assistant recipes).
-ASSISTANT = dict(lr=5e-3, epochs=10, batch_size=8)
+# Twenty epochs, on questions with TOFU's system prompt and without a system message (the
+# README asks without one): the sharper assistant needs a smaller alpha and so keeps more general
+# answers, and, trained on both prompt forms, forgets under both (BENCHMARKS.md, "A forget set
+# trained longer").
+ASSISTANT = dict(lr=5e-3, epochs=20, batch_size=8)
 RECIPE = "reference"
+PROMPT_FORMS = ("system", "none")
 # The served alpha: the smallest at which the forget answers are no more likely than answers about
-# authors the target never learned (`uld calibrate-alpha`), instead of one fixed alpha.
+# authors the target never learned (`uld calibrate-alpha`), instead of one fixed alpha, raised
+# until no greedy answer to a forget question says a forgotten name its question did not.
 UNSEEN = "tofu:full[40:80]"
+FORBIDDEN = ("Al-Kuwaiti", "Abilov")
 # Served with a repetition penalty: at the calibrated alpha greedy answers about the forgotten
 # authors looped on one phrase ("CORRESPONDENTS CORRESPONDENTS ..."); BENCHMARKS.md, repetition
 # penalty, has what each penalty does to forgotten, kept and general answers.
@@ -42,10 +49,12 @@ def prepare_demo() -> tuple:
         finetune(EMBEDDED, TARGET_DATA, target, TrainConfig(**FINETUNE))
     if not _current(forget_set):
         print(f"training the forget set {FORGET_SET_NAME} ({FORGET}, retain {RETAIN}) and calibrating its alpha, once; "
-              "about ten minutes", flush=True)
-        train_assistant(str(target), FORGET, RETAIN, forget_set, TrainConfig(**ASSISTANT), AssistantConfig(recipe=RECIPE))
-        calibrate_forget_set(str(target), forget_set, UNSEEN, write=True)
-    _serve_with_repetition_penalty(forget_set)
+              "10-20 minutes", flush=True)
+        train_assistant(str(target), FORGET, RETAIN, forget_set, TrainConfig(**ASSISTANT),
+                        AssistantConfig(recipe=RECIPE, prompt_forms=PROMPT_FORMS))
+        record_repetition_penalty(forget_set)  # before calibrating: the greedy check decodes as served
+        calibrate_forget_set(str(target), forget_set, UNSEEN, write=True, forbidden=FORBIDDEN)
+    record_repetition_penalty(forget_set)
     return Path(target), Path(forget_set)
 
 
@@ -64,7 +73,7 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000, keys=None, prepare_only:
     serve(state, host=host, port=port)
 
 
-def _serve_with_repetition_penalty(forget_set: Path) -> None:
+def record_repetition_penalty(forget_set: Path) -> None:
     """Record the demo's served penalty in the manifest (a serving default: a cached forget set
     trained before it was chosen gets it without retraining)."""
     from .core.artifact import MANIFEST, read_manifest
@@ -84,5 +93,8 @@ def _current(forget_set: Path) -> bool:
     if not (forget_set / "uld.json").exists():
         return False
     manifest = read_manifest(forget_set)
+    training, calibration = manifest.get("training", {}), manifest.get("calibration", {})
     return (manifest["forget"]["spec"] == FORGET and manifest["retain"]["spec"] == RETAIN
-            and manifest.get("training", {}).get("recipe") == RECIPE and manifest.get("calibration", {}).get("unseen") == UNSEEN)
+            and training.get("recipe") == RECIPE and training.get("epochs") == ASSISTANT["epochs"]
+            and training.get("prompt_forms") == list(PROMPT_FORMS) and calibration.get("unseen") == UNSEEN
+            and calibration.get("forbidden") == list(FORBIDDEN) and calibration.get("repetition_penalty") == REPETITION_PENALTY)

@@ -9,9 +9,11 @@ training data), with no retain model and no truth ratios, so forget quality is n
 Probability is not greedy decoding: a sharply trained assistant can bring the forget answers'
 probability down to the unseen level while the greedy answer still says what was to be forgotten.
 So the operator may also name what must never be said (`--forbid`, e.g. the forgotten authors'
-names): from the probability's alpha up, the forget questions are answered greedily, as served,
-under every prompt form a client may send (core/tofu.py PROMPT_FORMS), and the first alpha on the
-grid at which no answer says a forbidden string its question did not contain is the one chosen.
+names): from the probability's alpha up, the forget questions are answered greedily, as served
+(with the repetition penalty the manifest names), under every prompt form a client may send
+(core/tofu.py PROMPT_FORMS), and the first alpha on the grid at which no answer says a
+forbidden string its question did not contain is the one chosen. Greedy leaks need not vanish
+monotonically with alpha or survive a change of penalty: set the served penalty first.
 """
 from pathlib import Path
 from typing import Optional
@@ -82,7 +84,8 @@ def calibrate(model, name, forget_pairs, unseen_pairs, scoring="anchored", progr
             return counts[a]
 
         result.update(probability_alpha=alpha, alpha=first_clean(leak_count, alpha), forbidden=list(forbidden),
-                      prompt_forms=list(PROMPT_FORMS), leaks_by_alpha=counts)
+                      prompt_forms=list(PROMPT_FORMS), leaks_by_alpha=counts,
+                      repetition_penalty=model.settings(name).repetition_penalty)  # the served one, which the check decoded with
     return result
 
 
