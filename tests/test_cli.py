@@ -60,44 +60,47 @@ def test_eval_answers_from_vllm_equal_the_reference(pipeline):
 
 
 def test_bad_input_gets_one_sentence(pipeline, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
     work = pipeline
-    assert_user_error(uld("finetune", "--model", "tiny-random", "--data", "tofu:forget11", "--out", tmp_path / "x", check=False),
-                      "unknown TOFU split 'forget11'")
-    assert_user_error(uld("finetune", "--model", tmp_path / "missing", "--data", "tofu:forget01", "--out", tmp_path / "x", check=False),
-                      "nor a model directory")
-    assert_user_error(uld("train-assistant", "--target", work / "target", "--forget", "tofu:forget01[0:0]",
-                          "--retain", "tofu:retain90[:8]", "--out", tmp_path / "empty", check=False), "selects no questions")
-    assert_user_error(uld("train-assistant", "--target", work / "target", "--forget", "tofu:forget01",
-                          "--retain", "tofu:retain90[:8]", "--layers", "9", "--out", tmp_path / "deep", check=False),
-                      "between 1 and the target's 4 layers")
-    assert_user_error(uld("train-assistant", "--target", work / "target", "--forget", "tofu:forget01", "--retain", "tofu:retain90[:8]",
-                          "--recipe", "reference", "--retain-positions", "prompt", "--out", tmp_path / "pos", check=False),
-                      "--retain-positions must be one of answer, prompt+answer, all")
-    assert_user_error(uld("eval", "tofu", "--target", work / "retain", "--forget-set", f"f={work / 'forget01'}",
-                          "--out", tmp_path / "e", check=False), "was trained for base model")
-    assert_user_error(uld("eval", "tofu", "--target", work / "target", "--forget-set", f"f={tmp_path / 'nowhere'}",
-                          "--out", tmp_path / "e", check=False), "does not exist")
-    assert_user_error(uld("eval", "summarize", "--logs", tmp_path / "none.json", check=False), "does not exist")
-    assert_user_error(uld("eval", "summarize", "--logs", tmp_path / "none.json", "--limit", "0", check=False),
-                      "--limit must be at least 1")
-    assert_user_error(uld("train-assistant", "--target", work / "target", "--forget", "tofu:forget01",
-                          "--retain", "tofu:retain90[:8]", "--out", work / "forget01", check=False), "already exists")
-    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no half-written artifact left behind
-    assert not (tmp_path / "empty").exists() and not (tmp_path / "deep").exists() and not (tmp_path / "pos").exists()
-    assert_user_error(uld("eval", "tofu", "--target", work / "target", "--out", tmp_path / "e", "--scoring", "best",
-                          check=False), "--scoring must be one of paper, anchored")
-    assert uld("eval", "tofu", "--bogus", check=False).returncode == 2
-    if os.environ["ULD_TEST_DEVICE"] == "cpu":  # the GPU is hidden: asking for one is a user mistake
-        assert_user_error(uld("finetune", "--model", "tiny-random", "--data", "tofu:forget01", "--out", tmp_path / "g",
-                              "--device", "cuda", check=False), "no CUDA GPU is visible")
-    assert_user_error(uld("eval", "tofu", "--target", work / "target", "--out", tmp_path / "e", "--device", "tpu",
-                          check=False), "--device must be auto, cpu, cuda or cuda:N")
-    assert_user_error(uld("generate", "--target", work / "target", "--input", tmp_path / "in.jsonl", "--output", tmp_path / "o",
-                          "--device", "cpu", check=False), "--device places the reference engine")
+    assistant = ["train-assistant", "--target", work / "target", "--forget", "tofu:forget01", "--retain", "tofu:retain90[:8]"]
     serve = ["serve", "--target", work / "target", "--registry", tmp_path / "registry.json"]
-    assert_user_error(uld(*serve, "--api-keys-file", tmp_path / "keys.txt", check=False), "keys.txt does not exist")
-    assert_user_error(uld(*serve, "--api-key", "k1", "--admin-key", "k1", check=False), "both a client key and an admin key")
-    assert_user_error(uld(*serve, "--forget-set-root", tmp_path / "nowhere", check=False), "is not a directory")
+    cases = [
+        (["finetune", "--model", "tiny-random", "--data", "tofu:forget11", "--out", tmp_path / "x"], "unknown TOFU split 'forget11'"),
+        (["finetune", "--model", tmp_path / "missing", "--data", "tofu:forget01", "--out", tmp_path / "x"], "nor a model directory"),
+        ([*assistant[:4], "tofu:forget01[0:0]", *assistant[5:], "--out", tmp_path / "empty"], "selects no questions"),
+        ([*assistant, "--layers", "9", "--out", tmp_path / "deep"], "between 1 and the target's 4 layers"),
+        ([*assistant, "--recipe", "reference", "--retain-positions", "prompt", "--out", tmp_path / "pos"],
+         "--retain-positions must be one of answer, prompt+answer, all"),
+        ([*assistant, "--prompt-forms", "system,plain", "--out", tmp_path / "forms"], "prompt forms must be distinct names"),
+        (["eval", "tofu", "--target", work / "retain", "--forget-set", f"f={work / 'forget01'}", "--out", tmp_path / "e"],
+         "was trained for base model"),
+        (["eval", "tofu", "--target", work / "target", "--forget-set", f"f={tmp_path / 'nowhere'}", "--out", tmp_path / "e"],
+         "does not exist"),
+        (["eval", "summarize", "--logs", tmp_path / "none.json"], "does not exist"),
+        (["eval", "summarize", "--logs", tmp_path / "none.json", "--limit", "0"], "--limit must be at least 1"),
+        ([*assistant, "--out", work / "forget01"], "already exists"),
+        (["eval", "tofu", "--target", work / "target", "--out", tmp_path / "e", "--scoring", "best"],
+         "--scoring must be one of paper, anchored"),
+        (["eval", "tofu", "--target", work / "target", "--out", tmp_path / "e", "--device", "tpu"],
+         "--device must be auto, cpu, cuda or cuda:N"),
+        (["generate", "--target", work / "target", "--input", tmp_path / "in.jsonl", "--output", tmp_path / "o", "--device", "cpu"],
+         "--device places the reference engine"),
+        ([*serve, "--api-keys-file", tmp_path / "keys.txt"], "keys.txt does not exist"),
+        ([*serve, "--api-key", "k1", "--admin-key", "k1"], "both a client key and an admin key"),
+        ([*serve, "--forget-set-root", tmp_path / "nowhere"], "is not a directory"),
+    ]
+    if os.environ["ULD_TEST_DEVICE"] == "cpu":  # the GPU is hidden: asking for one is a user mistake
+        cases.append((["finetune", "--model", "tiny-random", "--data", "tofu:forget01", "--out", tmp_path / "g", "--device", "cuda"],
+                      "no CUDA GPU is visible"))
+    with ThreadPoolExecutor(2) as pool:  # each case is mostly a process's imports: two at a time on CI's two cores
+        results = list(pool.map(lambda case: uld(*case[0], check=False), cases))
+        bogus = pool.submit(uld, "eval", "tofu", "--bogus", check=False)
+    for (_, fragment), result in zip(cases, results):
+        assert_user_error(result, fragment)
+    assert bogus.result().returncode == 2
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no half-written artifact left behind
+    assert not any((tmp_path / name).exists() for name in ("empty", "deep", "pos", "forms"))
 
 
 def test_calibrate_alpha_writes_the_default_and_how_it_was_found(pipeline, tmp_path):
@@ -107,10 +110,12 @@ def test_calibrate_alpha_writes_the_default_and_how_it_was_found(pipeline, tmp_p
     artifact = tmp_path / "forget01"
     shutil.copytree(work / "forget01", artifact)
     out = uld("calibrate-alpha", "--target", work / "target", "--forget-set", artifact, "--unseen", "tofu:retain90[100:104]",
-              "--scoring", "paper", "--write")
+              "--scoring", "paper", "--write", "--forbid", "Zqxv Wqzt", "--forbid", " ")
     result = json.loads(out.stdout)
     manifest = json.loads((artifact / "uld.json").read_text())
     assert manifest["alpha"] == result["alpha"] and manifest["calibration"] == result
+    assert result["forbidden"] == ["Zqxv Wqzt"] and result["prompt_forms"] == ["system", "none"]  # blank strings are dropped
+    assert result["leaks_by_alpha"] == {str(result["alpha"]): 0} and result["probability_alpha"] == result["alpha"]
     assert result["forget"] == "tofu:forget01" and result["forget_prob"] <= result["unseen_prob"]
     assert_user_error(uld("calibrate-alpha", "--target", work / "target", "--forget-set", artifact, "--unseen", "tofu:nope",
                           check=False), "unknown TOFU split 'nope'")

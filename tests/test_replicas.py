@@ -1,7 +1,8 @@
 """Two `uld serve` replicas on loopback sharing one registry file, as the Kubernetes
 Deployment runs them (deploy/README.md): a forget set added or removed through one replica
 is served, or no longer served, by the other without a restart. The second replica is
-configured by environment variables alone, as the container images configure it."""
+configured by environment variables alone, as the container images configure it, and runs
+the sparse assistant head (`--sparse-head`): its answers must be the dense head's."""
 import json
 import os
 import shutil
@@ -27,10 +28,10 @@ def models(url):
     return {m["id"] for m in httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()["data"]}
 
 
-def answer(url, model):
+def answer(url, model, question="Who wrote Romeo and Juliet?", **extra):
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
-    response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Who wrote Romeo and Juliet?"}],
-                                              max_tokens=12, temperature=0)
+    response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                              max_tokens=12, temperature=0, extra_body=extra or None)
     return response.choices[0].message.content
 
 
@@ -44,10 +45,14 @@ def test_replicas_sharing_a_registry_serve_the_same_forget_sets(tiny_target, for
     env = {**os.environ, "ULD_SERVE_TARGET": str(tiny_target), "ULD_SERVE_PORT": str(port), "ULD_SERVE_MAX_MODEL_LEN": "512",
            "ULD_SERVE_REGISTRY": str(shared / "registry.json"), "ULD_SERVE_FORGET_SET_ROOT": str(shared),
            "ULD_SERVE_SERVED_MODEL_NAME": "target", "ULD_SERVE_REGISTRY_POLL": "1", "ULD_API_KEY": KEY, "ULD_ADMIN_KEY": ADMIN,
-           "ULD_SERVE_AUDIT_LOG": str(shared / "b" / "audit.jsonl")}
+           "ULD_SERVE_AUDIT_LOG": str(shared / "b" / "audit.jsonl"), "ULD_SERVE_SPARSE_HEAD": "1"}
     second, url_b = launch(["serve"], port, shared / "b", env=env)
     try:
         assert models(url_b) == models(url_a) == {"target", "f1", "f2"}  # B read A's registry at start
+        for model, question in (("f1", "Who wrote Hamlet?"), ("f2", "Tell me about Basil Mahfouz Al-Kuwaiti."), ("target", "Hi")):
+            assert answer(url_b, model, question) == answer(url_a, model, question)  # the sparse head serves the dense answers
+        with pytest.raises(openai.BadRequestError, match="outside this engine's range"):
+            answer(url_b, "f1", relative_top=0.5)  # the sparse head is built for the filter's r up to its bound
         added = shutil.copytree(forget_sets["f1"], shared / "f3")
         admin = {"Authorization": f"Bearer {ADMIN}"}
         assert httpx.post(f"{url_a}/admin/forget-sets", headers=admin, json={"name": "f3", "path": str(added)},

@@ -285,16 +285,3 @@ def test_a_restart_serves_the_persisted_sets(server, tiny_target):
 
     state = prepare(str(tiny_target), {}, registry_path=server["work"] / "registry.json", served_name="target")
     assert sorted(state.config.forget_sets) == ["f1", "f2"]
-
-
-def test_sparse_head_serves_the_same_answers(server, tiny_target, forget_sets, tmp_path):
-    process, url = start_server(tiny_target, forget_sets, tmp_path, "--sparse-head")
-    try:
-        sparse = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
-        for model, question in (("f1", "Who wrote Hamlet?"), ("f2", "Tell me about Basil Mahfouz Al-Kuwaiti."), ("target", "Hi")):
-            assert chat(sparse, model, question) == chat(server["client"], model, question)
-        with pytest.raises(openai.BadRequestError, match="outside this engine's range"):
-            chat(sparse, "f1", "hi", relative_top=0.5)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)

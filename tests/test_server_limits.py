@@ -169,15 +169,17 @@ def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(tiny_target
     assert process.wait(90) == 0
 
 
-def test_a_server_killed_during_an_admin_add_restarts_on_a_consistent_registry(tiny_target, forget_sets, tmp_path):
+def test_a_server_killed_during_an_admin_add_restarts_on_a_consistent_registry(limited, tiny_target, forget_sets):
+    """The module's last test: it kills the module's server (one server start less for CI)."""
     import os
     import shutil
 
     from uld_serve.server.launch import prepare
     from uld_serve.server.registry import read_entries
 
-    process, url = start_server(tiny_target, forget_sets, tmp_path)
-    copy = shutil.copytree(forget_sets["f1"], tmp_path / "f6")
+    process, url, work = limited["process"], limited["url"], limited["work"]
+    before = set(read_entries(work / "registry.json"))
+    copy = shutil.copytree(forget_sets["f1"], work / "f6")
     def add():
         try:
             httpx.post(f"{url}/admin/forget-sets", headers={"Authorization": f"Bearer {ADMIN}"},
@@ -191,7 +193,7 @@ def test_a_server_killed_during_an_admin_add_restarts_on_a_consistent_registry(t
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     adding.join()
-    entries = read_entries(tmp_path / "registry.json")  # whole: written atomically or not at all
-    assert {"f1", "f2"} <= set(entries) <= {"f1", "f2", "f6"}
-    state = prepare(str(tiny_target), {}, registry_path=tmp_path / "registry.json", served_name="target")
+    entries = read_entries(work / "registry.json")  # whole: written atomically or not at all
+    assert {"f1", "f2"} <= before <= set(entries) <= before | {"f6"}
+    state = prepare(str(tiny_target), {}, registry_path=work / "registry.json", served_name="target")
     assert sorted(state.config.forget_sets) == sorted(entries)  # every entry loads again
