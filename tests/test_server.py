@@ -3,10 +3,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -63,10 +65,11 @@ def launch(arguments, port, work, env=None):
 @pytest.fixture(scope="module")
 def server(tiny_target, forget_sets, tmp_path_factory):
     work = tmp_path_factory.mktemp("serve")
-    process, url = start_server(tiny_target, forget_sets, work)
-    yield {"url": url, "work": work, "client": openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)}
-    process.terminate()
-    process.wait(timeout=60)
+    process, url = start_server(tiny_target, forget_sets, work, "--drain-timeout", "60")
+    yield {"url": url, "work": work, "process": process, "client": openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)}
+    if process.poll() is None:
+        process.terminate()
+    process.wait(timeout=90)
 
 
 def chat(client, model, question, **extra):
@@ -285,3 +288,35 @@ def test_a_restart_serves_the_persisted_sets(server, tiny_target):
 
     state = prepare(str(tiny_target), {}, registry_path=server["work"] / "registry.json", served_name="target")
     assert sorted(state.config.forget_sets) == ["f1", "f2"]
+
+
+def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(server):
+    """The module's last test: it drains the module's server (one server start less for CI)."""
+    process, url, headers = server["process"], server["url"], {"Authorization": f"Bearer {KEY}"}
+    first_token, events = threading.Event(), []
+
+    def stream():
+        with httpx.stream("POST", f"{url}/v1/completions", headers=headers, timeout=120,
+                          json={"model": "f1", "prompt": "Once upon a time", "max_tokens": 300, "ignore_eos": True,
+                                "stream": True}) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line)
+                    first_token.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert first_token.wait(60)
+    process.send_signal(signal.SIGTERM)
+    deadline = time.time() + 30
+    while httpx.get(f"{url}/health").status_code != 503:  # out of the load balancer's rotation
+        assert time.time() < deadline, "/health never answered 503 while draining"
+        time.sleep(0.1)
+    late = httpx.post(f"{url}/v1/completions", headers=headers, timeout=60,
+                      json={"model": "target", "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0})
+    assert late.status_code == 503 and "shutting down" in late.json()["error"]["message"]
+    reader.join(120)
+    # Finished, not cut: the stream ends properly and its last chunk stops at max_tokens (vLLM may
+    # put two tokens in one chunk under load, so chunks are not counted).
+    assert events[-1] == "data: [DONE]" and json.loads(events[-2][len("data: "):])["choices"][0]["finish_reason"] == "length"
+    assert process.wait(90) == 0
