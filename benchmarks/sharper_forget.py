@@ -46,10 +46,9 @@ def main():
     args = parser.parse_args()
 
     from assistant_recipes import FORGOTTEN_NAMES, SIMPLE_FACTS, has_loop, names_author
-    from demo_forget_set import chat_answers
+    from demo_forget_set import chat_answers, readme_table
     from general_fragility import noisy_answers
     from report import write_section
-    from demo_forget_set import readme_table
     from repetition_penalty import measure
     from uniform_floor import changed_share, floor
 
@@ -70,8 +69,7 @@ def main():
         path = uld_home() / "bench" / "sharper" / ("-".join([f"e{epochs}", *forms]) if forms != ("system",) else f"e{epochs}")
         if not (path / "uld.json").exists():
             train_assistant(str(target), demo.FORGET, demo.RETAIN, path, TrainConfig(**{**demo.ASSISTANT, "epochs": epochs}),
-                            AssistantConfig(recipe=demo.RECIPE, prompt_forms=forms))
-        demo.record_repetition_penalty(path)  # served as the demo's is, so the greedy names check decodes as served
+                            AssistantConfig(recipe=demo.RECIPE, prompt_forms=forms, repetition_penalty=demo.REPETITION_PENALTY))
         calibration = read_manifest(path).get("calibration")
         if (calibration is None or calibration.get("forbidden", []) != list(forbidden)
                 or (forbidden and calibration.get("repetition_penalty") != demo.REPETITION_PENALTY)):

@@ -50,11 +50,10 @@ def prepare_demo() -> tuple:
     if not _current(forget_set):
         print(f"training the forget set {FORGET_SET_NAME} ({FORGET}, retain {RETAIN}) and calibrating its alpha, once; "
               "10-20 minutes", flush=True)
+        # the manifest names the served penalty from the start, so the greedy check decodes as served
         train_assistant(str(target), FORGET, RETAIN, forget_set, TrainConfig(**ASSISTANT),
-                        AssistantConfig(recipe=RECIPE, prompt_forms=PROMPT_FORMS))
-        record_repetition_penalty(forget_set)  # before calibrating: the greedy check decodes as served
+                        AssistantConfig(recipe=RECIPE, prompt_forms=PROMPT_FORMS, repetition_penalty=REPETITION_PENALTY))
         calibrate_forget_set(str(target), forget_set, UNSEEN, write=True, forbidden=FORBIDDEN)
-    record_repetition_penalty(forget_set)
     return Path(target), Path(forget_set)
 
 
@@ -73,22 +72,11 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000, keys=None, prepare_only:
     serve(state, host=host, port=port)
 
 
-def record_repetition_penalty(forget_set: Path) -> None:
-    """Record the demo's served penalty in the manifest (a serving default: a cached forget set
-    trained before it was chosen gets it without retraining)."""
-    from .core.artifact import MANIFEST, read_manifest
-    from .core.atomic import write_json_atomic
-    from .core.settings import REPETITION_PENALTY_KEY
-
-    manifest = read_manifest(forget_set)
-    if manifest.get(REPETITION_PENALTY_KEY) != REPETITION_PENALTY:
-        write_json_atomic(forget_set / MANIFEST, {**manifest, REPETITION_PENALTY_KEY: REPETITION_PENALTY})
-
-
 def _current(forget_set: Path) -> bool:
     """Whether a cached forget set was trained on today's demo data and recipe and calibrated
     (an older demo's is retrained)."""
     from .core.artifact import read_manifest
+    from .core.settings import REPETITION_PENALTY_KEY
 
     if not (forget_set / "uld.json").exists():
         return False
@@ -97,4 +85,5 @@ def _current(forget_set: Path) -> bool:
     return (manifest["forget"]["spec"] == FORGET and manifest["retain"]["spec"] == RETAIN
             and training.get("recipe") == RECIPE and training.get("epochs") == ASSISTANT["epochs"]
             and training.get("prompt_forms") == list(PROMPT_FORMS) and calibration.get("unseen") == UNSEEN
-            and calibration.get("forbidden") == list(FORBIDDEN) and calibration.get("repetition_penalty") == REPETITION_PENALTY)
+            and calibration.get("forbidden") == list(FORBIDDEN) and calibration.get("repetition_penalty") == REPETITION_PENALTY
+            and manifest.get(REPETITION_PENALTY_KEY) == REPETITION_PENALTY)
