@@ -53,7 +53,7 @@ def main():
 
     from assistant_recipes import SIMPLE_FACTS
     from general_fragility import flips, noisy_answers
-    from report import write_section
+    from report import invocation, write_section
 
     from uld_serve import demo
     from uld_serve.core.artifact import read_manifest
@@ -94,7 +94,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     write_section("contender-retain", "A retain term among the target's likeliest tokens",
-                  " ".join(["python benchmarks/contender_retain.py", *sys.argv[1:]]), text)
+                  invocation(), text)
 
 
 if __name__ == "__main__":

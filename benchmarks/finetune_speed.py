@@ -68,10 +68,10 @@ def main():
     table = "\n".join(lines)
     print(table)
     if args.record:
-        from report import write_section
+        from report import invocation, write_section
 
         write_section("finetune-speed", "Fine-tuning throughput: grouped batches, answer-only LM head, fused AdamW",
-                      "python benchmarks/finetune_speed.py " + " ".join(sys.argv[1:]),
+                      invocation(),
                       f"SmolLM2-135M-Instruct, {precision}, {len(examples)} tofu-mini QA in batches of 8, "
                       f"{tokens} answer tokens.\n\n{table}")
 

@@ -12,7 +12,6 @@ table is chosen on the test metric and must not be reported as a result.
 """
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -77,7 +76,7 @@ def main():
     parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS), help="comma-separated")
     parser.add_argument("--scorings", default=",".join(SCORING_MODES), help=f"comma-separated, of: {', '.join(SCORING_MODES)}")
     args = parser.parse_args()
-    from report import write_section
+    from report import invocation, write_section
     from uld_serve.eval import metrics as m
     from uld_serve.eval.tofu_eval import load_logs
 
@@ -120,7 +119,7 @@ def main():
     print("\n".join(lines))
     if args.limit is None:
         write_section("fq-vs-alpha:mini", "Forget quality against alpha (diagnostic, tofu-mini)",
-                      " ".join(["python", "benchmarks/forget_quality_vs_alpha.py", *map(shlex.quote, sys.argv[1:])]), "\n".join(lines))
+                      invocation(), "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def main():
     args = parser.parse_args()
 
     from assistant_recipes import SIMPLE_FACTS
-    from report import write_section
+    from report import invocation, write_section
 
     from uld_serve import demo
     from uld_serve.core.artifact import read_manifest
@@ -130,7 +130,7 @@ def main():
     print(text)
     if not args.smoke:
         write_section("general-fragility", "How fragile the demo target's general answers are",
-                      " ".join(["python benchmarks/general_fragility.py", *sys.argv[1:]]), text)
+                      invocation(), text)
 
 
 if __name__ == "__main__":

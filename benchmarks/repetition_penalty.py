@@ -81,7 +81,7 @@ def main():
     penalties = [float(p) for p in args.penalties.split(",")]
 
     from demo_forget_set import readme_table
-    from report import write_section
+    from report import invocation, write_section
 
     from uld_serve import UldLLM, demo
     from uld_serve.core.artifact import read_manifest
@@ -112,7 +112,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     if not args.smoke:
-        command = " ".join(["python benchmarks/repetition_penalty.py", *sys.argv[1:]])
+        command = invocation()
         if args.relative_tops:
             write_section("repetition-penalty-filter", "The demo's forget set served with a repetition penalty and a larger filter r",
                           command, text)

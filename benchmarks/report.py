@@ -3,6 +3,8 @@ so a rerun replaces its section and leaves every other one alone."""
 import datetime
 import os
 import platform
+import shlex
+import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
@@ -16,6 +18,12 @@ def cpu_description() -> str:
     flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
     unit = next((label for flag, label in (("amx_bf16", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "no AVX2")
     return f"{name or 'unknown CPU'}, {unit}"
+
+
+def invocation() -> str:
+    """The command line that ran this benchmark, as a reader would retype it."""
+    script = Path(sys.argv[0]).resolve()
+    return " ".join(["python", f"benchmarks/{script.name}", *map(shlex.quote, sys.argv[1:])])
 
 
 def write_section(key: str, heading: str, command: str, text: str) -> None:

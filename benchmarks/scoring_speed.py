@@ -58,9 +58,9 @@ def main():
     table = "\n".join(lines)
     print(table)
     if args.record:
-        from report import write_section
+        from report import invocation, write_section
 
-        command = "python benchmarks/scoring_speed.py " + " ".join(sys.argv[1:])
+        command = invocation()
         write_section("scoring-speed", "TOFU scoring with shared prompts", command.strip(),
                       f"{args.model}, fp32, {len(pairs)} pairs ({args.questions} forget10 questions x 7 answers), "
                       f"the reference model (transformers).\n\n{table}")

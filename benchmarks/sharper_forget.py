@@ -48,7 +48,7 @@ def main():
     from assistant_recipes import FORGOTTEN_NAMES, SIMPLE_FACTS, has_loop, names_author
     from demo_forget_set import chat_answers, readme_table
     from general_fragility import noisy_answers
-    from report import write_section
+    from report import invocation, write_section
     from repetition_penalty import measure
     from uniform_floor import changed_share, floor
 
@@ -117,7 +117,7 @@ def main():
     if forms != ("system",) or forbidden:
         key, heading = "sharper-forget-forms", "A forget set trained longer on prompts with and without a system message"
     write_section(key, heading,
-                  " ".join(["python benchmarks/sharper_forget.py", *sys.argv[1:]]), text)
+                  invocation(), text)
 
 
 if __name__ == "__main__":

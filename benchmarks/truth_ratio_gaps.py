@@ -66,7 +66,7 @@ def main():
 
     import numpy as np
 
-    from report import write_section
+    from report import invocation, write_section
 
     from uld_serve import demo
     from uld_serve.core.artifact import read_manifest
@@ -119,7 +119,7 @@ def main():
     print(text)
     if not args.smoke:
         write_section("truth-ratio-gaps", "Truth-ratio diagnostics: the assistant's preference against the target's",
-                      " ".join(["python benchmarks/truth_ratio_gaps.py", *sys.argv[1:]]), text)
+                      invocation(), text)
 
 
 if __name__ == "__main__":

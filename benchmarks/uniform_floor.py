@@ -103,7 +103,7 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="tiny-random target; writes nothing")
     args = parser.parse_args()
 
-    from report import write_section
+    from report import invocation, write_section
 
     from assistant_recipes import SIMPLE_FACTS
     from general_fragility import noisy_answers
@@ -161,7 +161,7 @@ def main():
     print(text)
     if not args.smoke:
         write_section("uniform-floor", "How uniform an assistant on SmolLM2 can be",
-                      " ".join(["python benchmarks/uniform_floor.py", *sys.argv[1:]]), text)
+                      invocation(), text)
 
 
 if __name__ == "__main__":
