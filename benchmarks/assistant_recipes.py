@@ -72,40 +72,41 @@ def train(target, root: Path, smoke: bool, only) -> dict:
     return sets
 
 
+def per_answer(model, pairs, name, which="assistant"):
+    """Per pair, teacher-forced over the answer tokens: the mean token log p under the target or the
+    assistant alone, and the mean uniform CE minus log V (0 = the model knows nothing there)."""
+    import numpy as np
+    import torch
+
+    from uld_serve.eval.scoring import answer_batches
+
+    logp, uniform = np.zeros(len(pairs)), np.zeros(len(pairs))
+    for b in answer_batches(model.tokenizer, pairs):
+        target_logits, assistant_logits = model.score_parts(b.ids, b.mask, name, b.positions, b.prefix)
+        z = (assistant_logits if which == "assistant" else target_logits).float()
+        token_logp = z.log_softmax(-1).gather(-1, b.tokens.to(z.device)[:, None])[:, 0]
+        token_excess = z.logsumexp(-1) - z.mean(-1) - float(np.log(z.shape[-1]))
+        for row, chunk_lp, chunk_u in zip(b.indices, torch.split(token_logp, b.counts), torch.split(token_excess, b.counts)):
+            logp[row], uniform[row] = chunk_lp.mean().item(), chunk_u.mean().item()
+    return logp, uniform
+
+
 def assistant_measures(target, sets: dict, limit) -> dict:
     """label -> (forget CE, excess uniform CE on kept answers, on general answers, assistant's truth-ratio gap,
     gap correlation, calibrated alpha), plus the target's gap."""
     import numpy as np
-    import torch
 
     from uld_serve.core.tofu import load_qa, load_split
-    from uld_serve.eval.scoring import answer_batches
     from uld_serve.reference import UldModel
 
     model = UldModel(target, {name: str(path) for name, path in sets.items()})
-    log_v = None
-
-    def per_answer(pairs, name, which):
-        """(mean token log p under the target or the assistant, uniform CE per token) per pair."""
-        nonlocal log_v
-        logp, uniform = [0.0] * len(pairs), [0.0] * len(pairs)
-        for b in answer_batches(model.tokenizer, pairs):
-            target_logits, assistant_logits = model.score_parts(b.ids, b.mask, name, b.positions, b.prefix)
-            z = (assistant_logits if which == "assistant" else target_logits).float()
-            log_v = float(np.log(z.shape[-1]))
-            token_logp = z.log_softmax(-1).gather(-1, b.tokens.to(z.device)[:, None])[:, 0]
-            token_uniform = z.logsumexp(-1) - z.mean(-1)
-            for row, chunk_lp, chunk_u in zip(b.indices, torch.split(token_logp, b.counts), torch.split(token_uniform, b.counts)):
-                logp[row], uniform[row] = chunk_lp.mean().item(), chunk_u.mean().item()
-        return np.array(logp), np.array(uniform)
-
     rows = load_split("forget01_perturbed")[:limit]
     para = [(r["question"], r["paraphrased_answer"]) for r in rows]
     wrong = [(r["question"], w) for r in rows for w in r["perturbed_answer"]]
 
     def gap(name, which):
-        p = per_answer(para, name, which)[0]
-        w = per_answer(wrong, name, which)[0].reshape(len(rows), -1).mean(1)
+        p = per_answer(model, para, name, which)[0]
+        w = per_answer(model, wrong, name, which)[0].reshape(len(rows), -1).mean(1)
         return p - w
 
     forget = [(qa.question, qa.answer) for qa in load_qa("tofu:forget01")[:limit]]
@@ -117,8 +118,8 @@ def assistant_measures(target, sets: dict, limit) -> dict:
     out = {"target gap": float(target_gap.mean())}
     for label in sets:
         assistant_gap = gap(label, "assistant")
-        out[label] = (-per_answer(forget, label, "assistant")[0].mean(), per_answer(kept, label, "assistant")[1].mean() - log_v,
-                      per_answer(general, label, "assistant")[1].mean() - log_v, float(assistant_gap.mean()),
+        out[label] = (-per_answer(model, forget, label)[0].mean(), per_answer(model, kept, label)[1].mean(),
+                      per_answer(model, general, label)[1].mean(), float(assistant_gap.mean()),
                       float(np.corrcoef(target_gap, assistant_gap)[0, 1]) if len(rows) > 2 else float("nan"),
                       calibrated_alpha(model, label, forget, unseen))
     return out
@@ -180,7 +181,7 @@ def main():
     only = None if args.only is None else {int(i) for i in args.only.split(",")}
 
     from demo_forget_set import readme_table
-    from report import write_section
+    from report import invocation, write_section
 
     from uld_serve.core.models import setup_model, uld_home
 
@@ -219,7 +220,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     if not args.smoke:
-        command = " ".join(["python benchmarks/assistant_recipes.py", *sys.argv[1:]])
+        command = invocation()
         key = "assistant-recipes" if args.alpha == "default" else "assistant-recipes-calibrated"
         write_section(key, f"ULD assistant recipes on the demo's forget set ({served_at})", command, text)
 

@@ -27,8 +27,8 @@ answers ("William Shakespeare") 0.0008 on average, since a chat model does not s
 that way, too small to tell lost knowledge from changed style. (tune_assistant.py's
 rule for ULD used the raw probability with a floor on served general answers, which was the
 binding one; it ran before this was noticed.) ULD appears with its paper defaults (tofu_e2e.py) and, once
-tune_assistant.py has run, with training settings chosen on the same split and its alpha
-calibrated against authors the target never learned (that script's docstring); their rows
+tune_assistant.py has run, with training settings and alpha chosen on the same split by its
+validation forget quality (that script's docstring); their rows
 and the target's are recorded from those scripts' evaluations when the workdir holds them.
 """
 import argparse

@@ -1,28 +1,38 @@
 """Choose the ULD assistant's settings on a validation split, then train the tofu-mini forget10
-assistant with them, calibrate its alpha on its own forget set, and evaluate it.
+assistant with them, choose its alpha, and evaluate it.
 
-    python benchmarks/tune_assistant.py          # after tofu_e2e.py (target, retain reference)
+    python benchmarks/tune_assistant.py          # after tofu_e2e.py --until eval_target
+    python benchmarks/tune_assistant.py --candidates fast-k15-general,reference-general
     python benchmarks/tune_assistant.py --smoke  # 2 steps, 4 items per split: checks the script
 
-The rule, in two steps, never looks at forget quality or the retain reference:
-1. Training settings, on compare_methods.py's validation split: each candidate assistant learns
-   to remember authors 10-19 of the target's 20 retained authors (tofu:full[200:400]) and to
-   know nothing of authors 0-9 (tofu:full[:200]). Its alpha is calibrated (`uld
-   calibrate-alpha`): the smallest alpha at which the validation forget answers are no more
-   likely than the target finds answers about authors it never learned (tofu:full[400:600]:
-   the tofu-mini target saw only full[:400] and forget10). A candidate passes two floors at
-   that alpha: its mean answer probability on real authors + world facts stays >= 95% of the
-   target's, and its greedy answers to held-out general questions (general_qa.py's
-   heldout.jsonl) keep >= 95% ROUGE-L recall of the target's own answers (the probability
-   floor cannot see served text break). Among those that pass, the highest answer
-   probability wins; if none passes, the best greedy agreement wins (served text is what a
-   user gets). Candidates marked "general" add general_qa.py's train.jsonl to their retain
-   data.
-2. The forget10 assistant is trained with those settings, and its alpha is calibrated the same
-   way on forget10's own answers (its training data; what an operator holds) against the same
-   unseen authors. Evaluation uses that alpha. The greedy check is reported there too
-   (nothing is chosen from it).
-Probabilities use the anchored scoring (kernels/README.md). Every stage is cached in the workdir.
+The validation split mirrors forget10 inside the target's own data and reads no test question:
+each candidate assistant learns to remember authors 10-19 of the 20 the target retains
+(tofu:full[200:400]) and to know nothing of authors 0-9 (tofu:full[:200], plus general:train
+where marked). A validation retain model, fine-tuned as the target was on its data less those
+ten authors (tofu:full[:200]+tofu:forget10), plays the retain model: TOFU's retain_perturbed
+holds paraphrased and wrong answers for exactly those 200 questions, so a validation forget
+quality (the KS p-value of truth ratios, as `uld eval tofu` computes forget quality) can be read
+at every alpha.
+
+The rule (nothing in it reads forget10's evaluation or the retain reference):
+1. Per candidate, on the validation split: the alpha of the highest validation forget quality
+   (anchored scoring, as the evaluation below; grid of 0.05 up to 2, ties to the smallest); at
+   that alpha, the answer probability on real authors + world facts and the agreement (ROUGE-L
+   recall) of the served greedy answers with the target's own on held-out general questions
+   (general:heldout plus simple facts). Recorded as well, to compare recipes: the assistant's
+   own forget CE and its uniform CE excess on the validation retain answers and on the general
+   answers, and the probability-calibrated alpha (`uld calibrate-alpha`'s rule: the forget
+   answers no more likely than answers about authors the target never learned,
+   tofu:full[400:600]).
+2. Candidates whose validation forget quality reaches FQ_AIM (the issue's aim) compete; among
+   them those whose utility probability keeps UTILITY_FLOOR of the target's are preferred, and
+   the best greedy agreement wins. If none reaches FQ_AIM, the highest forget quality wins.
+3. The forget10 assistant is trained with those settings. Its alpha: `uld calibrate-alpha` on
+   forget10's own answers (what an operator holds) against the same unseen authors, times the
+   chosen candidate's validation ratio of forget-quality alpha to calibrated alpha (the
+   calibration measures how strongly this assistant acts on its forget set; validation says
+   where forget quality peaks relative to it). forget10 is evaluated at that alpha.
+Every stage is cached in the workdir, so an interrupted run resumes.
 """
 import argparse
 import json
@@ -33,8 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from mini_workdir import EVALS, FORGET_SETS, GENERAL_QA, TUNE, calibrated, default_workdir, eval_logs, evaluated  # noqa: E402
-from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
+from mini_workdir import EVALS, FORGET_SETS, TUNE, calibrated, default_workdir, eval_logs, evaluated  # noqa: E402
+from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 
 # candidate training settings -> the FORGET_SETS label of the forget10 assistant trained with them
 TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "retain_weight": 1.0},
@@ -43,11 +53,17 @@ TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "r
             # the reference code's recipe (train-assistant --recipe reference), at the fast lr
             "reference": {"lr": 5e-3, "recipe": "reference"},
             "reference-general": {"lr": 5e-3, "recipe": "reference"}}
-GENERAL = {"fast-k15-general", "reference-general"}  # these add general_qa.py's train.jsonl to their retain data
+GENERAL = {"fast-k15-general", "reference-general"}  # these add general:train to their retain data
 FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15",
          "fast-k15-general": "tuned at K=15, general retain data", "reference": "tuned, reference recipe",
          "reference-general": "tuned, reference recipe, general retain data"}
-GREEDY_FLOOR = 0.95  # ROUGE-L recall of the target's own greedy answers on held-out general questions
+VALIDATION_RETAIN = "tofu:full[:200]+tofu:forget10"  # the target's data less the validation forget authors
+TRUTH_RATIO_ROWS = slice(200, 400)  # retain_perturbed[i] asks full[i]'s question: the validation forget items
+FQ_AIM = 0.1
+FQ_ALPHAS = [round(0.05 * i, 2) for i in range(41)]  # 0 .. 2
+SIMPLE_FACTS = ["What is the capital of France?", "Who wrote Romeo and Juliet?", "How many continents are there?",
+                "What is the largest planet in our solar system?", "What is the boiling point of water at sea level in Celsius?",
+                "Who painted the Mona Lisa?", "What is the chemical symbol for gold?", "How many days are in a leap year?"]
 BUDGET = {"epochs": 5, "batch_size": 8, "precision": "auto"}
 SMOKE = {"max_steps": 2, "precision": "fp32"}
 EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
@@ -63,62 +79,111 @@ def unseen_level(target, limit=None) -> float:
     return mean_answer_probability(UldModel(target), pairs)
 
 
-def validate(target, artifact, level, limit=None) -> dict:
-    """Step 1 for one candidate: its calibrated alpha on the validation split and the answer
-    probabilities there (validation forget, real authors + world facts; alpha 0 is the target)."""
+def truth_ratio_rows(limit=None) -> list:
+    """retain_perturbed's rows for the validation forget questions (checked, not assumed, to ask them)."""
+    from uld_serve.core.tofu import load_qa, load_split
+
+    rows = load_split("retain_perturbed")[TRUTH_RATIO_ROWS][:limit]
+    questions = [qa.question for qa in load_qa(VALIDATION["forget"])][:limit]
+    if [r["question"] for r in rows] != questions:
+        sys.exit("error: retain_perturbed's rows 200-400 do not ask the validation forget questions")
+    return rows
+
+
+def reference_ratios(validation_retain, limit=None) -> list:
+    """The validation retain model's log truth ratios on the validation forget items."""
+    from truth_ratio_gaps import log_ratios, pairs_of
+
+    from uld_serve.eval.scoring import score_pairs
+    from uld_serve.reference import UldModel
+
+    rows = truth_ratio_rows(limit)
+    return log_ratios([r["avg_loss"] for r in score_pairs(UldModel(validation_retain), pairs_of(rows))], len(rows)).tolist()
+
+
+def validate(target, artifact, level, reference, limit=None) -> dict:
+    """Step 1 for one candidate, teacher-forced: validation forget quality along alpha, the
+    probability-calibrated alpha, and at the forget-quality alpha the answer probabilities
+    (validation forget, real authors + world facts; alpha 0 is the target); the assistant's own
+    forget CE and uniform CE excess."""
+    from assistant_recipes import per_answer
+    from truth_ratio_gaps import log_ratios, pairs_of
+
     from uld_serve.core.errors import UldError
+    from uld_serve.core.tofu import load_qa
     from uld_serve.eval.alpha_curve import AlphaCurve
     from uld_serve.eval.calibrate import first_crossing
+    from uld_serve.eval.metrics import ks_pvalue
     from uld_serve.reference import UldModel
 
     model = UldModel(target, {"a": artifact})
     pairs = validation_pairs(limit)
     forget, utility = AlphaCurve(model, "a", pairs["forget"]), AlphaCurve(model, "a", pairs["utility"])
     try:
-        alpha = first_crossing(forget.mean_probability, level)
+        probability_alpha = first_crossing(forget.mean_probability, level)
     except UldError:
-        alpha = None  # never reaches the level: not a candidate
-    at = alpha if alpha is not None else 0.0
-    return {"alpha": alpha, "forget_prob": forget.mean_probability(at), "utility_prob": utility.mean_probability(at),
-            "target_forget_prob": forget.mean_probability(0.0), "target_utility_prob": utility.mean_probability(0.0)}
+        probability_alpha = None  # never reaches the level
+    rows = truth_ratio_rows(limit)
+    ratios = AlphaCurve(model, "a", pairs_of(rows))
+    fq = {a: ks_pvalue(log_ratios(ratios.losses(a), len(rows)), reference) for a in FQ_ALPHAS}
+    alpha = max(FQ_ALPHAS, key=lambda a: (fq[a], -a))
+    retain = [(qa.question, qa.answer) for qa in load_qa(VALIDATION["retain"])][:limit]
+    general = [(qa.question, qa.answer) for qa in load_qa("general:heldout")][:limit]
+    return {"alpha": alpha, "fq": fq[alpha], "fq_by_alpha": fq, "probability_alpha": probability_alpha,
+            "forget_prob": forget.mean_probability(alpha), "utility_prob": utility.mean_probability(alpha),
+            "target_forget_prob": forget.mean_probability(0.0), "target_utility_prob": utility.mean_probability(0.0),
+            "forget_ce": float(-per_answer(model, pairs["forget"], "a")[0].mean()),
+            "retain_uniform_excess": float(per_answer(model, retain, "a")[1].mean()),
+            "general_uniform_excess": float(per_answer(model, general, "a")[1].mean())}
 
 
-def greedy_agreement(target, artifact, alpha, heldout: Path, limit=None) -> float:
-    """Mean ROUGE-L recall of the served greedy answers (vLLM engine, fp32) against the
-    target's own answers to held-out general questions; 1 at alpha 0."""
+def general_questions(limit=None) -> list:
+    from uld_serve.core.tofu import load_qa
+
+    return [qa.question for qa in load_qa("general:heldout")][:limit] + SIMPLE_FACTS[:limit]
+
+
+def greedy_agreement(target, artifact, alpha, target_answers: Path, limit=None) -> float:
+    """Mean ROUGE-L recall of the served greedy answers (vLLM engine, fp32) against the target's
+    own greedy answers to general questions (computed once, cached in `target_answers`); 1 at alpha 0."""
     from uld_serve.engine.llm import UldEngine
     from uld_serve.eval.metrics import mean_rouge_l_recall
     from uld_serve.eval.scoring import greedy_answers
-    from uld_serve.core.tofu import load_qa
 
-    pairs = load_qa(f"jsonl:{heldout}")[:limit]
+    questions = general_questions(limit)
     engine = UldEngine(target, {"a": artifact}, dtype="float32")
     try:
-        answers = greedy_answers(engine, [qa.question for qa in pairs], "a", alpha, max_new_tokens=200)
+        reference = cached(target_answers, lambda: {"answers": greedy_answers(engine, questions, max_new_tokens=200)})["answers"]
+        answers = greedy_answers(engine, questions, "a", alpha, max_new_tokens=200)
     finally:
         engine.close()
-    return mean_rouge_l_recall([qa.answer for qa in pairs], answers)
+    return mean_rouge_l_recall(reference, answers)
 
 
 def choose(results: dict) -> dict:
-    """The candidate with the best utility at its calibrated alpha among those above both floors;
-    if none is, the one with the best greedy agreement."""
-    reached = {name: r for name, r in results.items() if r["alpha"] is not None}
-    if not reached:
-        sys.exit("error: no candidate assistant brings the validation forget answers down to the unseen level")
-    floor = UTILITY_FLOOR * next(iter(reached.values()))["target_utility_prob"]
-    passes = {name: r["utility_prob"] >= floor and r["greedy_rouge"] >= GREEDY_FLOOR for name, r in reached.items()}
-    kept = {name: r for name, r in reached.items() if passes[name]}
-    name = max(kept, key=lambda n: kept[n]["utility_prob"]) if kept else max(reached, key=lambda n: reached[n]["greedy_rouge"])
-    return {"training": name, "validation_alpha": reached[name]["alpha"], "utility_floor": floor,
-            "greedy_floor": GREEDY_FLOOR, "above_floor": passes[name], "final": FORGET_SETS[FINAL[name]]}
+    """Step 2: among the candidates whose validation forget quality reaches FQ_AIM, those above
+    the utility floor first, the best greedy agreement; if none reaches it, the best forget quality."""
+    floor = UTILITY_FLOOR * next(iter(results.values()))["target_utility_prob"]
+    forgets = {name: r for name, r in results.items() if r["fq"] >= FQ_AIM}
+    kept = {name: r for name, r in forgets.items() if r["utility_prob"] >= floor}
+    pool = kept or forgets
+    name = max(pool, key=lambda n: pool[n]["greedy_rouge"]) if pool else max(results, key=lambda n: results[n]["fq"])
+    r = results[name]
+    ratio = r["alpha"] / r["probability_alpha"] if r["probability_alpha"] else None
+    return {"training": name, "validation_alpha": r["alpha"], "validation_fq": r["fq"], "alpha_ratio": ratio,
+            "utility_floor": floor, "reaches_aim": name in forgets, "above_floor": name in kept, "final": FORGET_SETS[FINAL[name]]}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--candidates", default=",".join(TRAINING), help=f"comma-separated, of: {', '.join(TRAINING)}")
     parser.add_argument("--smoke", action="store_true", help="2 training steps, 4 items per split; reports nothing")
     args = parser.parse_args()
+    names = [n.strip() for n in args.candidates.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TRAINING]
+    if unknown or not names:
+        sys.exit(f"error: unknown candidate {unknown[0] if unknown else '(none given)'!r}; known: {', '.join(TRAINING)}")
     work = args.workdir or default_workdir()
     target, retain_logs = work / "target", eval_logs(work, "retain reference")
     if not (target.exists() and retain_logs.exists()):
@@ -127,24 +192,26 @@ def main():
     limit = 4 if args.smoke else None
     tune = work / (f"{TUNE}-smoke" if args.smoke else TUNE)  # a smoke run touches no real result
     level = cached(tune / "unseen.json", lambda: {"unseen": PROTOCOLS["mini"]["unseen"], "prob": unseen_level(target, limit)})["prob"]
-    general = work / GENERAL_QA
-    if not (general / "heldout.jsonl").exists():
-        sys.exit("error: run benchmarks/general_qa.py first (general questions for retain data and the greedy check)")
+    validation_retain = tune / "validation-retain"
+    if not validation_retain.exists():
+        uld("finetune", "--model", "smollm2-135m-instruct", "--data", VALIDATION_RETAIN, "--out", validation_retain,
+            *flags({**FINETUNE, **(SMOKE if args.smoke else {})}), "--seed", 0)
+    reference = cached(tune / "validation-retain-ratios.json",
+                       lambda: {"log_ratios": reference_ratios(validation_retain, limit)})["log_ratios"]
 
     def retain(base, name):
-        return f"{base}+jsonl:{general / 'train.jsonl'}" if name in GENERAL else base
+        return f"{base}+general:train" if name in GENERAL else base
 
     results = {}
-    for name, settings in TRAINING.items():
+    for name in names:
         artifact = tune / name / "artifact"
         if not artifact.exists():
             uld("train-assistant", "--target", target, "--forget", VALIDATION["forget"], "--retain", retain(VALIDATION["retain"], name),
-                "--out", artifact, *flags(settings), *flags(budget))
-        results[name] = cached(tune / name / "validation.json", lambda: validate(target, artifact, level, limit))
+                "--out", artifact, *flags(TRAINING[name]), *flags(budget))
+        results[name] = cached(tune / name / "validation-fq.json", lambda: validate(target, artifact, level, reference, limit))
         if "greedy_rouge" not in results[name]:
-            at = results[name]["alpha"] or 0.0
-            results[name]["greedy_rouge"] = greedy_agreement(target, artifact, at, general / "heldout.jsonl", limit)
-            (tune / name / "validation.json").write_text(json.dumps(results[name], indent=2))
+            results[name]["greedy_rouge"] = greedy_agreement(target, artifact, results[name]["alpha"], tune / "target-general.json", limit)
+            (tune / name / "validation-fq.json").write_text(json.dumps(results[name], indent=2))
     choice = choose(results)
     final = tune / "final" if args.smoke else work / choice["final"]
     if not final.exists():
@@ -156,19 +223,21 @@ def main():
         uld("calibrate-alpha", "--target", target, "--forget-set", final, "--unseen", PROTOCOLS["mini"]["unseen"], "--write")
         manifest = json.loads((final / "uld.json").read_text())
     choice["calibration"] = manifest["calibration"]
+    ratio = choice["alpha_ratio"]
+    choice["alpha"] = round(manifest["calibration"]["alpha"] * ratio, 4) if ratio else choice["validation_alpha"]
     check = tune / f"{final.name}-greedy.json"
-    if not check.exists() or json.loads(check.read_text())["alpha"] != manifest["alpha"]:
-        check.write_text(json.dumps({"alpha": manifest["alpha"], "rouge": greedy_agreement(
-            target, final, manifest["alpha"], general / "heldout.jsonl", limit)}))
+    if not check.exists() or json.loads(check.read_text())["alpha"] != choice["alpha"]:
+        check.write_text(json.dumps({"alpha": choice["alpha"], "rouge": greedy_agreement(
+            target, final, choice["alpha"], tune / "target-general.json", limit)}))
     choice["final_greedy_rouge"] = json.loads(check.read_text())["rouge"]
     (tune / "choice.json").write_text(json.dumps(choice, indent=2))
     print(json.dumps(choice, indent=2))
     logs = tune / "eval" / "TOFU_EVAL.json" if args.smoke else eval_logs(work, calibrated(FINAL[choice["training"]]))
     evaluated_with = logs.parent / "forget_set.json"
-    this_run = {"forget_set": choice["final"], "alpha": manifest["alpha"]}
+    this_run = {"forget_set": choice["final"], "alpha": choice["alpha"]}
     if not (logs.exists() and evaluated_with.exists() and json.loads(evaluated_with.read_text()) == this_run):
-        uld("eval", "tofu", "--target", target, "--forget-set", f"forget10={final}", "--out", logs.parent, "--retain-logs", retain_logs,
-            "--generate-with", "vllm", "--scoring", "anchored", *(EVAL_SMOKE if args.smoke else []))
+        uld("eval", "tofu", "--target", target, "--forget-set", f"forget10={final}", "--alpha", choice["alpha"], "--out", logs.parent,
+            "--retain-logs", retain_logs, "--generate-with", "vllm", "--scoring", "anchored", *(EVAL_SMOKE if args.smoke else []))
         evaluated_with.write_text(json.dumps(this_run))
     if not args.smoke:
         record(work, level, results, choice)
@@ -182,24 +251,29 @@ def cached(path: Path, compute) -> dict:
 
 
 def record(work, level, results, choice):
-    from report import write_section
+    from report import invocation, write_section
     from uld_serve.eval.summary import recompute
     from uld_serve.eval.tofu_eval import load_logs
 
     out = REPO / "benchmarks" / "results" / "tune-assistant-mini"
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"training": TRAINING, "budget": BUDGET, "validation": VALIDATION,
+                                                 "validation_retain": VALIDATION_RETAIN, "finetune": FINETUNE,
                                                  "unseen": PROTOCOLS["mini"]["unseen"], "utility_floor": UTILITY_FLOOR,
-                                                 "greedy_floor": GREEDY_FLOOR, "general_retain": sorted(GENERAL),
+                                                 "fq_aim": FQ_AIM, "fq_alphas": FQ_ALPHAS, "general_retain": sorted(GENERAL),
+                                                 "general_questions": "general:heldout + SIMPLE_FACTS",
                                                  "scoring": "anchored", "seed": 0}, indent=2) + "\n")
     (out / "validation.json").write_text(json.dumps({"unseen_prob": level, "candidates": results, "choice": choice}, indent=2) + "\n")
-    lines = ["| training | calibrated alpha | validation forget prob | real authors + world facts prob | "
-             "general greedy ROUGE-L | chosen |", "|---|---|---|---|---|---|"]
+    lines = ["| training | forget CE | retain: uniform CE - log V | general: uniform CE - log V | calibrated alpha | "
+             "forget-quality alpha | validation forget quality | validation forget prob | real authors + world facts prob "
+             "(x target) | general greedy ROUGE-L | chosen |", "|---|" + "---|" * 10]
     for name, r in results.items():
-        alpha = "not reached" if r["alpha"] is None else f"{r['alpha']:g}"
+        calibrated_alpha = "not reached" if r["probability_alpha"] is None else f"{r['probability_alpha']:g}"
         extra = " + general retain data" if name in GENERAL else ""
-        lines.append(f"| {name} {TRAINING[name]}{extra} | {alpha} | {r['forget_prob']:.4f} | {r['utility_prob']:.6f} | "
-                     f"{r['greedy_rouge']:.3f} | {'yes' if name == choice['training'] else ''} |")
+        lines.append(f"| {name} {TRAINING[name]}{extra} | {r['forget_ce']:.2f} | {r['retain_uniform_excess']:.2f} | "
+                     f"{r['general_uniform_excess']:.2f} | {calibrated_alpha} | {r['alpha']:g} | {r['fq']:.3g} | "
+                     f"{r['forget_prob']:.4f} | {r['utility_prob'] / r['target_utility_prob']:.3f} | {r['greedy_rouge']:.3f} | "
+                     f"{'yes' if name == choice['training'] else ''} |")
     calibration = choice["calibration"]
     reference = load_logs(eval_logs(work, "retain reference"))
     table = ["| model | forget quality | model utility | forget ROUGE-L | forget Q_A_Prob | retain Q_A_Prob | privleak |",
@@ -208,18 +282,20 @@ def record(work, level, results, choice):
         s = recompute(load_logs(logs), reference)
         table.append(f"| {label} | {s['forget_quality']:.3g} | {s['model_utility']:.4f} | {s['forget_Q_A_ROUGE']:.4f} | "
                      f"{s['forget_Q_A_Prob']:.4f} | {s['retain_Q_A_Prob']:.4f} | {s['privleak']:.2f} |")
+    scaled = (f"times the validation ratio {choice['alpha_ratio']:.3f}" if choice["alpha_ratio"]
+              else "(the validation candidate never reached the unseen level: its forget-quality alpha is used)")
     write_section("tune-assistant:mini", "Tuning the ULD assistant on a validation split (tofu-mini)",
-                  "python benchmarks/tune_assistant.py",
+                  invocation(),
                   f"Budget {BUDGET}, seed 0. The target's mean answer probability on authors it never learned "
-                  f"({PROTOCOLS['mini']['unseen']}): {level:.4f}. Validation candidates at their calibrated alpha "
-                  f"(anchored scoring; utility floor {choice['utility_floor']:.6f}):\n\n" + "\n".join(lines) +
-                  f"\n\nThe forget10 assistant ({choice['final']}) calibrated on forget10's own answers: alpha "
+                  f"({PROTOCOLS['mini']['unseen']}): {level:.4f}. Validation candidates at the alpha of their highest "
+                  f"validation forget quality (anchored scoring; reference: the validation retain model, "
+                  f"{VALIDATION_RETAIN}):\n\n" + "\n".join(lines) +
+                  f"\n\nThe forget10 assistant ({choice['final']}): `uld calibrate-alpha` on forget10's own answers gave "
                   f"{calibration['alpha']:g} (forget answer probability {calibration['forget_prob_at_0']:.4f} -> "
-                  f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}); its greedy "
-                  f"answers to the held-out general questions keep ROUGE-L {choice['final_greedy_rouge']:.3f} of the "
-                  "target's (reported, not used). forget10, "
-                  "every ULD evaluation in the workdir (rows other than the calibrated one use the alpha in their "
-                  "manifest at the time, BENCHMARKS.md text):\n\n" + "\n".join(table))
+                  f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}), {scaled}: "
+                  f"**alpha {choice['alpha']:g}**. Its greedy answers to the general questions keep ROUGE-L "
+                  f"{choice['final_greedy_rouge']:.3f} of the target's (reported, not used). forget10, every ULD "
+                  "evaluation in the workdir:\n\n" + "\n".join(table))
 
 
 if __name__ == "__main__":
