@@ -10,7 +10,7 @@ sets and custom alphas (plain vLLM gets the same requests without ULD fields).
 Reports per server: throughput (completion tokens/s), p50/p99 time to first token and time
 per output token (streamed requests), failures (a 5xx, a lost connection or a timeout), and
 whether each greedy answer equals the answer to the same request sent alone, one at a time.
-In soak mode, the server's resident memory (its process tree) over time. The client is
+In soak mode, the resident memory of the server's processes (each, and their sum) over time. The client is
 asyncio + httpx with a bounded number of connections and a deadline on every request: vLLM's
 `vllm bench serve` cannot send per-request forget sets or check answers, and the checks are
 what this test is for. Without --forget-set, two forget sets are trained a few steps (speed
@@ -70,14 +70,19 @@ def stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def tree_rss_mib(pid: int) -> float:
+def rss_by_process_mib(pid: int) -> dict:
+    """RSS in MiB of each process in the server's tree, by "name:pid" (the API server and vLLM's
+    engine core grow for different reasons, so the soak keeps them apart)."""
     import psutil
 
+    out = {}
     try:
         root = psutil.Process(pid)
-        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+        for proc in [root, *root.children(recursive=True)]:
+            out[f"{proc.name()}:{proc.pid}"] = round(proc.memory_info().rss / 2**20, 1)
     except psutil.Error:
-        return float("nan")
+        pass
+    return out
 
 
 def kinds(uld: bool) -> list:
@@ -201,15 +206,22 @@ async def soak(url: str, pid: int, questions: list, uld: bool, seconds: float, c
         async def sampler():
             started = time.time()
             while time.time() < end:
-                samples.append((round(time.time() - started), round(tree_rss_mib(pid), 1)))
+                by_process = rss_by_process_mib(pid)
+                samples.append((round(time.time() - started), round(sum(by_process.values()), 1), by_process))
                 await asyncio.sleep(10)
 
         await asyncio.gather(sampler(), *(worker(i) for i in range(concurrency)))
-    warm = [rss for t, rss in samples if t >= 60] or [rss for _, rss in samples]
     return {"requests": len(results), "failures": sum(not r["ok"] for r in results),
-            "latency_p99_ms": round(1000 * percentile([r["ttft"] for r in results], 99), 1),
-            "rss_after_warmup_mib": warm[0], "rss_end_mib": warm[-1],
-            "rss_growth_pct": round(100 * (warm[-1] - warm[0]) / warm[0], 2), "rss_samples": samples}
+            "latency_p99_ms": round(1000 * percentile([r["ttft"] for r in results], 99), 1), **rss_growth(samples)}
+
+
+def rss_growth(samples: list, warmup_s: float = 60) -> dict:
+    """From (seconds, total MiB, {process: MiB}) samples: the growth after warm-up, in all and per process."""
+    warm = [(total, by) for t, total, by in samples if t >= warmup_s] or [(total, by) for _, total, by in samples]
+    (first, first_by), (last, last_by) = warm[0], warm[-1]
+    return {"rss_after_warmup_mib": first, "rss_end_mib": last, "rss_growth_pct": round(100 * (last - first) / first, 2),
+            "rss_growth_mib_by_process": {name: round(last_by[name] - first_by[name], 1) for name in last_by if name in first_by},
+            "rss_samples": samples}
 
 
 def offline(target: Path, sets: dict, questions: list, count: int, max_tokens: int, rounds: int = 3) -> None:
