@@ -252,7 +252,7 @@ def cached(path: Path, compute) -> dict:
 
 def record(work, level, results, choice):
     from report import invocation, write_section
-    from uld_serve.eval.summary import recompute
+    from uld_serve.eval.summary import first_items, recompute
     from uld_serve.eval.tofu_eval import load_logs
 
     out = REPO / "benchmarks" / "results" / "tune-assistant-mini"
@@ -276,12 +276,13 @@ def record(work, level, results, choice):
                      f"{'yes' if name == choice['training'] else ''} |")
     calibration = choice["calibration"]
     reference = load_logs(eval_logs(work, "retain reference"))
-    table = ["| model | forget quality | model utility | forget ROUGE-L | forget Q_A_Prob | retain Q_A_Prob | privleak |",
-             "|---|---|---|---|---|---|---|"]
+    table = ["| model | forget quality | forget quality, first 300 | model utility | forget ROUGE-L | forget Q_A_Prob | "
+             "retain Q_A_Prob | privleak |", "|---|---|---|---|---|---|---|---|"]
     for label, logs in evaluated(work, [label for label in EVALS if label != "retain reference"]).items():
         s = recompute(load_logs(logs), reference)
-        table.append(f"| {label} | {s['forget_quality']:.3g} | {s['model_utility']:.4f} | {s['forget_Q_A_ROUGE']:.4f} | "
-                     f"{s['forget_Q_A_Prob']:.4f} | {s['retain_Q_A_Prob']:.4f} | {s['privleak']:.2f} |")
+        first = recompute(first_items(load_logs(logs), 300), first_items(load_logs(eval_logs(work, "retain reference")), 300))
+        table.append(f"| {label} | {s['forget_quality']:.3g} | {first['forget_quality']:.3g} | {s['model_utility']:.4f} | "
+                     f"{s['forget_Q_A_ROUGE']:.4f} | {s['forget_Q_A_Prob']:.4f} | {s['retain_Q_A_Prob']:.4f} | {s['privleak']:.2f} |")
     scaled = (f"times the validation ratio {choice['alpha_ratio']:.3f}" if choice["alpha_ratio"]
               else "(the validation candidate never reached the unseen level: its forget-quality alpha is used)")
     write_section("tune-assistant:mini", "Tuning the ULD assistant on a validation split (tofu-mini)",
@@ -295,7 +296,8 @@ def record(work, level, results, choice):
                   f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}), {scaled}: "
                   f"**alpha {choice['alpha']:g}**. Its greedy answers to the general questions keep ROUGE-L "
                   f"{choice['final_greedy_rouge']:.3f} of the target's (reported, not used). forget10, every ULD "
-                  "evaluation in the workdir:\n\n" + "\n".join(table))
+                  "evaluation in the workdir (first 300: each split's first 300 items, as the reference code "
+                  "evaluates, `uld eval summarize --limit 300`):\n\n" + "\n".join(table))
 
 
 if __name__ == "__main__":
