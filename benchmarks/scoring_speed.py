@@ -60,8 +60,7 @@ def main():
     if args.record:
         from report import invocation, write_section
 
-        command = invocation()
-        write_section("scoring-speed", "TOFU scoring with shared prompts", command.strip(),
+        write_section("scoring-speed", "TOFU scoring with shared prompts", invocation(),
                       f"{args.model}, fp32, {len(pairs)} pairs ({args.questions} forget10 questions x 7 answers), "
                       f"the reference model (transformers).\n\n{table}")
 

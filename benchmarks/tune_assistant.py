@@ -61,9 +61,6 @@ VALIDATION_RETAIN = "tofu:full[:200]+tofu:forget10"  # the target's data less th
 TRUTH_RATIO_ROWS = slice(200, 400)  # retain_perturbed[i] asks full[i]'s question: the validation forget items
 FQ_AIM = 0.1
 FQ_ALPHAS = [round(0.05 * i, 2) for i in range(41)]  # 0 .. 2
-SIMPLE_FACTS = ["What is the capital of France?", "Who wrote Romeo and Juliet?", "How many continents are there?",
-                "What is the largest planet in our solar system?", "What is the boiling point of water at sea level in Celsius?",
-                "Who painted the Mona Lisa?", "What is the chemical symbol for gold?", "How many days are in a leap year?"]
 BUDGET = {"epochs": 5, "batch_size": 8, "precision": "auto"}
 SMOKE = {"max_steps": 2, "precision": "fp32"}
 EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
@@ -138,6 +135,8 @@ def validate(target, artifact, level, reference, limit=None) -> dict:
 
 
 def general_questions(limit=None) -> list:
+    from assistant_recipes import SIMPLE_FACTS
+
     from uld_serve.core.tofu import load_qa
 
     return [qa.question for qa in load_qa("general:heldout")][:limit] + SIMPLE_FACTS[:limit]
@@ -276,11 +275,12 @@ def record(work, level, results, choice):
                      f"{'yes' if name == choice['training'] else ''} |")
     calibration = choice["calibration"]
     reference = load_logs(eval_logs(work, "retain reference"))
+    reference_300 = first_items(reference, 300)  # recompute reads the reference, never writes it
     table = ["| model | forget quality | forget quality, first 300 | model utility | forget ROUGE-L | forget Q_A_Prob | "
              "retain Q_A_Prob | privleak |", "|---|---|---|---|---|---|---|---|"]
     for label, logs in evaluated(work, [label for label in EVALS if label != "retain reference"]).items():
         s = recompute(load_logs(logs), reference)
-        first = recompute(first_items(load_logs(logs), 300), first_items(load_logs(eval_logs(work, "retain reference")), 300))
+        first = recompute(first_items(load_logs(logs), 300), reference_300)
         table.append(f"| {label} | {s['forget_quality']:.3g} | {first['forget_quality']:.3g} | {s['model_utility']:.4f} | "
                      f"{s['forget_Q_A_ROUGE']:.4f} | {s['forget_Q_A_Prob']:.4f} | {s['retain_Q_A_Prob']:.4f} | {s['privleak']:.2f} |")
     scaled = (f"times the validation ratio {choice['alpha_ratio']:.3f}" if choice["alpha_ratio"]
