@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from test_server import ADMIN, KEY, free_port, launch, start_server
+from test_server import ADMIN, KEY, free_port, serve_command, spawn, wait_healthy
 
 pytestmark = pytest.mark.vllm
 
@@ -39,15 +39,23 @@ def test_replicas_sharing_a_registry_serve_the_same_forget_sets(tiny_target, for
     shared = tmp_path / "volume"  # what every pod mounts
     (shared / "a").mkdir(parents=True)
     (shared / "b").mkdir()
-    first, url_a = start_server(tiny_target, forget_sets, shared / "a", "--registry", str(shared / "registry.json"),
-                                "--forget-set-root", str(shared), "--registry-poll", "1")
-    port = free_port()
-    env = {**os.environ, "ULD_SERVE_TARGET": str(tiny_target), "ULD_SERVE_PORT": str(port), "ULD_SERVE_MAX_MODEL_LEN": "512",
-           "ULD_SERVE_REGISTRY": str(shared / "registry.json"), "ULD_SERVE_FORGET_SET_ROOT": str(shared),
-           "ULD_SERVE_SERVED_MODEL_NAME": "target", "ULD_SERVE_REGISTRY_POLL": "1", "ULD_API_KEY": KEY, "ULD_ADMIN_KEY": ADMIN,
-           "ULD_SERVE_AUDIT_LOG": str(shared / "b" / "audit.jsonl"), "ULD_SERVE_SPARSE_HEAD": "1"}
-    second, url_b = launch(["serve"], port, shared / "b", env=env)
+    registry = shared / "registry.json"
+    command, port = serve_command(tiny_target, forget_sets, shared / "a", "--registry", str(registry),
+                                  "--forget-set-root", str(shared), "--registry-poll", "1")
+    first, url_a = spawn(command, port, shared / "a")
+    processes = [first]
     try:
+        # A writes the registry before its engine starts; B starts beside it and reads it
+        wait_for(lambda: registry.exists() or first.poll() is not None)
+        port = free_port()
+        env = {**os.environ, "ULD_SERVE_TARGET": str(tiny_target), "ULD_SERVE_PORT": str(port), "ULD_SERVE_MAX_MODEL_LEN": "512",
+               "ULD_SERVE_REGISTRY": str(registry), "ULD_SERVE_FORGET_SET_ROOT": str(shared),
+               "ULD_SERVE_SERVED_MODEL_NAME": "target", "ULD_SERVE_REGISTRY_POLL": "1", "ULD_API_KEY": KEY, "ULD_ADMIN_KEY": ADMIN,
+               "ULD_SERVE_AUDIT_LOG": str(shared / "b" / "audit.jsonl"), "ULD_SERVE_SPARSE_HEAD": "1"}
+        second, url_b = spawn(["serve"], port, shared / "b", env=env)
+        processes.append(second)
+        wait_healthy(first, url_a, shared / "a")
+        wait_healthy(second, url_b, shared / "b")
         assert models(url_b) == models(url_a) == {"target", "f1", "f2"}  # B read A's registry at start
         for model, question in (("f1", "Who wrote Hamlet?"), ("f2", "Tell me about Basil Mahfouz Al-Kuwaiti."), ("target", "Hi")):
             assert answer(url_b, model, question) == answer(url_a, model, question)  # the sparse head serves the dense answers
@@ -67,7 +75,7 @@ def test_replicas_sharing_a_registry_serve_the_same_forget_sets(tiny_target, for
         followed = [json.loads(line) for line in (shared / "b" / "audit.jsonl").read_text().splitlines()]
         assert {"action": "follow-add", "forget_set": "f3"}.items() <= next(e for e in followed if e.get("action") == "follow-add").items()
     finally:
-        for process in (first, second):
+        for process in processes:
             process.terminate()
-        for process in (first, second):
+        for process in processes:
             process.wait(timeout=60)

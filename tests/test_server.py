@@ -29,37 +29,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_command(tiny_target, forget_sets, work, *extra):
+    """`uld serve`'s arguments for the two test forget sets on a free port: (arguments, port)."""
+    port = free_port()
+    return ["serve", "--target", str(tiny_target),
+            "--forget-set", f"f1={forget_sets['f1']}", "--forget-set", f"f2={forget_sets['f2']}", "--api-key", KEY,
+            "--port", str(port), "--registry", str(work / "registry.json"), "--max-model-len", "512",
+            "--served-model-name", "target", "--admin-key", ADMIN, "--forget-set-root", str(work.parent), *extra], port
+
+
 def start_server(tiny_target, forget_sets, work, *extra):
     """A `uld serve` subprocess on a free port, once /health answers: (process, url)."""
-    port = free_port()
-    command = ["serve", "--target", str(tiny_target),
-               "--forget-set", f"f1={forget_sets['f1']}", "--forget-set", f"f2={forget_sets['f2']}", "--api-key", KEY,
-               "--port", str(port), "--registry", str(work / "registry.json"), "--max-model-len", "512",
-               "--served-model-name", "target", "--admin-key", ADMIN, "--forget-set-root", str(work.parent), *extra]
+    command, port = serve_command(tiny_target, forget_sets, work, *extra)
     return launch(command, port, work)
 
 
-def launch(arguments, port, work, env=None):
-    """`uld` with these arguments (and environment) as a subprocess, once /health answers on
-    the port: (process, url)."""
+def spawn(arguments, port, work, env=None):
+    """`uld` with these arguments (and environment) as a subprocess: (process, url), not yet
+    answering (wait_healthy waits for it)."""
     command = [sys.executable, "-c", "from uld_serve.cli import main; main()", *arguments]
     log = open(work / "server.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy(),
                                start_new_session=True)  # a process group: a test can kill the server with its engine
-    url = f"http://127.0.0.1:{port}"
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_healthy(process, url, work):
     deadline = time.time() + 300
     while True:
         if process.poll() is not None:
             raise AssertionError("server exited:\n" + (work / "server.log").read_text()[-3000:])
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url
+                return
         except httpx.HTTPError:
             pass
         if time.time() > deadline:
             process.kill()
             raise AssertionError("server did not start:\n" + (work / "server.log").read_text()[-3000:])
         time.sleep(1)
+
+
+def launch(arguments, port, work, env=None):
+    """`uld` with these arguments (and environment) as a subprocess, once /health answers on
+    the port: (process, url)."""
+    process, url = spawn(arguments, port, work, env)
+    wait_healthy(process, url, work)
+    return process, url
 
 
 @pytest.fixture(scope="module")
