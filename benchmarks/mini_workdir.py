@@ -15,7 +15,8 @@ FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned a
 # tune_assistant.py's folder (its choice.json names the forget set it chose)
 TUNE = "tune-assistant"
 
-# general_qa.py's folder: general-knowledge QA for assistant retain data and a utility check
+# general_qa.py's default output folder: general QA answered by the tofu-mini target (the
+# benchmarks now train and check on the shipped general:train / general:heldout instead)
 GENERAL_QA = "general-qa"
 
 # TOFU evaluations: label -> folder holding TOFU_EVAL.json

@@ -46,6 +46,8 @@ from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa:
 from mini_workdir import EVALS, FORGET_SETS, TUNE, calibrated, default_workdir, eval_logs, evaluated  # noqa: E402
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 
+from uld_serve.core.atomic import write_json_atomic  # noqa: E402
+
 # candidate training settings -> the FORGET_SETS label of the forget10 assistant trained with them
 TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "retain_weight": 1.0},
             "fast-k15": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
@@ -144,7 +146,8 @@ def general_questions(limit=None) -> list:
 
 def greedy_agreement(target, artifact, alpha, target_answers: Path, limit=None) -> float:
     """Mean ROUGE-L recall of the served greedy answers (vLLM engine, fp32) against the target's
-    own greedy answers to general questions (computed once, cached in `target_answers`); 1 at alpha 0."""
+    own greedy answers to general questions (cached in `target_answers` with the questions they
+    answer, recomputed when those change); 1 at alpha 0."""
     from uld_serve.engine.llm import UldEngine
     from uld_serve.eval.metrics import mean_rouge_l_recall
     from uld_serve.eval.scoring import greedy_answers
@@ -152,7 +155,11 @@ def greedy_agreement(target, artifact, alpha, target_answers: Path, limit=None) 
     questions = general_questions(limit)
     engine = UldEngine(target, {"a": artifact}, dtype="float32")
     try:
-        reference = cached(target_answers, lambda: {"answers": greedy_answers(engine, questions, max_new_tokens=200)})["answers"]
+        known = json.loads(target_answers.read_text()) if target_answers.exists() else {}
+        if known.get("questions") != questions:
+            known = {"questions": questions, "answers": greedy_answers(engine, questions, max_new_tokens=200)}
+            write_json_atomic(target_answers, known)
+        reference = known["answers"]
         answers = greedy_answers(engine, questions, "a", alpha, max_new_tokens=200)
     finally:
         engine.close()
@@ -210,7 +217,7 @@ def main():
         results[name] = cached(tune / name / "validation-fq.json", lambda: validate(target, artifact, level, reference, limit))
         if "greedy_rouge" not in results[name]:
             results[name]["greedy_rouge"] = greedy_agreement(target, artifact, results[name]["alpha"], tune / "target-general.json", limit)
-            (tune / name / "validation-fq.json").write_text(json.dumps(results[name], indent=2))
+            write_json_atomic(tune / name / "validation-fq.json", results[name])
     choice = choose(results)
     final = tune / "final" if args.smoke else work / choice["final"]
     if not final.exists():
@@ -226,10 +233,10 @@ def main():
     choice["alpha"] = round(manifest["calibration"]["alpha"] * ratio, 4) if ratio else choice["validation_alpha"]
     check = tune / f"{final.name}-greedy.json"
     if not check.exists() or json.loads(check.read_text())["alpha"] != choice["alpha"]:
-        check.write_text(json.dumps({"alpha": choice["alpha"], "rouge": greedy_agreement(
-            target, final, choice["alpha"], tune / "target-general.json", limit)}))
+        write_json_atomic(check, {"alpha": choice["alpha"], "rouge": greedy_agreement(
+            target, final, choice["alpha"], tune / "target-general.json", limit)})
     choice["final_greedy_rouge"] = json.loads(check.read_text())["rouge"]
-    (tune / "choice.json").write_text(json.dumps(choice, indent=2))
+    write_json_atomic(tune / "choice.json", choice)
     print(json.dumps(choice, indent=2))
     logs = tune / "eval" / "TOFU_EVAL.json" if args.smoke else eval_logs(work, calibrated(FINAL[choice["training"]]))
     evaluated_with = logs.parent / "forget_set.json"
@@ -237,7 +244,7 @@ def main():
     if not (logs.exists() and evaluated_with.exists() and json.loads(evaluated_with.read_text()) == this_run):
         uld("eval", "tofu", "--target", target, "--forget-set", f"forget10={final}", "--alpha", choice["alpha"], "--out", logs.parent,
             "--retain-logs", retain_logs, "--generate-with", "vllm", "--scoring", "anchored", *(EVAL_SMOKE if args.smoke else []))
-        evaluated_with.write_text(json.dumps(this_run))
+        write_json_atomic(evaluated_with, this_run)
     if not args.smoke:
         record(work, level, results, choice)
 
@@ -245,7 +252,7 @@ def main():
 def cached(path: Path, compute) -> dict:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(compute(), indent=2))
+        write_json_atomic(path, compute())  # a run killed mid-write leaves no half file to resume from
     return json.loads(path.read_text())
 
 
@@ -256,13 +263,13 @@ def record(work, level, results, choice):
 
     out = REPO / "benchmarks" / "results" / "tune-assistant-mini"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"training": TRAINING, "budget": BUDGET, "validation": VALIDATION,
-                                                 "validation_retain": VALIDATION_RETAIN, "finetune": FINETUNE,
-                                                 "unseen": PROTOCOLS["mini"]["unseen"], "utility_floor": UTILITY_FLOOR,
-                                                 "fq_aim": FQ_AIM, "fq_alphas": FQ_ALPHAS, "general_retain": sorted(GENERAL),
-                                                 "general_questions": "general:heldout + SIMPLE_FACTS",
-                                                 "scoring": "anchored", "seed": 0}, indent=2) + "\n")
-    (out / "validation.json").write_text(json.dumps({"unseen_prob": level, "candidates": results, "choice": choice}, indent=2) + "\n")
+    write_json_atomic(out / "config.json", {"training": TRAINING, "budget": BUDGET, "validation": VALIDATION,
+                                            "validation_retain": VALIDATION_RETAIN, "finetune": FINETUNE,
+                                            "unseen": PROTOCOLS["mini"]["unseen"], "utility_floor": UTILITY_FLOOR,
+                                            "fq_aim": FQ_AIM, "fq_alphas": FQ_ALPHAS, "general_retain": sorted(GENERAL),
+                                            "general_questions": "general:heldout + SIMPLE_FACTS",
+                                            "scoring": "anchored", "seed": 0})
+    write_json_atomic(out / "validation.json", {"unseen_prob": level, "candidates": results, "choice": choice})
     lines = ["| training | forget CE | retain: uniform CE - log V | general: uniform CE - log V | calibrated alpha | "
              "forget-quality alpha | validation forget quality | validation forget prob | real authors + world facts prob "
              "(x target) | general greedy ROUGE-L | chosen |", "|---|" + "---|" * 10]
