@@ -94,13 +94,11 @@ def test_relative_top_outside_the_engines_range(engine):
 def test_the_engines_processes_run_with_tcmalloc(engine):
     """vLLM's CPU backend expects tcmalloc preloaded (scripts/setup.sh installs it): every
     process the engine spawned has it mapped."""
-    import glob
-
     import psutil
 
-    from uld_serve.engine.llm import TCMALLOC
+    from uld_serve.engine.llm import system_tcmalloc
 
-    if not any(glob.glob(pattern) for pattern in TCMALLOC):
+    if not system_tcmalloc():
         pytest.skip("no tcmalloc on this machine (scripts/setup.sh installs it where it runs as root with apt)")
 
     spawned = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM::")]

@@ -38,9 +38,14 @@ def preload_tcmalloc(candidates=TCMALLOC) -> None:
 
     if torch.cuda.is_available():
         return
+    library = system_tcmalloc(candidates)
+    if library:
+        os.environ["LD_PRELOAD"] = ":".join(filter(None, [library, preload]))
+
+
+def system_tcmalloc(candidates=TCMALLOC) -> Optional[str]:
     found = sorted(path for pattern in candidates for path in glob.glob(pattern))
-    if found:
-        os.environ["LD_PRELOAD"] = ":".join(filter(None, [found[0], preload]))
+    return found[0] if found else None
 
 
 def eager_requested() -> bool:
