@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from mini_workdir import FORGET_SETS, calibrated, default_workdir, eval_logs  # noqa: E402
+from mini_workdir import FORGET_SETS, calibrated, default_workdir, eval_logs, transferred  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 
 from uld_training.unlearn import METHODS as REGISTRY  # noqa: E402
@@ -219,7 +219,7 @@ def add_baselines(record, work, reference):
         record["models"]["target"] = {"summary": summary(eval_logs(work, "target"), reference)}
     uld_rows = [("ULD, paper settings, paper scoring", "paper settings"), ("ULD, paper settings, anchored scoring", "paper settings"),
                 ("ULD, tuned, anchored scoring", "tuned")]
-    uld_rows += [(calibrated(label), label) for label in FORGET_SETS]
+    uld_rows += [(label_of(name), name) for name in FORGET_SETS for label_of in (calibrated, transferred)]
     for label, assistant in uld_rows:
         if eval_logs(work, label).exists():
             record["models"][label] = model_row(eval_logs(work, label), reference, work / FORGET_SETS[assistant])

@@ -31,11 +31,19 @@ EVALS = {
 
 
 def calibrated(forget_set: str) -> str:
-    """The evaluation label of a FORGET_SETS assistant served at its calibrated alpha (tune_assistant.py)."""
+    """The evaluation label of a FORGET_SETS assistant served at its calibrated alpha (the one
+    `uld calibrate-alpha` wrote into its manifest)."""
     return f"ULD, {forget_set}, calibrated alpha, anchored scoring"
 
 
+def transferred(forget_set: str) -> str:
+    """The evaluation label of a FORGET_SETS assistant served at its calibrated alpha times the
+    validation ratio (tune_assistant.py's rule)."""
+    return f"ULD, {forget_set}, calibrated alpha x validation ratio, anchored scoring"
+
+
 EVALS.update({calibrated(label): f"eval-{folder}-calibrated" for label, folder in FORGET_SETS.items()})
+EVALS.update({transferred(label): f"eval-{folder}-transferred" for label, folder in FORGET_SETS.items()})
 
 
 def default_workdir(protocol: str = "mini") -> Path:

@@ -31,7 +31,8 @@ The rule (nothing in it reads forget10's evaluation or the retain reference):
    forget10's own answers (what an operator holds) against the same unseen authors, times the
    chosen candidate's validation ratio of forget-quality alpha to calibrated alpha (the
    calibration measures how strongly this assistant acts on its forget set; validation says
-   where forget quality peaks relative to it). forget10 is evaluated at that alpha.
+   where forget quality peaks relative to it). forget10 is evaluated at that alpha, and at the
+   calibrated alpha alone, to show what the ratio's transfer from validation does.
 Every stage is cached in the workdir, so an interrupted run resumes.
 """
 import argparse
@@ -43,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from mini_workdir import EVALS, FORGET_SETS, TUNE, calibrated, default_workdir, eval_logs, evaluated  # noqa: E402
+from mini_workdir import EVALS, FORGET_SETS, TUNE, calibrated, default_workdir, eval_logs, evaluated, transferred  # noqa: E402
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
@@ -238,13 +239,16 @@ def main():
     choice["final_greedy_rouge"] = json.loads(check.read_text())["rouge"]
     write_json_atomic(tune / "choice.json", choice)
     print(json.dumps(choice, indent=2))
-    logs = tune / "eval" / "TOFU_EVAL.json" if args.smoke else eval_logs(work, calibrated(FINAL[choice["training"]]))
-    evaluated_with = logs.parent / "forget_set.json"
-    this_run = {"forget_set": choice["final"], "alpha": choice["alpha"]}
-    if not (logs.exists() and evaluated_with.exists() and json.loads(evaluated_with.read_text()) == this_run):
-        uld("eval", "tofu", "--target", target, "--forget-set", f"forget10={final}", "--alpha", choice["alpha"], "--out", logs.parent,
-            "--retain-logs", retain_logs, "--generate-with", "vllm", "--scoring", "anchored", *(EVAL_SMOKE if args.smoke else []))
-        write_json_atomic(evaluated_with, this_run)
+    # the rule's alpha, and (to show what the validation ratio does) the calibrated alpha alone
+    for label_of, alpha in ((transferred, choice["alpha"]), (calibrated, manifest["calibration"]["alpha"])):
+        label = label_of(FINAL[choice["training"]])
+        logs = tune / EVALS[label] / "TOFU_EVAL.json" if args.smoke else eval_logs(work, label)
+        evaluated_with = logs.parent / "forget_set.json"
+        this_run = {"forget_set": choice["final"], "alpha": alpha}
+        if not (logs.exists() and evaluated_with.exists() and json.loads(evaluated_with.read_text()) == this_run):
+            uld("eval", "tofu", "--target", target, "--forget-set", f"forget10={final}", "--alpha", alpha, "--out", logs.parent,
+                "--retain-logs", retain_logs, "--generate-with", "vllm", "--scoring", "anchored", *(EVAL_SMOKE if args.smoke else []))
+            write_json_atomic(evaluated_with, this_run)
     if not args.smoke:
         record(work, level, results, choice)
 
@@ -302,9 +306,11 @@ def record(work, level, results, choice):
                   f"{calibration['alpha']:g} (forget answer probability {calibration['forget_prob_at_0']:.4f} -> "
                   f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}), {scaled}: "
                   f"**alpha {choice['alpha']:g}**. Its greedy answers to the general questions keep ROUGE-L "
-                  f"{choice['final_greedy_rouge']:.3f} of the target's (reported, not used). forget10, every ULD "
-                  "evaluation in the workdir (first 300: each split's first 300 items, as the reference code "
-                  "evaluates, `uld eval summarize --limit 300`):\n\n" + "\n".join(table))
+                  f"{choice['final_greedy_rouge']:.3f} of the target's (reported, not used). forget10, every "
+                  "evaluation in the workdir; the rule's row is the one at the calibrated alpha x validation ratio, "
+                  f"the row at the calibrated alpha ({calibration['alpha']:g}) alone shows what the ratio does "
+                  "(first 300: each split's first 300 items, as the reference code evaluates, "
+                  "`uld eval summarize --limit 300`):\n\n" + "\n".join(table))
 
 
 if __name__ == "__main__":
