@@ -289,11 +289,15 @@ def record(work, level, results, choice):
     reference_300 = first_items(reference, 300)  # recompute reads the reference, never writes it
     table = ["| model | forget quality | forget quality, first 300 | model utility | forget ROUGE-L | forget Q_A_Prob | "
              "retain Q_A_Prob | privleak |", "|---|---|---|---|---|---|---|---|"]
+    summaries = {}
     for label, logs in evaluated(work, [label for label in EVALS if label != "retain reference"]).items():
         s = recompute(load_logs(logs), reference)
         first = recompute(first_items(load_logs(logs), 300), reference_300)
+        alpha = logs.parent / "forget_set.json"
+        summaries[label] = {"all": s, "first_300": first, **(json.loads(alpha.read_text()) if alpha.exists() else {})}
         table.append(f"| {label} | {s['forget_quality']:.3g} | {first['forget_quality']:.3g} | {s['model_utility']:.4f} | "
                      f"{s['forget_Q_A_ROUGE']:.4f} | {s['forget_Q_A_Prob']:.4f} | {s['retain_Q_A_Prob']:.4f} | {s['privleak']:.2f} |")
+    write_json_atomic(out / "forget10.json", summaries)
     scaled = (f"times the validation ratio {choice['alpha_ratio']:.3f}" if choice["alpha_ratio"]
               else "(the validation candidate never reached the unseen level: its forget-quality alpha is used)")
     write_section("tune-assistant:mini", "Tuning the ULD assistant on a validation split (tofu-mini)",
