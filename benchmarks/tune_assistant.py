@@ -67,6 +67,7 @@ FQ_ALPHAS = [round(0.05 * i, 2) for i in range(41)]  # 0 .. 2
 BUDGET = {"epochs": 5, "batch_size": 8, "precision": "auto"}
 SMOKE = {"max_steps": 2, "precision": "fp32"}
 EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
+AGREEMENT_ALPHAS = [0.5, 0.65, 0.8, 1.0]  # the forget10 assistant's general greedy agreement, recorded along these
 
 
 def unseen_level(target, limit=None) -> float:
@@ -237,6 +238,15 @@ def main():
         write_json_atomic(check, {"alpha": choice["alpha"], "rouge": greedy_agreement(
             target, final, choice["alpha"], tune / "target-general.json", limit)})
     choice["final_greedy_rouge"] = json.loads(check.read_text())["rouge"]
+    # the same agreement along alpha (general questions only, no test item): how fast the served
+    # general answers drift on this assistant, whatever alpha the rule picks
+    curve_path = tune / f"{final.name}-greedy-curve.json"
+    curve = json.loads(curve_path.read_text()) if curve_path.exists() else {}
+    for alpha in AGREEMENT_ALPHAS:
+        if f"{alpha:g}" not in curve:
+            curve[f"{alpha:g}"] = greedy_agreement(target, final, alpha, tune / "target-general.json", limit)
+            write_json_atomic(curve_path, curve)
+    choice["final_greedy_curve"] = curve
     write_json_atomic(tune / "choice.json", choice)
     print(json.dumps(choice, indent=2))
     # the rule's alpha, and (to show what the validation ratio does) the calibrated alpha alone
@@ -310,7 +320,8 @@ def record(work, level, results, choice):
                   f"{calibration['alpha']:g} (forget answer probability {calibration['forget_prob_at_0']:.4f} -> "
                   f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}), {scaled}: "
                   f"**alpha {choice['alpha']:g}**. Its greedy answers to the general questions keep ROUGE-L "
-                  f"{choice['final_greedy_rouge']:.3f} of the target's (reported, not used). forget10, every "
+                  f"{choice['final_greedy_rouge']:.3f} of the target's (reported, not used); along alpha: "
+                  + ", ".join(f"{a}: {r:.3f}" for a, r in choice["final_greedy_curve"].items()) + ". forget10, every "
                   "evaluation in the workdir; the rule's row is the one at the calibrated alpha x validation ratio, "
                   f"the row at the calibrated alpha ({calibration['alpha']:g}) alone shows what the ratio does "
                   "(first 300: each split's first 300 items, as the reference code evaluates, "
