@@ -233,20 +233,16 @@ def main():
     choice["calibration"] = manifest["calibration"]
     ratio = choice["alpha_ratio"]
     choice["alpha"] = round(manifest["calibration"]["alpha"] * ratio, 4) if ratio else choice["validation_alpha"]
-    check = tune / f"{final.name}-greedy.json"
-    if not check.exists() or json.loads(check.read_text())["alpha"] != choice["alpha"]:
-        write_json_atomic(check, {"alpha": choice["alpha"], "rouge": greedy_agreement(
-            target, final, choice["alpha"], tune / "target-general.json", limit)})
-    choice["final_greedy_rouge"] = json.loads(check.read_text())["rouge"]
-    # the same agreement along alpha (general questions only, no test item): how fast the served
-    # general answers drift on this assistant, whatever alpha the rule picks
+    # general greedy agreement (general questions only, no test item) at the rule's alpha and along
+    # AGREEMENT_ALPHAS: how fast the served general answers drift on this assistant; one cache by alpha
     curve_path = tune / f"{final.name}-greedy-curve.json"
     curve = json.loads(curve_path.read_text()) if curve_path.exists() else {}
-    for alpha in AGREEMENT_ALPHAS:
+    for alpha in [choice["alpha"], *AGREEMENT_ALPHAS]:
         if f"{alpha:g}" not in curve:
             curve[f"{alpha:g}"] = greedy_agreement(target, final, alpha, tune / "target-general.json", limit)
             write_json_atomic(curve_path, curve)
-    choice["final_greedy_curve"] = curve
+    choice["final_greedy_rouge"] = curve[f"{choice['alpha']:g}"]
+    choice["final_greedy_curve"] = {f"{alpha:g}": curve[f"{alpha:g}"] for alpha in AGREEMENT_ALPHAS}
     write_json_atomic(tune / "choice.json", choice)
     print(json.dumps(choice, indent=2))
     # the rule's alpha, and (to show what the validation ratio does) the calibrated alpha alone
@@ -303,8 +299,9 @@ def record(work, level, results, choice):
     for label, logs in evaluated(work, [label for label in EVALS if label != "retain reference"]).items():
         s = recompute(load_logs(logs), reference)
         first = recompute(first_items(load_logs(logs), 300), reference_300)
-        alpha = logs.parent / "forget_set.json"
-        summaries[label] = {"all": s, "first_300": first, **(json.loads(alpha.read_text()) if alpha.exists() else {})}
+        evaluated_with = logs.parent / "forget_set.json"  # the forget set and alpha, where tune_assistant evaluated it
+        summaries[label] = {"all": s, "first_300": first,
+                            **(json.loads(evaluated_with.read_text()) if evaluated_with.exists() else {})}
         table.append(f"| {label} | {s['forget_quality']:.3g} | {first['forget_quality']:.3g} | {s['model_utility']:.4f} | "
                      f"{s['forget_Q_A_ROUGE']:.4f} | {s['forget_Q_A_Prob']:.4f} | {s['retain_Q_A_Prob']:.4f} | {s['privleak']:.2f} |")
     write_json_atomic(out / "forget10.json", summaries)
