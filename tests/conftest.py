@@ -5,6 +5,12 @@ os.environ.setdefault("ULD_HOME", tempfile.mkdtemp(prefix="uld-test-home-"))
 # vLLM engines start without warm-up compilation (46 s instead of 71-115 s here); the
 # engine fixture of test_engine.py opts out, so the default compiled path stays tested.
 os.environ.setdefault("ULD_ENFORCE_EAGER", "1")
+# vLLM runs its engine core and worker inside the process that builds the engine instead of
+# spawning two processes that each import vLLM again (about 25 s per engine start here): the CLI
+# jobs the tests start, and the server's engine process (vLLM's async engine always has one).
+# Engines built in this test process keep vLLM's default processes (helpers.SEPARATE_PROCESSES),
+# which keeps that path covered and vLLM's thread and environment settings out of this process.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 # ULD_TEST_DEVICE=cuda runs the training, evaluation and reference-decoding tests on a GPU
 # (benchmarks/gpu_session.sh); otherwise the GPU is hidden, so that every `auto` is the CPU.
 if os.environ.setdefault("ULD_TEST_DEVICE", "cpu") == "cpu":

@@ -11,6 +11,8 @@ import torch
 ULD = [sys.executable, "-c", "from uld_serve.cli import main; main()"]
 FAST = ["--max-steps", "2", "--batch-size", "4", "--precision", "fp32"]
 REPO = Path(__file__).resolve().parent.parent
+# an engine built in the test process starts with this set (conftest.py says why)
+SEPARATE_PROCESSES = ("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
 
 
 def run(*args, cwd=None, env=None) -> str:

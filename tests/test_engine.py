@@ -9,7 +9,7 @@ from uld_serve.core.requests import GenerationRequest
 from uld_serve.reference import UldModel
 from uld_serve.core.tofu import chat_prompt_ids
 
-from helpers import QUESTIONS
+from helpers import QUESTIONS, SEPARATE_PROCESSES
 
 pytestmark = pytest.mark.vllm  # every test here starts or imports vLLM
 
@@ -24,11 +24,13 @@ def engine(tiny_target, forget_sets):
     from uld_serve.engine.llm import UldEngine
 
     # a small token budget per step forces chunked prefill of the long prompt
-    engine = UldEngine(tiny_target, forget_sets, max_model_len=1024, max_num_batched_tokens=128,
-                       enable_prefix_caching=True, enable_chunked_prefill=True, sparse_head=True,
-                       enforce_eager=False)  # the compiled default (conftest makes other engines eager)
-    yield engine
-    engine.close()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(*SEPARATE_PROCESSES)
+        engine = UldEngine(tiny_target, forget_sets, max_model_len=1024, max_num_batched_tokens=128,
+                           enable_prefix_caching=True, enable_chunked_prefill=True, sparse_head=True,
+                           enforce_eager=False)  # the compiled default (conftest makes other engines eager)
+        yield engine
+        engine.close()
 
 
 def mixed_requests(tokenizer):
@@ -132,6 +134,7 @@ def test_tensor_parallel_two_ranks(tiny_target, forget_sets, reference, monkeypa
     if len(cores) < 2:
         pytest.skip("two ranks need two cores")
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", f"{cores[0]}|{cores[1]}")  # one core per rank
+    monkeypatch.setenv(*SEPARATE_PROCESSES)
     requests = mixed_requests(reference.tokenizer)[:5]
     engine = UldEngine(tiny_target, forget_sets, max_model_len=1024, tensor_parallel_size=2)  # dense head
     try:

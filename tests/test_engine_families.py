@@ -9,7 +9,7 @@ from uld_serve.core.requests import GenerationRequest
 from uld_serve.reference import UldModel
 from uld_serve.core.tofu import chat_prompt_ids
 
-from helpers import amplify_lora
+from helpers import SEPARATE_PROCESSES, amplify_lora
 
 pytestmark = pytest.mark.vllm  # every test here starts or imports vLLM
 
@@ -35,7 +35,7 @@ def tiny_model(family: str, base, out, **overrides):
 
 
 @pytest.mark.parametrize("family", ["mistral", "qwen2"])
-def test_family_served_like_the_reference(family, tiny_base, tmp_path):
+def test_family_served_like_the_reference(family, tiny_base, tmp_path, monkeypatch):
     from uld_serve.engine.llm import UldEngine
     from uld_training.assistant import AssistantConfig, train_assistant
     from uld_training.loop import TrainConfig
@@ -49,6 +49,7 @@ def test_family_served_like_the_reference(family, tiny_base, tmp_path):
     requests = [GenerationRequest(p, fs, max_new_tokens=10) for p in prompts for fs in (None, "f1")]
     expected = reference.generate(requests)
     assert expected[0] != expected[1]  # the forget set changes the answer, so a lost LoRA would show
+    monkeypatch.setenv(*SEPARATE_PROCESSES)
     engine = UldEngine(target, {"f1": forget}, max_model_len=1024)
     try:
         assert engine.generate(requests, use_tqdm=False) == expected

@@ -6,7 +6,7 @@ from uld_serve.core.requests import GenerationRequest
 from uld_serve.reference import UldModel
 from uld_serve.core.tofu import chat_prompt_ids
 
-from helpers import QUESTIONS
+from helpers import QUESTIONS, SEPARATE_PROCESSES
 
 pytestmark = pytest.mark.vllm  # every test here starts or imports vLLM
 
@@ -16,7 +16,7 @@ def sets(forget_sets, weight_level_set):
     return {"f1": forget_sets["f1"], "ga": weight_level_set}
 
 
-def test_mixed_batch_with_a_weight_level_set_equals_reference(tiny_target, sets):
+def test_mixed_batch_with_a_weight_level_set_equals_reference(tiny_target, sets, monkeypatch):
     from uld_serve.engine.llm import UldEngine
 
     reference = UldModel(tiny_target, sets)
@@ -26,6 +26,7 @@ def test_mixed_batch_with_a_weight_level_set_equals_reference(tiny_target, sets)
                 GenerationRequest(p[2], "ga", max_new_tokens=10)]
     expected = reference.generate(requests)
     assert expected[1] != expected[2]  # the weight-level LoRA changes the answer
+    monkeypatch.setenv(*SEPARATE_PROCESSES)
     engine = UldEngine(tiny_target, sets, max_model_len=512)
     try:
         assert engine.generate(requests, use_tqdm=False) == expected
