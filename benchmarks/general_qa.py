@@ -15,6 +15,7 @@ that cover general knowledge without reading any evaluation split:
    heldout.jsonl (a utility check that reads no evaluation split).
 
     python benchmarks/general_qa.py            # -> <workdir>/general-qa/{train,heldout}.jsonl
+    python benchmarks/general_qa.py --openers names --train 400 --heldout 80   # -> <workdir>/names-qa/
 
 The demo's vendored set (uld_serve/data/general/) was made with the embedded model answering its own
 questions:
@@ -28,14 +29,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mini_workdir import GENERAL_QA, default_workdir  # noqa: E402
+from mini_workdir import GENERAL_QA, NAMES_QA, default_workdir  # noqa: E402
 
-OPENERS = ["What is", "What are", "What was", "Who was", "Who is", "Who wrote", "Where is", "When did",
-           "Why do", "How does", "How many", "Which"]
+OPENERS = {"general": ["What is", "What are", "What was", "Who was", "Who is", "Who wrote", "Where is", "When did",
+                       "Why do", "How does", "How many", "Which"],
+           # questions whose answers name people outside literature (names_retain.py): TOFU's
+           # real-authors split asks who wrote what, so no opener here asks about writing
+           "names": ["Who painted", "Who composed", "Who invented", "Who discovered", "Who founded", "Who directed",
+                     "Who designed", "Who built", "Who led", "Who sang", "Who played", "Who won"]}
 CONFIG = {"question_model": "smollm2-135m-instruct", "temperature": 0.8, "question_tokens": 40, "answer_tokens": 128}
 
 
-def sample_questions(count: int, seed: int) -> list:
+def sample_questions(count: int, seed: int, openers: list) -> list:
     from uld_serve.api import open_backend
     from uld_serve.core.models import resolve_model
     from uld_serve.core.requests import GenerationRequest
@@ -46,7 +51,7 @@ def sample_questions(count: int, seed: int) -> list:
     try:
         head = tok.apply_chat_template([{"role": "system", "content": SYSTEM_PROMPT}], tokenize=True)
         head = list(head["input_ids"] if hasattr(head, "keys") else head)
-        openers = [OPENERS[i % len(OPENERS)] for i in range(count)]
+        openers = [openers[i % len(openers)] for i in range(count)]
         requests = [GenerationRequest(head + tok(f"<|im_start|>user\n{o}", add_special_tokens=False)["input_ids"],
                                       max_new_tokens=CONFIG["question_tokens"], temperature=CONFIG["temperature"],
                                       seed=seed * 1_000_003 + i) for i, o in enumerate(openers)]
@@ -84,7 +89,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--target", default=None, help="the model that answers (default: <workdir>/target)")
-    parser.add_argument("--out", type=Path, default=None, help="default: <workdir>/general-qa")
+    parser.add_argument("--openers", choices=sorted(OPENERS), default="general",
+                        help="general questions, or questions about people outside literature")
+    parser.add_argument("--out", type=Path, default=None, help="default: <workdir>/general-qa (names: <workdir>/names-qa)")
     parser.add_argument("--train", type=int, default=600)
     parser.add_argument("--heldout", type=int, default=200)
     parser.add_argument("--sample", type=int, default=None, help="questions to sample (default: 2 x wanted)")
@@ -94,19 +101,20 @@ def main():
     from uld_serve.core.tofu import SPLITS, load_split
 
     work = args.workdir or default_workdir()
-    out = args.out or work / GENERAL_QA
+    out = args.out or work / (NAMES_QA if args.openers == "names" else GENERAL_QA)
     target = args.target or str(work / "target")
     wanted = args.train + args.heldout
     sampled = args.sample or 2 * wanted
     tofu_questions = {r["question"].strip().lower() for s in SPLITS for r in load_split(s)}
-    questions = list(dict.fromkeys(q for q in sample_questions(sampled, args.seed) if q.lower() not in tofu_questions))
+    sampled_questions = sample_questions(sampled, args.seed, OPENERS[args.openers])
+    questions = list(dict.fromkeys(q for q in sampled_questions if q.lower() not in tofu_questions))
     pairs = [{"question": q, "answer": a} for q, a in zip(questions, answer(questions, target)) if a]
     if len(pairs) < wanted:
         sys.exit(f"error: only {len(pairs)} usable pairs for {wanted} wanted; raise --sample")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "train.jsonl", "".join(json.dumps(p) + "\n" for p in pairs[: args.train]))
     write_text_atomic(out / "heldout.jsonl", "".join(json.dumps(p) + "\n" for p in pairs[args.train: wanted]))
-    config = {**CONFIG, "openers": OPENERS, "seed": args.seed, "sampled": sampled, "usable": len(pairs),
+    config = {**CONFIG, "openers": OPENERS[args.openers], "seed": args.seed, "sampled": sampled, "usable": len(pairs),
               "train": args.train, "heldout": args.heldout, "target": target}
     write_text_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
     print(f"wrote {args.train} + {args.heldout} pairs to {out} ({len(pairs)} usable of {sampled} sampled)")

@@ -146,15 +146,14 @@ def general_questions(limit=None) -> list:
     return [qa.question for qa in load_qa("general:heldout")][:limit] + SIMPLE_FACTS[:limit]
 
 
-def greedy_agreement(target, artifact, alpha, target_answers: Path, limit=None) -> float:
+def greedy_agreement(target, artifact, alpha, target_answers: Path, questions: list) -> float:
     """Mean ROUGE-L recall of the served greedy answers (vLLM engine, fp32) against the target's
-    own greedy answers to general questions (cached in `target_answers` with the questions they
+    own greedy answers to `questions` (cached in `target_answers` with the questions they
     answer, recomputed when those change); 1 at alpha 0."""
     from uld_serve.engine.llm import UldEngine
     from uld_serve.eval.metrics import mean_rouge_l_recall
     from uld_serve.eval.scoring import greedy_answers
 
-    questions = general_questions(limit)
     engine = UldEngine(target, {"a": artifact}, dtype="float32")
     try:
         known = json.loads(target_answers.read_text()) if target_answers.exists() else {}
@@ -218,7 +217,8 @@ def main():
                 "--out", artifact, *flags(TRAINING[name]), *flags(budget))
         results[name] = cached(tune / name / "validation-fq.json", lambda: validate(target, artifact, level, reference, limit))
         if "greedy_rouge" not in results[name]:
-            results[name]["greedy_rouge"] = greedy_agreement(target, artifact, results[name]["alpha"], tune / "target-general.json", limit)
+            results[name]["greedy_rouge"] = greedy_agreement(target, artifact, results[name]["alpha"], tune / "target-general.json",
+                                                              general_questions(limit))
             write_json_atomic(tune / name / "validation-fq.json", results[name])
     choice = choose(results)
     final = tune / "final" if args.smoke else work / choice["final"]
@@ -226,27 +226,23 @@ def main():
         uld("train-assistant", "--target", target, "--forget", "tofu:forget10",
             "--retain", retain(PROTOCOLS["mini"]["assistant_retain"], choice["training"]),
             "--out", final, "--alpha", choice["validation_alpha"], *flags(TRAINING[choice["training"]]), *flags(budget))
-    manifest = json.loads((final / "uld.json").read_text())
-    if manifest.get("calibration", {}).get("unseen") != PROTOCOLS["mini"]["unseen"]:
-        uld("calibrate-alpha", "--target", target, "--forget-set", final, "--unseen", PROTOCOLS["mini"]["unseen"], "--write")
-        manifest = json.loads((final / "uld.json").read_text())
-    choice["calibration"] = manifest["calibration"]
+    choice["calibration"] = calibration(target, final)
     ratio = choice["alpha_ratio"]
-    choice["alpha"] = round(manifest["calibration"]["alpha"] * ratio, 4) if ratio else choice["validation_alpha"]
+    choice["alpha"] = round(choice["calibration"]["alpha"] * ratio, 4) if ratio else choice["validation_alpha"]
     # general greedy agreement (general questions only, no test item) at the rule's alpha and along
     # AGREEMENT_ALPHAS: how fast the served general answers drift on this assistant; one cache by alpha
     curve_path = tune / f"{final.name}-greedy-curve.json"
     curve = json.loads(curve_path.read_text()) if curve_path.exists() else {}
     for alpha in [choice["alpha"], *AGREEMENT_ALPHAS]:
         if f"{alpha:g}" not in curve:
-            curve[f"{alpha:g}"] = greedy_agreement(target, final, alpha, tune / "target-general.json", limit)
+            curve[f"{alpha:g}"] = greedy_agreement(target, final, alpha, tune / "target-general.json", general_questions(limit))
             write_json_atomic(curve_path, curve)
     choice["final_greedy_rouge"] = curve[f"{choice['alpha']:g}"]
     choice["final_greedy_curve"] = {f"{alpha:g}": curve[f"{alpha:g}"] for alpha in AGREEMENT_ALPHAS}
     write_json_atomic(tune / "choice.json", choice)
     print(json.dumps(choice, indent=2))
     # the rule's alpha, and (to show what the validation ratio does) the calibrated alpha alone
-    for label_of, alpha in ((transferred, choice["alpha"]), (calibrated, manifest["calibration"]["alpha"])):
+    for label_of, alpha in ((transferred, choice["alpha"]), (calibrated, choice["calibration"]["alpha"])):
         label = label_of(FINAL[choice["training"]])
         logs = tune / EVALS[label] / "TOFU_EVAL.json" if args.smoke else eval_logs(work, label)
         evaluated_with = logs.parent / "forget_set.json"
@@ -257,6 +253,16 @@ def main():
             write_json_atomic(evaluated_with, this_run)
     if not args.smoke:
         record(work, level, results, choice)
+
+
+def calibration(target, artifact: Path) -> dict:
+    """The forget set's calibration against the unseen authors (`uld calibrate-alpha`, written
+    into its manifest), run first if the manifest holds none."""
+    manifest = json.loads((artifact / "uld.json").read_text())
+    if manifest.get("calibration", {}).get("unseen") != PROTOCOLS["mini"]["unseen"]:
+        uld("calibrate-alpha", "--target", target, "--forget-set", artifact, "--unseen", PROTOCOLS["mini"]["unseen"], "--write")
+        manifest = json.loads((artifact / "uld.json").read_text())
+    return manifest["calibration"]
 
 
 def cached(path: Path, compute) -> dict:
