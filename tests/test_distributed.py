@@ -39,7 +39,9 @@ def test_two_processes_equal_one_with_accumulation(job, tiny_target, tmp_path):
     accumulated = train(tiny_target, job, tmp_path / "accumulated", extra=("--grad-accum", "2"))
     whole = train(tiny_target, job, tmp_path / "whole")
     assert two == pytest.approx(accumulated, rel=1e-5)  # the same arithmetic, reduced in another order
-    assert two == pytest.approx(whole, rel=1e-3)  # micro-batch means against the batch's token mean
+    # micro-batch means against the batch's token mean: close, not equal (NPO's step-2 losses were
+    # 0.104% apart on an Intel AMX machine, under 0.1% on the AMD ones)
+    assert two == pytest.approx(whole, rel=3e-3)
     manifest = json.loads((tmp_path / "two" / "uld.json").read_text())
     assert manifest["result"]["processes"] == 2 and manifest["training"]["grad_accum"] == 1
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no resume directory left behind
