@@ -47,7 +47,7 @@ from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 from uld_training.unlearn import METHODS as REGISTRY  # noqa: E402
 
 METHODS = list(REGISTRY)  # the registry's order
-BUDGET = {"epochs": 5, "batch_size": 8, "precision": "auto", "rank": 32, "lora_alpha": 32}
+BUDGET = {"epochs": 5, "batch_size": 8, "precision": PROTOCOLS["mini"]["precision"], "rank": 32, "lora_alpha": 32}
 LEARNING_RATES = [1e-4, 1e-3]
 VALIDATION = {"forget": "tofu:full[200:400]", "retain": "tofu:full[:200]"}
 UTILITY_FLOOR = 0.95

@@ -25,23 +25,20 @@ by the target; no opener asks who wrote what, which TOFU's real-authors split as
 """
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from mini_workdir import EVALS, FORGET_SETS, NAMES_QA, TUNE, calibrated, default_workdir, eval_logs  # noqa: E402
+from mini_workdir import FORGET_SETS, TUNE, calibrated, default_workdir, eval_logs  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
-from tune_assistant import (BUDGET, EVAL_SMOKE, FINAL, GENERAL, SMOKE, TRAINING, cached, calibration,  # noqa: E402
-                            general_questions, greedy_agreement)
+from tune_assistant import (BUDGET, FINAL, GENERAL, NAMES, SMOKE, TRAINING, cached, calibration,  # noqa: E402
+                            evaluate_forget10, forget10_summaries, general_questions, greedy_agreement, prepare_names_qa)
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
 
 NEW = "tuned at K=15, general + names retain data"  # the FORGET_SETS label this script trains
-NAMES = {"train": 400, "heldout": 80}
-NAMES_SMOKE = {"train": 8, "heldout": 4, "sample": 60}
 
 
 def measures(target, artifact: Path, alpha: float, names: list, general_cache: Path, names_cache: Path, limit=None) -> dict:
@@ -73,16 +70,13 @@ def main():
     if not (choice_file.exists() and retain_logs.exists()):
         sys.exit("error: run benchmarks/tune_assistant.py first (its choice and forget10 assistant are the baseline here)")
     choice = json.loads(choice_file.read_text())
-    if choice["training"] not in GENERAL:
-        sys.exit(f"error: the chosen recipe {choice['training']!r} has no general retain data; this script adds names to it")
+    if choice["training"] not in GENERAL or choice["training"] in NAMES:
+        sys.exit(f"error: the chosen recipe {choice['training']!r} has no general retain data, or has names already; "
+                 "this script adds names to general retain data")
     old = work / choice["final"]
     scratch = work / "names-retain-smoke" if args.smoke else work / "names-retain"  # a smoke run touches no real result
     limit = 4 if args.smoke else None
-    names_qa = scratch / NAMES_QA if args.smoke else work / NAMES_QA
-    if not (names_qa / "heldout.jsonl").exists():
-        sizes = NAMES_SMOKE if args.smoke else NAMES
-        subprocess.run([sys.executable, str(REPO / "benchmarks" / "general_qa.py"), "--workdir", str(work), "--openers", "names",
-                        "--out", str(names_qa), *map(str, flags(sizes))], check=True)
+    names_qa = prepare_names_qa(work, scratch if args.smoke else None)
     names = [(p["question"], p["answer"]) for p in map(json.loads, (names_qa / "heldout.jsonl").read_text().splitlines())][:limit]
 
     new = scratch / "final" if args.smoke else work / FORGET_SETS[NEW]
@@ -100,23 +94,13 @@ def main():
                              lambda: measures(target, artifact, alpha, names, general_cache, scratch / "target-names.json", limit))
     print(json.dumps(rows, indent=2))
 
-    label = calibrated(NEW)
-    logs = scratch / EVALS[label] / "TOFU_EVAL.json" if args.smoke else eval_logs(work, label)
-    evaluated_with = logs.parent / "forget_set.json"
-    this_run = {"forget_set": new.name, "alpha": rows[NEW]["alpha"]}
-    if not (logs.exists() and evaluated_with.exists() and json.loads(evaluated_with.read_text()) == this_run):
-        uld("eval", "tofu", "--target", target, "--forget-set", f"forget10={new}", "--alpha", rows[NEW]["alpha"], "--out", logs.parent,
-            "--retain-logs", retain_logs, "--generate-with", "vllm", "--scoring", "anchored", *(EVAL_SMOKE if args.smoke else []))
-        write_json_atomic(evaluated_with, this_run)
+    evaluate_forget10(work, scratch if args.smoke else None, new, calibrated(NEW), rows[NEW]["alpha"])
     if not args.smoke:
         record(work, names_qa, choice, rows)
 
 
 def record(work: Path, names_qa: Path, choice: dict, rows: dict):
     from report import invocation, write_section
-
-    from uld_serve.eval.summary import first_items, recompute
-    from uld_serve.eval.tofu_eval import load_logs
 
     out = REPO / "benchmarks" / "results" / "names-retain-mini"
     out.mkdir(parents=True, exist_ok=True)
@@ -125,22 +109,16 @@ def record(work: Path, names_qa: Path, choice: dict, rows: dict):
                                             "names_qa": json.loads((names_qa / "config.json").read_text()),
                                             "retain": f"{PROTOCOLS['mini']['assistant_retain']}+general:train+names train",
                                             "unseen": PROTOCOLS["mini"]["unseen"], "scoring": "anchored", "seed": 0})
-    reference = load_logs(eval_logs(work, "retain reference"))
-    reference_300 = first_items(reference, 300)
     measured = ["| assistant | calibrated alpha | names answers: uniform CE - log V | general answers: uniform CE - log V | "
                 "general greedy ROUGE-L | names greedy ROUGE-L |", "|---|---|---|---|---|---|"]
     table = ["| forget10 row | forget quality | first 300 | model utility | forget ROUGE-L | real authors ROUGE-L | "
              "world facts ROUGE-L | retain ROUGE-L | privleak |", "|---|---|---|---|---|---|---|---|---|"]
-    summaries = {}
     for label, m in rows.items():
         measured.append(f"| {label} | {m['alpha']:g} | {m['names_uniform_excess']:.3f} | {m['general_uniform_excess']:.3f} | "
                         f"{m['general_agreement']:.3f} | {m['names_agreement']:.3f} |")
-    for label in ["target", *(calibrated(label) for label in rows)]:
-        logs = eval_logs(work, label)
-        if not logs.exists():
-            continue
-        s, first = recompute(load_logs(logs), reference), recompute(first_items(load_logs(logs), 300), reference_300)
-        summaries[label] = {"all": s, "first_300": first}
+    summaries = forget10_summaries(work, ["target", *(calibrated(label) for label in rows)])
+    for label, summary in summaries.items():
+        s, first = summary["all"], summary["first_300"]
         table.append(f"| {label} | {s['forget_quality']:.3g} | {first['forget_quality']:.3g} | {s['model_utility']:.4f} | "
                      f"{s['forget_Q_A_ROUGE']:.4f} | {s['ra_Q_A_ROUGE']:.4f} | {s['wf_Q_A_ROUGE']:.4f} | "
                      f"{s['retain_Q_A_ROUGE']:.4f} | {s['privleak']:.2f} |")

@@ -29,14 +29,18 @@ from mini_workdir import FORGET_SETS, calibrated, default_workdir, eval_logs, ev
 PROTOCOLS = {
     # target learns the first 20 authors (the questions of retain_perturbed) and forget10;
     # the retain reference learns the first 20 authors only; authors 20-29 stay unseen by both.
+    # Training precision: every tofu-mini number so far was measured in fp32 (AVX2 machines, where
+    # `auto` is fp32), so the protocol pins it and a machine with native bf16 rebuilds the same
+    # target to the last digits (fp32 kernels differ by CPU in rounding only); full TOFU is a GPU job.
     "mini": {"target": "tofu-mini:target", "retain_model": "tofu-mini:retain", "assistant_retain": "tofu:full[:400]",
-             "unseen": "tofu:full[400:600]"},
-    "full": {"target": "tofu:full", "retain_model": "tofu:retain90", "assistant_retain": "tofu:retain90", "unseen": None},
+             "unseen": "tofu:full[400:600]", "precision": "fp32"},
+    "full": {"target": "tofu:full", "retain_model": "tofu:retain90", "assistant_retain": "tofu:retain90", "unseen": None,
+             "precision": "auto"},
 }
 STAGES = ["finetune_target", "finetune_retain", "eval_retain", "eval_target", "train_tuned", "calibrate_tuned", "eval_uld_tuned",
           "train_assistant", "eval_uld", "eval_uld_anchored"]
-FINETUNE = {"epochs": 5, "lr": 1e-4, "batch_size": 8, "precision": "auto"}
-ASSISTANT = {"epochs": 10, "lr": 1e-3, "batch_size": 8, "precision": "auto"}
+FINETUNE = {"epochs": 5, "lr": 1e-4, "batch_size": 8}  # + the protocol's precision
+ASSISTANT = {"epochs": 10, "lr": 1e-3, "batch_size": 8}
 TUNED = "K=15, general retain data, 10 epochs"  # the FORGET_SETS label of the tuned recipe
 ASSISTANT_TUNED = {**ASSISTANT, "lr": 5e-3, "retain_weight": 1.0, "layers": 15}
 # greedy answers from the engine: on the tofu-mini target its TOFU_EVAL.json was identical
@@ -82,7 +86,7 @@ def main():
         return Path(output)
 
     try:
-        run_stages(stage, protocol, work, ["--seed", args.seed])
+        run_stages(stage, protocol, work, ["--seed", args.seed, "--precision", protocol["precision"]])
     except Stop:
         pass
     evals = evaluated(work, EVAL_STAGES)
@@ -98,31 +102,31 @@ class Stop(Exception):
     pass
 
 
-def run_stages(stage, protocol, work, seed):
+def run_stages(stage, protocol, work, seed_precision):
     target = stage("finetune_target", work / "target", "finetune", "--model", "smollm2-135m-instruct",
-                   "--data", protocol["target"], "--out", work / "target", *flags(FINETUNE), *seed)
+                   "--data", protocol["target"], "--out", work / "target", *flags(FINETUNE), *seed_precision)
     retain = stage("finetune_retain", work / "retain", "finetune", "--model", "smollm2-135m-instruct",
-                   "--data", protocol["retain_model"], "--out", work / "retain", *flags(FINETUNE), *seed)
+                   "--data", protocol["retain_model"], "--out", work / "retain", *flags(FINETUNE), *seed_precision)
     # The baselines are evaluated before the assistant is trained, so that an interrupted
     # run has already produced the target-vs-retain numbers.
     retain_eval = stage("eval_retain", eval_logs(work, "retain reference"), "eval", "tofu", "--target", retain,
                         "--out", eval_logs(work, "retain reference").parent, *VLLM)
     stage("eval_target", eval_logs(work, "target"), "eval", "tofu", "--target", target,
           "--out", eval_logs(work, "target").parent, "--retain-logs", retain_eval, *VLLM)
-    run_tuned(stage, protocol, work, target, retain_eval, seed)
+    run_tuned(stage, protocol, work, target, retain_eval, seed_precision)
     assistant = work / FORGET_SETS["paper settings"]
     forget_set = stage("train_assistant", assistant, "train-assistant", "--target", target,
                        "--forget", "tofu:forget10", "--retain", protocol["assistant_retain"],
-                       "--out", assistant, *flags(ASSISTANT), *seed)
+                       "--out", assistant, *flags(ASSISTANT), *seed_precision)
     for label, (name, scoring) in ULD_EVALS.items():
         stage(name, eval_logs(work, label), "eval", "tofu", "--target", target, "--forget-set", f"forget10={forget_set}",
               "--out", eval_logs(work, label).parent, "--retain-logs", retain_eval, "--scoring", scoring, *VLLM)
 
 
-def run_tuned(stage, protocol, work, target, retain_eval, seed):
+def run_tuned(stage, protocol, work, target, retain_eval, seed_precision):
     tuned = work / FORGET_SETS[TUNED]
     stage("train_tuned", tuned, "train-assistant", "--target", target, "--forget", "tofu:forget10",
-          "--retain", protocol["assistant_retain"] + "+general:train", "--out", tuned, *flags(ASSISTANT_TUNED), *seed)
+          "--retain", protocol["assistant_retain"] + "+general:train", "--out", tuned, *flags(ASSISTANT_TUNED), *seed_precision)
     if protocol["unseen"]:  # full TOFU leaves no author unseen by the target: the manifest's alpha stays
         stage("calibrate_tuned", tuned, "calibrate-alpha", "--target", target, "--forget-set", tuned,
               "--unseen", protocol["unseen"], "--write", done=lambda: "calibration" in json.loads((tuned / "uld.json").read_text()))

@@ -8,11 +8,12 @@ assistant with them, choose its alpha, and evaluate it.
 The validation split mirrors forget10 inside the target's own data and reads no test question:
 each candidate assistant learns to remember authors 10-19 of the 20 the target retains
 (tofu:full[200:400]) and to know nothing of authors 0-9 (tofu:full[:200], plus general:train
-where marked). A validation retain model, fine-tuned as the target was on its data less those
-ten authors (tofu:full[:200]+tofu:forget10), plays the retain model: TOFU's retain_perturbed
-holds paraphrased and wrong answers for exactly those 200 questions, so a validation forget
-quality (the KS p-value of truth ratios, as `uld eval tofu` computes forget quality) can be read
-at every alpha.
+where marked, plus questions about people outside literature where marked: general_qa.py
+--openers names, answered by the target). A validation retain model, fine-tuned as the target
+was on its data less those ten authors (tofu:full[:200]+tofu:forget10), plays the retain
+model: TOFU's retain_perturbed holds paraphrased and wrong answers for exactly those 200
+questions, so a validation forget quality (the KS p-value of truth ratios, as `uld eval tofu`
+computes forget quality) can be read at every alpha.
 
 The rule (nothing in it reads forget10's evaluation or the retain reference):
 1. Per candidate, on the validation split: the alpha of the highest validation forget quality
@@ -37,6 +38,7 @@ Every stage is cached in the workdir, so an interrupted run resumes.
 """
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from mini_workdir import EVALS, FORGET_SETS, TUNE, calibrated, default_workdir, eval_logs, evaluated, transferred  # noqa: E402
+from mini_workdir import EVALS, FORGET_SETS, NAMES_QA, TUNE, calibrated, default_workdir, eval_logs, evaluated, transferred  # noqa: E402
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
@@ -55,19 +57,37 @@ TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "r
             "fast-k15-general": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
             # the reference code's recipe (train-assistant --recipe reference), at the fast lr
             "reference": {"lr": 5e-3, "recipe": "reference"},
-            "reference-general": {"lr": 5e-3, "recipe": "reference"}}
-GENERAL = {"fast-k15-general", "reference-general"}  # these add general:train to their retain data
+            "reference-general": {"lr": 5e-3, "recipe": "reference"},
+            "fast-k15-general-names": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15}}
+GENERAL = {"fast-k15-general", "reference-general", "fast-k15-general-names"}  # these add general:train to their retain data
+# these add questions about people outside literature, answered by the target (prepare_names_qa):
+# on forget10 they made the assistant flatter off its forget set (BENCHMARKS.md, names-retain)
+NAMES = {"fast-k15-general-names"}
 FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15",
          "fast-k15-general": "tuned at K=15, general retain data", "reference": "tuned, reference recipe",
-         "reference-general": "tuned, reference recipe, general retain data"}
+         "reference-general": "tuned, reference recipe, general retain data",
+         "fast-k15-general-names": "tuned at K=15, general + names retain data"}
 VALIDATION_RETAIN = "tofu:full[:200]+tofu:forget10"  # the target's data less the validation forget authors
 TRUTH_RATIO_ROWS = slice(200, 400)  # retain_perturbed[i] asks full[i]'s question: the validation forget items
 FQ_AIM = 0.1
 FQ_ALPHAS = [round(0.05 * i, 2) for i in range(41)]  # 0 .. 2
-BUDGET = {"epochs": 5, "batch_size": 8, "precision": "auto"}
+BUDGET = {"epochs": 5, "batch_size": 8, "precision": PROTOCOLS["mini"]["precision"]}
 SMOKE = {"max_steps": 2, "precision": "fp32"}
 EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
 AGREEMENT_ALPHAS = [0.5, 0.65, 0.8, 1.0]  # the forget10 assistant's general greedy agreement, recorded along these
+NAMES_SIZES = {"train": 400, "heldout": 80}  # general_qa.py --openers names
+NAMES_SMOKE = {"train": 8, "heldout": 4, "sample": 60}
+
+
+def prepare_names_qa(work: Path, smoke_dir=None) -> Path:
+    """The folder of questions about people (general_qa.py --openers names, answered by the
+    target; train.jsonl and heldout.jsonl), written on first use; a smoke run writes a few into
+    `smoke_dir`."""
+    out = smoke_dir / NAMES_QA if smoke_dir else work / NAMES_QA
+    if not (out / "heldout.jsonl").exists():
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "general_qa.py"), "--workdir", str(work), "--openers", "names",
+                        "--out", str(out), *map(str, flags(NAMES_SMOKE if smoke_dir else NAMES_SIZES))], check=True)
+    return out
 
 
 def unseen_level(target, limit=None) -> float:
@@ -202,12 +222,13 @@ def main():
     validation_retain = tune / "validation-retain"
     if not validation_retain.exists():
         uld("finetune", "--model", "smollm2-135m-instruct", "--data", VALIDATION_RETAIN, "--out", validation_retain,
-            *flags({**FINETUNE, **(SMOKE if args.smoke else {})}), "--seed", 0)
+            *flags({**FINETUNE, "precision": budget["precision"], **(SMOKE if args.smoke else {})}), "--seed", 0)
     reference = cached(tune / "validation-retain-ratios.json",
                        lambda: {"log_ratios": reference_ratios(validation_retain, limit)})["log_ratios"]
 
     def retain(base, name):
-        return f"{base}+general:train" if name in GENERAL else base
+        names = f"+jsonl:{prepare_names_qa(work, tune if args.smoke else None) / 'train.jsonl'}" if name in NAMES else ""
+        return f"{base}+general:train{names}" if name in GENERAL else base
 
     results = {}
     for name in names:
@@ -243,16 +264,41 @@ def main():
     print(json.dumps(choice, indent=2))
     # the rule's alpha, and (to show what the validation ratio does) the calibrated alpha alone
     for label_of, alpha in ((transferred, choice["alpha"]), (calibrated, choice["calibration"]["alpha"])):
-        label = label_of(FINAL[choice["training"]])
-        logs = tune / EVALS[label] / "TOFU_EVAL.json" if args.smoke else eval_logs(work, label)
-        evaluated_with = logs.parent / "forget_set.json"
-        this_run = {"forget_set": choice["final"], "alpha": alpha}
-        if not (logs.exists() and evaluated_with.exists() and json.loads(evaluated_with.read_text()) == this_run):
-            uld("eval", "tofu", "--target", target, "--forget-set", f"forget10={final}", "--alpha", alpha, "--out", logs.parent,
-                "--retain-logs", retain_logs, "--generate-with", "vllm", "--scoring", "anchored", *(EVAL_SMOKE if args.smoke else []))
-            write_json_atomic(evaluated_with, this_run)
+        evaluate_forget10(work, tune if args.smoke else None, final, label_of(FINAL[choice["training"]]), alpha)
     if not args.smoke:
         record(work, level, results, choice)
+
+
+def evaluate_forget10(work: Path, smoke_dir, artifact: Path, label: str, alpha: float):
+    """forget10 served with `artifact` at `alpha` (`uld eval tofu`, anchored scoring), into the
+    workdir's folder for `label`, unless its forget_set.json says it was evaluated with exactly
+    these. A smoke run (`smoke_dir` set) evaluates 4 items into `smoke_dir`, touching no real result."""
+    logs = smoke_dir / EVALS[label] / "TOFU_EVAL.json" if smoke_dir else eval_logs(work, label)
+    evaluated_with = logs.parent / "forget_set.json"
+    this_run = {"forget_set": artifact.name, "alpha": alpha}
+    if not (logs.exists() and evaluated_with.exists() and json.loads(evaluated_with.read_text()) == this_run):
+        uld("eval", "tofu", "--target", work / "target", "--forget-set", f"forget10={artifact}", "--alpha", alpha,
+            "--out", logs.parent, "--retain-logs", eval_logs(work, "retain reference"), "--generate-with", "vllm",
+            "--scoring", "anchored", *(EVAL_SMOKE if smoke_dir else []))
+        write_json_atomic(evaluated_with, this_run)
+
+
+def forget10_summaries(work: Path, labels) -> dict:
+    """label -> the forget10 summary of each evaluated one of `labels`, on all items and on each
+    split's first 300 (as the reference code evaluates, `uld eval summarize --limit 300`), with
+    the forget set and alpha it was evaluated with where evaluate_forget10 recorded them."""
+    from uld_serve.eval.summary import first_items, recompute
+    from uld_serve.eval.tofu_eval import load_logs
+
+    reference = load_logs(eval_logs(work, "retain reference"))
+    reference_300 = first_items(reference, 300)  # recompute reads the reference, never writes it
+    summaries = {}
+    for label, logs in evaluated(work, labels).items():
+        evaluated_with = logs.parent / "forget_set.json"
+        summaries[label] = {"all": recompute(load_logs(logs), reference),
+                            "first_300": recompute(first_items(load_logs(logs), 300), reference_300),
+                            **(json.loads(evaluated_with.read_text()) if evaluated_with.exists() else {})}
+    return summaries
 
 
 def calibration(target, artifact: Path) -> dict:
@@ -274,8 +320,6 @@ def cached(path: Path, compute) -> dict:
 
 def record(work, level, results, choice):
     from report import invocation, write_section
-    from uld_serve.eval.summary import first_items, recompute
-    from uld_serve.eval.tofu_eval import load_logs
 
     out = REPO / "benchmarks" / "results" / "tune-assistant-mini"
     out.mkdir(parents=True, exist_ok=True)
@@ -283,6 +327,7 @@ def record(work, level, results, choice):
                                             "validation_retain": VALIDATION_RETAIN, "finetune": FINETUNE,
                                             "unseen": PROTOCOLS["mini"]["unseen"], "utility_floor": UTILITY_FLOOR,
                                             "fq_aim": FQ_AIM, "fq_alphas": FQ_ALPHAS, "general_retain": sorted(GENERAL),
+                                            "names_retain": sorted(NAMES), "names_qa": NAMES_SIZES,
                                             "general_questions": "general:heldout + SIMPLE_FACTS",
                                             "scoring": "anchored", "seed": 0})
     write_json_atomic(out / "validation.json", {"unseen_prob": level, "candidates": results, "choice": choice})
@@ -291,23 +336,17 @@ def record(work, level, results, choice):
              "(x target) | general greedy ROUGE-L | chosen |", "|---|" + "---|" * 10]
     for name, r in results.items():
         calibrated_alpha = "not reached" if r["probability_alpha"] is None else f"{r['probability_alpha']:g}"
-        extra = " + general retain data" if name in GENERAL else ""
+        extra = (" + general" + (" and names" if name in NAMES else "") + " retain data") if name in GENERAL else ""
         lines.append(f"| {name} {TRAINING[name]}{extra} | {r['forget_ce']:.2f} | {r['retain_uniform_excess']:.2f} | "
                      f"{r['general_uniform_excess']:.2f} | {calibrated_alpha} | {r['alpha']:g} | {r['fq']:.3g} | "
                      f"{r['forget_prob']:.4f} | {r['utility_prob'] / r['target_utility_prob']:.3f} | {r['greedy_rouge']:.3f} | "
                      f"{'yes' if name == choice['training'] else ''} |")
     calibration = choice["calibration"]
-    reference = load_logs(eval_logs(work, "retain reference"))
-    reference_300 = first_items(reference, 300)  # recompute reads the reference, never writes it
     table = ["| model | forget quality | forget quality, first 300 | model utility | forget ROUGE-L | forget Q_A_Prob | "
              "retain Q_A_Prob | privleak |", "|---|---|---|---|---|---|---|---|"]
-    summaries = {}
-    for label, logs in evaluated(work, [label for label in EVALS if label != "retain reference"]).items():
-        s = recompute(load_logs(logs), reference)
-        first = recompute(first_items(load_logs(logs), 300), reference_300)
-        evaluated_with = logs.parent / "forget_set.json"  # the forget set and alpha, where tune_assistant evaluated it
-        summaries[label] = {"all": s, "first_300": first,
-                            **(json.loads(evaluated_with.read_text()) if evaluated_with.exists() else {})}
+    summaries = forget10_summaries(work, [label for label in EVALS if label != "retain reference"])
+    for label, summary in summaries.items():
+        s, first = summary["all"], summary["first_300"]
         table.append(f"| {label} | {s['forget_quality']:.3g} | {first['forget_quality']:.3g} | {s['model_utility']:.4f} | "
                      f"{s['forget_Q_A_ROUGE']:.4f} | {s['forget_Q_A_Prob']:.4f} | {s['retain_Q_A_Prob']:.4f} | {s['privleak']:.2f} |")
     write_json_atomic(out / "forget10.json", summaries)
