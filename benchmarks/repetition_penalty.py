@@ -20,6 +20,7 @@ measured as `benchmarks/assistant_recipes.py` measures recipes:
     python benchmarks/repetition_penalty.py                # the demo's target and forget set (~15 min)
     python benchmarks/repetition_penalty.py --relative-tops 0.01,0.1 --penalties 1,1.1,1.2
     python benchmarks/repetition_penalty.py --target T --forget-set F --penalties 1,1.1
+    python benchmarks/repetition_penalty.py --penalties 1.1,1.2 --section demo-on-amx
     python benchmarks/repetition_penalty.py --smoke        # tiny-random, a few questions: checks the script
 """
 import argparse
@@ -76,6 +77,8 @@ def main():
     parser.add_argument("--forget-set", type=Path, help="default: the demo's")
     parser.add_argument("--penalties", default=",".join(map(str, PENALTIES)), help="comma-separated; 1 = none")
     parser.add_argument("--relative-tops", help="comma-separated filter r values (default: the forget set's own)")
+    parser.add_argument("--section", help="BENCHMARKS.md section to write instead of the usual one (a run on another kind of "
+                        "CPU, whose demo trains in another precision, keeps the first run's section)")
     parser.add_argument("--smoke", action="store_true", help="tiny-random target and forget set, 2 questions a split; writes nothing")
     args = parser.parse_args()
     penalties = [float(p) for p in args.penalties.split(",")]
@@ -112,12 +115,11 @@ def main():
     text = "\n".join(lines)
     print(text)
     if not args.smoke:
-        command = invocation()
-        if args.relative_tops:
-            write_section("repetition-penalty-filter", "The demo's forget set served with a repetition penalty and a larger filter r",
-                          command, text)
-        else:
-            write_section("repetition-penalty", "The demo's forget set served with a repetition penalty", command, text)
+        key, heading = (("repetition-penalty-filter", "The demo's forget set served with a repetition penalty and a larger filter r")
+                        if args.relative_tops else ("repetition-penalty", "The demo's forget set served with a repetition penalty"))
+        if args.section:
+            key, heading = args.section, f"{heading} ({args.section})"
+        write_section(key, heading, invocation(), text)
 
 
 def smoke_models() -> tuple:

@@ -29,9 +29,10 @@ from mini_workdir import FORGET_SETS, calibrated, default_workdir, eval_logs, ev
 PROTOCOLS = {
     # target learns the first 20 authors (the questions of retain_perturbed) and forget10;
     # the retain reference learns the first 20 authors only; authors 20-29 stay unseen by both.
-    # Training precision: every tofu-mini number so far was measured in fp32 (AVX2 machines, where
-    # `auto` is fp32), so the protocol pins it and a machine with native bf16 rebuilds the same
-    # target to the last digits (fp32 kernels differ by CPU in rounding only); full TOFU is a GPU job.
+    # Training precision: the tofu-mini tables in BENCHMARKS.md (this script's, the method
+    # comparison, the tuning and its follow-ups) were measured in fp32 (AVX2 machines, where
+    # `auto` is fp32), so the protocol pins it: a machine with native bf16 then rebuilds the same
+    # target up to rounding (fp32 kernels differ by CPU in the last digits only). Full TOFU is a GPU job.
     "mini": {"target": "tofu-mini:target", "retain_model": "tofu-mini:retain", "assistant_retain": "tofu:full[:400]",
              "unseen": "tofu:full[400:600]", "precision": "fp32"},
     "full": {"target": "tofu:full", "retain_model": "tofu:retain90", "assistant_retain": "tofu:retain90", "unseen": None,
