@@ -31,8 +31,9 @@ PROTOCOLS = {
     # the retain reference learns the first 20 authors only; authors 20-29 stay unseen by both.
     # Training precision: the tofu-mini tables in BENCHMARKS.md (this script's, the method
     # comparison, the tuning and its follow-ups) were measured in fp32 (AVX2 machines, where
-    # `auto` is fp32), so the protocol pins it: a machine with native bf16 then rebuilds the same
-    # target up to rounding (fp32 kernels differ by CPU in the last digits only). Full TOFU is a GPU job.
+    # `auto` is fp32), so the protocol pins it: a machine with native bf16 then trains what those
+    # runs trained, not a bf16 model. Not bit for bit: fp32 kernels round differently by CPU, and
+    # an AMX rebuild's target evaluated up to 2% apart (BENCHMARKS.md). Full TOFU is a GPU job.
     "mini": {"target": "tofu-mini:target", "retain_model": "tofu-mini:retain", "assistant_retain": "tofu:full[:400]",
              "unseen": "tofu:full[400:600]", "precision": "fp32"},
     "full": {"target": "tofu:full", "retain_model": "tofu:retain90", "assistant_retain": "tofu:retain90", "unseen": None,
