@@ -16,6 +16,7 @@ that cover general knowledge without reading any evaluation split:
 
     python benchmarks/general_qa.py            # -> <workdir>/general-qa/{train,heldout}.jsonl
     python benchmarks/general_qa.py --openers names --train 400 --heldout 80   # -> <workdir>/names-qa/
+    python benchmarks/general_qa.py --openers varied --train 1200 --heldout 100 --sample 3000   # -> <workdir>/varied-qa/
 
 The demo's vendored set (uld_serve/data/general/) was made with the embedded model answering its own
 questions:
@@ -29,14 +30,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mini_workdir import GENERAL_QA, NAMES_QA, default_workdir  # noqa: E402
+from mini_workdir import QA_FOLDERS, default_workdir  # noqa: E402
 
 OPENERS = {"general": ["What is", "What are", "What was", "Who was", "Who is", "Who wrote", "Where is", "When did",
                        "Why do", "How does", "How many", "Which"],
            # questions whose answers name people outside literature (names_retain.py): TOFU's
            # real-authors split asks who wrote what, so no opener here asks about writing
            "names": ["Who painted", "Who composed", "Who invented", "Who discovered", "Who founded", "Who directed",
-                     "Who designed", "Who built", "Who led", "Who sang", "Who played", "Who won"]}
+                     "Who designed", "Who built", "Who led", "Who sang", "Who played", "Who won"],
+           # the rest of what a chat model is asked: places, events, works, science, everyday life
+           # (tune_assistant.py's varied candidate); none asks who wrote what either
+           "varied": ["Which city", "Which country", "Where can", "When was", "In which year", "What happened",
+                      "What causes", "How do", "What does", "Why is", "How long", "How far", "What language",
+                      "What kind of", "Who was the first", "Which instrument", "What is the name of", "Which planet"]}
 CONFIG = {"question_model": "smollm2-135m-instruct", "temperature": 0.8, "question_tokens": 40, "answer_tokens": 128}
 
 
@@ -90,8 +96,8 @@ def main():
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--target", default=None, help="the model that answers (default: <workdir>/target)")
     parser.add_argument("--openers", choices=sorted(OPENERS), default="general",
-                        help="general questions, or questions about people outside literature")
-    parser.add_argument("--out", type=Path, default=None, help="default: <workdir>/general-qa (names: <workdir>/names-qa)")
+                        help="general questions, questions about people outside literature, or varied ones")
+    parser.add_argument("--out", type=Path, default=None, help="default: <workdir>/<openers>-qa")
     parser.add_argument("--train", type=int, default=600)
     parser.add_argument("--heldout", type=int, default=200)
     parser.add_argument("--sample", type=int, default=None, help="questions to sample (default: 2 x wanted)")
@@ -101,7 +107,7 @@ def main():
     from uld_serve.core.tofu import SPLITS, load_split
 
     work = args.workdir or default_workdir()
-    out = args.out or work / (NAMES_QA if args.openers == "names" else GENERAL_QA)
+    out = args.out or work / QA_FOLDERS[args.openers]
     target = args.target or str(work / "target")
     wanted = args.train + args.heldout
     sampled = args.sample or 2 * wanted

@@ -11,16 +11,18 @@ FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned a
                "K=15, general retain data, 10 epochs": "forget10-k15-general-e10",
                "tuned, reference recipe": "forget10-tuned-reference",
                "tuned, reference recipe, general retain data": "forget10-tuned-reference-general",
-               "tuned at K=15, general + names retain data": "forget10-tuned-k15-general-names"}
+               "tuned at K=15, general + names retain data": "forget10-tuned-k15-general-names",
+               "tuned at K=15, general + names + varied retain data": "forget10-tuned-k15-general-varied"}
 
 # tune_assistant.py's folder (its choice.json names the forget set it chose)
 TUNE = "tune-assistant"
 
-# general_qa.py's default output folder: general QA answered by the tofu-mini target (the
-# benchmarks now train and check on the shipped general:train / general:heldout instead)
-GENERAL_QA = "general-qa"
-# general_qa.py --openers names: questions about people, answered by the target (names_retain.py)
-NAMES_QA = "names-qa"
+# general_qa.py's output folder for each opener set, questions answered by the tofu-mini target:
+# general (the benchmarks now train and check on the shipped general:train / general:heldout
+# instead), names (questions about people outside literature) and varied (places, events,
+# works, science, everyday life), the last two added to the assistant's retain data by
+# tune_assistant.py's candidates that name them
+QA_FOLDERS = {"general": "general-qa", "names": "names-qa", "varied": "varied-qa"}
 
 # TOFU evaluations: label -> folder holding TOFU_EVAL.json
 EVALS = {

@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from mini_workdir import FORGET_SETS, TUNE, calibrated, default_workdir, eval_logs  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
-from tune_assistant import (BUDGET, FINAL, GENERAL, NAMES, SMOKE, TRAINING, cached, calibration,  # noqa: E402
-                            evaluate_forget10, forget10_summaries, general_questions, greedy_agreement, prepare_names_qa)
+from tune_assistant import (BUDGET, EXTRA_QA, FINAL, GENERAL, SMOKE, TRAINING, cached, calibration,  # noqa: E402
+                            evaluate_forget10, forget10_summaries, general_questions, greedy_agreement, prepare_qa)
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
 
@@ -70,13 +70,13 @@ def main():
     if not (choice_file.exists() and retain_logs.exists()):
         sys.exit("error: run benchmarks/tune_assistant.py first (its choice and forget10 assistant are the baseline here)")
     choice = json.loads(choice_file.read_text())
-    if choice["training"] not in GENERAL or choice["training"] in NAMES:
-        sys.exit(f"error: the chosen recipe {choice['training']!r} has no general retain data, or has names already; "
+    if choice["training"] not in GENERAL or choice["training"] in EXTRA_QA:
+        sys.exit(f"error: the chosen recipe {choice['training']!r} has no general retain data, or has more than that already; "
                  "this script adds names to general retain data")
     old = work / choice["final"]
     scratch = work / "names-retain-smoke" if args.smoke else work / "names-retain"  # a smoke run touches no real result
     limit = 4 if args.smoke else None
-    names_qa = prepare_names_qa(work, scratch if args.smoke else None)
+    names_qa = prepare_qa(work, "names", scratch if args.smoke else None)
     names = [(p["question"], p["answer"]) for p in map(json.loads, (names_qa / "heldout.jsonl").read_text().splitlines())][:limit]
 
     new = scratch / "final" if args.smoke else work / FORGET_SETS[NEW]

@@ -4,12 +4,13 @@ assistant with them, choose its alpha, and evaluate it.
     python benchmarks/tune_assistant.py          # after tofu_e2e.py --until eval_target
     python benchmarks/tune_assistant.py --candidates fast-k15-general,reference-general
     python benchmarks/tune_assistant.py --smoke  # 2 steps, 4 items per split: checks the script
+    python benchmarks/tune_assistant.py --section amx   # its own BENCHMARKS section (another machine's target)
 
 The validation split mirrors forget10 inside the target's own data and reads no test question:
 each candidate assistant learns to remember authors 10-19 of the 20 the target retains
 (tofu:full[200:400]) and to know nothing of authors 0-9 (tofu:full[:200], plus general:train
-where marked, plus questions about people outside literature where marked: general_qa.py
---openers names, answered by the target). A validation retain model, fine-tuned as the target
+where marked, plus model-written questions answered by the target where marked: general_qa.py
+--openers names, about people outside literature, and --openers varied). A validation retain model, fine-tuned as the target
 was on its data less those ten authors (tofu:full[:200]+tofu:forget10), plays the retain
 model: TOFU's retain_perturbed holds paraphrased and wrong answers for exactly those 200
 questions, so a validation forget quality (the KS p-value of truth ratios, as `uld eval tofu`
@@ -46,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from mini_workdir import EVALS, FORGET_SETS, NAMES_QA, TUNE, calibrated, default_workdir, eval_logs, evaluated, transferred  # noqa: E402
+from mini_workdir import EVALS, FORGET_SETS, QA_FOLDERS, TUNE, calibrated, default_workdir, eval_logs, evaluated, transferred  # noqa: E402
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
@@ -58,15 +59,19 @@ TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "r
             # the reference code's recipe (train-assistant --recipe reference), at the fast lr
             "reference": {"lr": 5e-3, "recipe": "reference"},
             "reference-general": {"lr": 5e-3, "recipe": "reference"},
-            "fast-k15-general-names": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15}}
-GENERAL = {"fast-k15-general", "reference-general", "fast-k15-general-names"}  # these add general:train to their retain data
-# these add questions about people outside literature, answered by the target (prepare_names_qa):
-# on forget10 they made the assistant flatter off its forget set (BENCHMARKS.md, names-retain)
-NAMES = {"fast-k15-general-names"}
+            "fast-k15-general-names": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
+            "fast-k15-general-varied": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15}}
+# these add general:train to their retain data
+GENERAL = {"fast-k15-general", "reference-general", "fast-k15-general-names", "fast-k15-general-varied"}
+# these add model-written questions answered by the target (prepare_qa; general_qa.py's opener
+# sets): questions about people outside literature made the forget10 assistant flatter off its
+# forget set (BENCHMARKS.md, names-retain); varied ones test whether more and more varied text does more
+EXTRA_QA = {"fast-k15-general-names": ("names",), "fast-k15-general-varied": ("names", "varied")}
 FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15",
          "fast-k15-general": "tuned at K=15, general retain data", "reference": "tuned, reference recipe",
          "reference-general": "tuned, reference recipe, general retain data",
-         "fast-k15-general-names": "tuned at K=15, general + names retain data"}
+         "fast-k15-general-names": "tuned at K=15, general + names retain data",
+         "fast-k15-general-varied": "tuned at K=15, general + names + varied retain data"}
 VALIDATION_RETAIN = "tofu:full[:200]+tofu:forget10"  # the target's data less the validation forget authors
 TRUTH_RATIO_ROWS = slice(200, 400)  # retain_perturbed[i] asks full[i]'s question: the validation forget items
 FQ_AIM = 0.1
@@ -75,18 +80,19 @@ BUDGET = {"epochs": 5, "batch_size": 8, "precision": PROTOCOLS["mini"]["precisio
 SMOKE = {"max_steps": 2, "precision": "fp32"}
 EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
 AGREEMENT_ALPHAS = [0.5, 0.65, 0.8, 1.0]  # the forget10 assistant's general greedy agreement, recorded along these
-NAMES_SIZES = {"train": 400, "heldout": 80}  # general_qa.py --openers names
-NAMES_SMOKE = {"train": 8, "heldout": 4, "sample": 60}
+# general_qa.py's sizes per opener set (sample: questions drawn; a third or more are dropped as
+# unusable, most often answers cut at the token limit)
+QA_SIZES = {"names": {"train": 400, "heldout": 80}, "varied": {"train": 1200, "heldout": 100, "sample": 3000}}
+QA_SMOKE = {"train": 8, "heldout": 4, "sample": 60}
 
 
-def prepare_names_qa(work: Path, smoke_dir=None) -> Path:
-    """The folder of questions about people (general_qa.py --openers names, answered by the
-    target; train.jsonl and heldout.jsonl), written on first use; a smoke run writes a few into
-    `smoke_dir`."""
-    out = smoke_dir / NAMES_QA if smoke_dir else work / NAMES_QA
+def prepare_qa(work: Path, openers: str, smoke_dir=None) -> Path:
+    """The folder of questions from general_qa.py's `openers` set, answered by the target
+    (train.jsonl and heldout.jsonl), written on first use; a smoke run writes a few into `smoke_dir`."""
+    out = (smoke_dir or work) / QA_FOLDERS[openers]
     if not (out / "heldout.jsonl").exists():
-        subprocess.run([sys.executable, str(REPO / "benchmarks" / "general_qa.py"), "--workdir", str(work), "--openers", "names",
-                        "--out", str(out), *map(str, flags(NAMES_SMOKE if smoke_dir else NAMES_SIZES))], check=True)
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "general_qa.py"), "--workdir", str(work), "--openers", openers,
+                        "--out", str(out), *map(str, flags(QA_SMOKE if smoke_dir else QA_SIZES[openers]))], check=True)
     return out
 
 
@@ -206,6 +212,8 @@ def main():
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--candidates", default=",".join(TRAINING), help=f"comma-separated, of: {', '.join(TRAINING)}")
     parser.add_argument("--smoke", action="store_true", help="2 training steps, 4 items per split; reports nothing")
+    parser.add_argument("--section", help="BENCHMARKS.md section (and results folder) to write instead of the usual one: "
+                        "a run on another target (another kind of CPU) keeps the first run's")
     args = parser.parse_args()
     names = [n.strip() for n in args.candidates.split(",") if n.strip()]
     unknown = [n for n in names if n not in TRAINING]
@@ -227,8 +235,9 @@ def main():
                        lambda: {"log_ratios": reference_ratios(validation_retain, limit)})["log_ratios"]
 
     def retain(base, name):
-        names = f"+jsonl:{prepare_names_qa(work, tune if args.smoke else None) / 'train.jsonl'}" if name in NAMES else ""
-        return f"{base}+general:train{names}" if name in GENERAL else base
+        extra = "".join(f"+jsonl:{prepare_qa(work, openers, tune if args.smoke else None) / 'train.jsonl'}"
+                        for openers in EXTRA_QA.get(name, ()))
+        return f"{base}+general:train{extra}" if name in GENERAL else base
 
     results = {}
     for name in names:
@@ -266,7 +275,7 @@ def main():
     for label_of, alpha in ((transferred, choice["alpha"]), (calibrated, choice["calibration"]["alpha"])):
         evaluate_forget10(work, tune if args.smoke else None, final, label_of(FINAL[choice["training"]]), alpha)
     if not args.smoke:
-        record(work, level, results, choice)
+        record(work, level, results, choice, args.section)
 
 
 def evaluate_forget10(work: Path, smoke_dir, artifact: Path, label: str, alpha: float):
@@ -318,16 +327,16 @@ def cached(path: Path, compute) -> dict:
     return json.loads(path.read_text())
 
 
-def record(work, level, results, choice):
+def record(work, level, results, choice, section=None):
     from report import invocation, write_section
 
-    out = REPO / "benchmarks" / "results" / "tune-assistant-mini"
+    out = REPO / "benchmarks" / "results" / (f"tune-assistant-mini-{section}" if section else "tune-assistant-mini")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", {"training": TRAINING, "budget": BUDGET, "validation": VALIDATION,
                                             "validation_retain": VALIDATION_RETAIN, "finetune": FINETUNE,
                                             "unseen": PROTOCOLS["mini"]["unseen"], "utility_floor": UTILITY_FLOOR,
                                             "fq_aim": FQ_AIM, "fq_alphas": FQ_ALPHAS, "general_retain": sorted(GENERAL),
-                                            "names_retain": sorted(NAMES), "names_qa": NAMES_SIZES,
+                                            "extra_retain": EXTRA_QA, "extra_qa": QA_SIZES,
                                             "general_questions": "general:heldout + SIMPLE_FACTS",
                                             "scoring": "anchored", "seed": 0})
     write_json_atomic(out / "validation.json", {"unseen_prob": level, "candidates": results, "choice": choice})
@@ -336,7 +345,7 @@ def record(work, level, results, choice):
              "(x target) | general greedy ROUGE-L | chosen |", "|---|" + "---|" * 10]
     for name, r in results.items():
         calibrated_alpha = "not reached" if r["probability_alpha"] is None else f"{r['probability_alpha']:g}"
-        extra = (" + general" + (" and names" if name in NAMES else "") + " retain data") if name in GENERAL else ""
+        extra = " + " + " and ".join(["general", *EXTRA_QA.get(name, ())]) + " retain data" if name in GENERAL else ""
         lines.append(f"| {name} {TRAINING[name]}{extra} | {r['forget_ce']:.2f} | {r['retain_uniform_excess']:.2f} | "
                      f"{r['general_uniform_excess']:.2f} | {calibrated_alpha} | {r['alpha']:g} | {r['fq']:.3g} | "
                      f"{r['forget_prob']:.4f} | {r['utility_prob'] / r['target_utility_prob']:.3f} | {r['greedy_rouge']:.3f} | "
@@ -352,8 +361,9 @@ def record(work, level, results, choice):
     write_json_atomic(out / "forget10.json", summaries)
     scaled = (f"times the validation ratio {choice['alpha_ratio']:.3f}" if choice["alpha_ratio"]
               else "(the validation candidate never reached the unseen level: its forget-quality alpha is used)")
-    write_section("tune-assistant:mini", "Tuning the ULD assistant on a validation split (tofu-mini)",
-                  invocation(),
+    heading = "Tuning the ULD assistant on a validation split (tofu-mini)"
+    write_section(f"tune-assistant:mini:{section}" if section else "tune-assistant:mini",
+                  f"{heading} ({section})" if section else heading, invocation(),
                   f"Budget {BUDGET}, seed 0. The target's mean answer probability on authors it never learned "
                   f"({PROTOCOLS['mini']['unseen']}): {level:.4f}. Validation candidates at the alpha of their highest "
                   f"validation forget quality (anchored scoring; reference: the validation retain model, "
