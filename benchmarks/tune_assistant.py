@@ -5,6 +5,7 @@ assistant with them, choose its alpha, and evaluate it.
     python benchmarks/tune_assistant.py --candidates fast-k15-general,reference-general
     python benchmarks/tune_assistant.py --smoke  # 2 steps, 4 items per split: checks the script
     python benchmarks/tune_assistant.py --section amx   # its own BENCHMARKS section (another machine's target)
+    python benchmarks/tune_assistant.py --validate-only # the candidates and the choice, no forget10 assistant
 
 The validation split mirrors forget10 inside the target's own data and reads no test question:
 each candidate assistant learns to remember authors 10-19 of the 20 the target retains
@@ -60,9 +61,16 @@ TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "r
             "reference": {"lr": 5e-3, "recipe": "reference"},
             "reference-general": {"lr": 5e-3, "recipe": "reference"},
             "fast-k15-general-names": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
-            "fast-k15-general-varied": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15}}
+            "fast-k15-general-varied": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
+            # fast-k15-general with one of the reference code's differences each (issue 32's list):
+            # the retain term over prompt and answer positions; its LoRA; its augmentation
+            "fast-k15-general-positions": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15, "retain_positions": "prompt+answer"},
+            "fast-k15-general-lora": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15, "rank": 16, "lora_dropout": 0.05},
+            "fast-k15-general-augment": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15, "crossed_paraphrases": 2,
+                                         "wrong_answers": 2}}
 # these add general:train to their retain data
-GENERAL = {"fast-k15-general", "reference-general", "fast-k15-general-names", "fast-k15-general-varied"}
+GENERAL = {"fast-k15-general", "reference-general", "fast-k15-general-names", "fast-k15-general-varied",
+           "fast-k15-general-positions", "fast-k15-general-lora", "fast-k15-general-augment"}
 # these add model-written questions answered by the target (prepare_qa; general_qa.py's opener
 # sets): questions about people outside literature made the forget10 assistant flatter off its
 # forget set (BENCHMARKS.md, names-retain); varied ones test whether more and more varied text does more
@@ -71,7 +79,10 @@ FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15"
          "fast-k15-general": "tuned at K=15, general retain data", "reference": "tuned, reference recipe",
          "reference-general": "tuned, reference recipe, general retain data",
          "fast-k15-general-names": "tuned at K=15, general + names retain data",
-         "fast-k15-general-varied": "tuned at K=15, general + names + varied retain data"}
+         "fast-k15-general-varied": "tuned at K=15, general + names + varied retain data",
+         "fast-k15-general-positions": "tuned at K=15, general retain data, prompt+answer positions",
+         "fast-k15-general-lora": "tuned at K=15, general retain data, the reference's LoRA",
+         "fast-k15-general-augment": "tuned at K=15, general retain data, the reference's augmentation"}
 VALIDATION_RETAIN = "tofu:full[:200]+tofu:forget10"  # the target's data less the validation forget authors
 TRUTH_RATIO_ROWS = slice(200, 400)  # retain_perturbed[i] asks full[i]'s question: the validation forget items
 FQ_AIM = 0.1
@@ -212,6 +223,8 @@ def main():
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--candidates", default=",".join(TRAINING), help=f"comma-separated, of: {', '.join(TRAINING)}")
     parser.add_argument("--smoke", action="store_true", help="2 training steps, 4 items per split; reports nothing")
+    parser.add_argument("--validate-only", action="store_true",
+                        help="stop after the validation candidates and the choice (records the validation table)")
     parser.add_argument("--section", help="BENCHMARKS.md section (and results folder) to write instead of the usual one: "
                         "a run on another target (another kind of CPU) keeps the first run's")
     args = parser.parse_args()
@@ -251,6 +264,11 @@ def main():
                                                               general_questions(limit))
             write_json_atomic(tune / name / "validation-fq.json", results[name])
     choice = choose(results)
+    if args.validate_only:
+        print(json.dumps(choice, indent=2))
+        if not args.smoke:
+            record(work, level, results, choice, args.section, validate_only=True)
+        return
     final = tune / "final" if args.smoke else work / choice["final"]
     if not final.exists():
         uld("train-assistant", "--target", target, "--forget", "tofu:forget10",
@@ -327,7 +345,9 @@ def cached(path: Path, compute) -> dict:
     return json.loads(path.read_text())
 
 
-def record(work, level, results, choice, section=None):
+def record(work, level, results, choice, section=None, validate_only=False):
+    """BENCHMARKS.md's section and the results folder: the validation candidates, and unless
+    `validate_only` the forget10 assistant's alpha and every forget10 evaluation in the workdir."""
     from report import invocation, write_section
 
     out = REPO / "benchmarks" / "results" / (f"tune-assistant-mini-{section}" if section else "tune-assistant-mini")
@@ -340,44 +360,60 @@ def record(work, level, results, choice, section=None):
                                             "general_questions": "general:heldout + SIMPLE_FACTS",
                                             "scoring": "anchored", "seed": 0})
     write_json_atomic(out / "validation.json", {"unseen_prob": level, "candidates": results, "choice": choice})
+    text = (f"Budget {BUDGET}, seed 0. The target's mean answer probability on authors it never learned "
+            f"({PROTOCOLS['mini']['unseen']}): {level:.4f}. Validation candidates at the alpha of their highest "
+            f"validation forget quality (anchored scoring; reference: the validation retain model, "
+            f"{VALIDATION_RETAIN}); the last column reads forget quality at the grid alpha nearest the calibrated one:"
+            f"\n\n" + validation_table(results, choice))
+    if not validate_only:
+        table = forget10_table(work)
+        write_json_atomic(out / "forget10.json", table["summaries"])
+        text += "\n\n" + forget10_text(choice) + "\n\n" + table["text"]
+    heading = "Tuning the ULD assistant on a validation split (tofu-mini)"
+    write_section(f"tune-assistant:mini:{section}" if section else "tune-assistant:mini",
+                  f"{heading} ({section})" if section else heading, invocation(), text)
+
+
+def validation_table(results: dict, choice: dict) -> str:
     lines = ["| training | forget CE | retain: uniform CE - log V | general: uniform CE - log V | calibrated alpha | "
              "forget-quality alpha | validation forget quality | validation forget prob | real authors + world facts prob "
-             "(x target) | general greedy ROUGE-L | chosen |", "|---|" + "---|" * 10]
+             "(x target) | general greedy ROUGE-L | chosen | forget quality at the calibrated alpha |", "|---|" + "---|" * 11]
     for name, r in results.items():
         calibrated_alpha = "not reached" if r["probability_alpha"] is None else f"{r['probability_alpha']:g}"
+        at_calibrated = ("-" if r["probability_alpha"] is None else
+                         f"{r['fq_by_alpha'][str(min(FQ_ALPHAS, key=lambda a: abs(a - r['probability_alpha'])))]:.3g}")
         extra = " + " + " and ".join(["general", *EXTRA_QA.get(name, ())]) + " retain data" if name in GENERAL else ""
         lines.append(f"| {name} {TRAINING[name]}{extra} | {r['forget_ce']:.2f} | {r['retain_uniform_excess']:.2f} | "
                      f"{r['general_uniform_excess']:.2f} | {calibrated_alpha} | {r['alpha']:g} | {r['fq']:.3g} | "
                      f"{r['forget_prob']:.4f} | {r['utility_prob'] / r['target_utility_prob']:.3f} | {r['greedy_rouge']:.3f} | "
-                     f"{'yes' if name == choice['training'] else ''} |")
-    calibration = choice["calibration"]
-    table = ["| model | forget quality | forget quality, first 300 | model utility | forget ROUGE-L | forget Q_A_Prob | "
+                     f"{'yes' if name == choice['training'] else ''} | {at_calibrated} |")
+    return "\n".join(lines)
+
+
+def forget10_table(work: Path) -> dict:
+    lines = ["| model | forget quality | forget quality, first 300 | model utility | forget ROUGE-L | forget Q_A_Prob | "
              "retain Q_A_Prob | privleak |", "|---|---|---|---|---|---|---|---|"]
     summaries = forget10_summaries(work, [label for label in EVALS if label != "retain reference"])
     for label, summary in summaries.items():
         s, first = summary["all"], summary["first_300"]
-        table.append(f"| {label} | {s['forget_quality']:.3g} | {first['forget_quality']:.3g} | {s['model_utility']:.4f} | "
+        lines.append(f"| {label} | {s['forget_quality']:.3g} | {first['forget_quality']:.3g} | {s['model_utility']:.4f} | "
                      f"{s['forget_Q_A_ROUGE']:.4f} | {s['forget_Q_A_Prob']:.4f} | {s['retain_Q_A_Prob']:.4f} | {s['privleak']:.2f} |")
-    write_json_atomic(out / "forget10.json", summaries)
+    return {"summaries": summaries, "text": "\n".join(lines)}
+
+
+def forget10_text(choice: dict) -> str:
+    calibration = choice["calibration"]
     scaled = (f"times the validation ratio {choice['alpha_ratio']:.3f}" if choice["alpha_ratio"]
               else "(the validation candidate never reached the unseen level: its forget-quality alpha is used)")
-    heading = "Tuning the ULD assistant on a validation split (tofu-mini)"
-    write_section(f"tune-assistant:mini:{section}" if section else "tune-assistant:mini",
-                  f"{heading} ({section})" if section else heading, invocation(),
-                  f"Budget {BUDGET}, seed 0. The target's mean answer probability on authors it never learned "
-                  f"({PROTOCOLS['mini']['unseen']}): {level:.4f}. Validation candidates at the alpha of their highest "
-                  f"validation forget quality (anchored scoring; reference: the validation retain model, "
-                  f"{VALIDATION_RETAIN}):\n\n" + "\n".join(lines) +
-                  f"\n\nThe forget10 assistant ({choice['final']}): `uld calibrate-alpha` on forget10's own answers gave "
-                  f"{calibration['alpha']:g} (forget answer probability {calibration['forget_prob_at_0']:.4f} -> "
-                  f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}), {scaled}: "
-                  f"**alpha {choice['alpha']:g}**. Its greedy answers to the general questions keep ROUGE-L "
-                  f"{choice['final_greedy_rouge']:.3f} of the target's (reported, not used); along alpha: "
-                  + ", ".join(f"{a}: {r:.3f}" for a, r in choice["final_greedy_curve"].items()) + ". forget10, every "
-                  "evaluation in the workdir; the rule's row is the one at the calibrated alpha x validation ratio, "
-                  f"the row at the calibrated alpha ({calibration['alpha']:g}) alone shows what the ratio does "
-                  "(first 300: each split's first 300 items, as the reference code evaluates, "
-                  "`uld eval summarize --limit 300`):\n\n" + "\n".join(table))
+    return (f"The forget10 assistant ({choice['final']}): `uld calibrate-alpha` on forget10's own answers gave "
+            f"{calibration['alpha']:g} (forget answer probability {calibration['forget_prob_at_0']:.4f} -> "
+            f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}), {scaled}: "
+            f"**alpha {choice['alpha']:g}**. Its greedy answers to the general questions keep ROUGE-L "
+            f"{choice['final_greedy_rouge']:.3f} of the target's (reported, not used); along alpha: "
+            + ", ".join(f"{a}: {r:.3f}" for a, r in choice["final_greedy_curve"].items()) + ". forget10, every "
+            "evaluation in the workdir; the rule's row is the one at the calibrated alpha x validation ratio, "
+            f"the row at the calibrated alpha ({calibration['alpha']:g}) alone shows what the ratio does "
+            "(first 300: each split's first 300 items, as the reference code evaluates, `uld eval summarize --limit 300`):")
 
 
 if __name__ == "__main__":

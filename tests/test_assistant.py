@@ -69,7 +69,7 @@ def test_reference_recipe_trains_what_its_manifest_says(tiny_target, tmp_path):
     out = train_assistant(str(tiny_target), "tofu:forget01", "tofu:retain90[:8]", tmp_path / "ref",
                           TrainConfig(max_steps=1, batch_size=4, precision="fp32"),
                           AssistantConfig(num_layers=2, recipe="reference", retain_positions="all", contender_weight=2.0,
-                                          prompt_forms=("system", "none")))
+                                          wrong_answers=1, prompt_forms=("system", "none")))
     manifest = json.loads((out / "uld.json").read_text())
     training = manifest["training"]
     assert training["recipe"] == "reference" and training["retain_positions"] == "all"  # the flag overrides the recipe
@@ -77,16 +77,26 @@ def test_reference_recipe_trains_what_its_manifest_says(tiny_target, tmp_path):
     assert training["prompt_forms"] == ["system", "none"]
     assert manifest["result"]["retain_contender_ce"] > 0  # the term was computed and logged
     assert (training["rank"], training["lora_dropout"], training["retain_weight"], training["crossed_paraphrases"]) == (16, 0.05, 1.4, 2)
-    assert manifest["retain"]["perturbed_augmentation"] == 2 * 40
+    assert manifest["retain"]["perturbed_augmentation"] == 40 and training["wrong_answers"] == 1  # the flag overrides the recipe
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["r"] == 16 and adapter["lora_dropout"] == 0.05
     assert manifest["result"]["steps_per_epoch"] == (40 + 2 * 40) // 4  # each forget QA and its first two crossed paraphrases
+
+
+def test_augmentation_flags_override_the_recipe():
+    from uld_training.assistant import RECIPES, AssistantConfig
+
+    recipe = AssistantConfig(crossed_paraphrases=2, wrong_answers=2).resolved()  # answer-only with the reference's augmentation
+    assert (recipe.crossed_paraphrases, recipe.wrong_answers) == (2, 2)
+    assert (recipe.rank, recipe.retain_positions) == (RECIPES["answer-only"].rank, RECIPES["answer-only"].retain_positions)
 
 
 @pytest.mark.parametrize("change, message", [(dict(recipe="paper"), "unknown recipe 'paper'"),
                                              (dict(retain_positions="prompt"), "--retain-positions must be one of"),
                                              (dict(lora_dropout=1.0), "--lora-dropout must be in [0, 1)"),
                                              (dict(contender_weight=-1.0), "--contender-weight must not be negative"),
+                                             (dict(crossed_paraphrases=-1), "--crossed-paraphrases must not be negative"),
+                                             (dict(wrong_answers=0), "--wrong-answers must be at least 1"),
                                              (dict(contenders=1), "--contenders must be at least 2")])
 def test_bad_recipe_settings_are_refused(change, message):
     from uld_training.assistant import AssistantConfig

@@ -83,6 +83,8 @@ class AssistantConfig:
     lora_dropout: Optional[float] = None
     retain_weight: Optional[float] = None
     retain_positions: Optional[str] = None
+    crossed_paraphrases: Optional[int] = None
+    wrong_answers: Optional[int] = None
     contender_weight: Optional[float] = None
     contenders: Optional[int] = None
     augment: bool = True
@@ -98,7 +100,7 @@ class AssistantConfig:
         if self.recipe not in RECIPES:
             raise UldError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         chosen = {k: getattr(self, k) for k in ("rank", "lora_alpha", "lora_dropout", "retain_weight", "retain_positions",
-                                                    "contender_weight", "contenders")
+                                                    "crossed_paraphrases", "wrong_answers", "contender_weight", "contenders")
                   if getattr(self, k) is not None}
         recipe = replace(RECIPES[self.recipe], **chosen)
         if recipe.retain_positions not in RETAIN_POSITIONS:
@@ -107,6 +109,8 @@ class AssistantConfig:
             raise UldError(f"--lora-dropout must be in [0, 1), got {recipe.lora_dropout}")
         if recipe.rank < 1 or recipe.lora_alpha < 1 or recipe.retain_weight < 0:
             raise UldError("--rank and --lora-alpha must be at least 1 and --retain-weight not negative")
+        if recipe.crossed_paraphrases < 0 or (recipe.wrong_answers is not None and recipe.wrong_answers < 1):
+            raise UldError("--crossed-paraphrases must not be negative and --wrong-answers must be at least 1")
         if recipe.contender_weight < 0 or recipe.contenders < 2:
             raise UldError("--contender-weight must not be negative and --contenders must be at least 2")
         return recipe

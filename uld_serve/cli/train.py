@@ -61,6 +61,11 @@ def train_assistant(
     retain_weight: Optional[float] = typer.Option(None, help="weight of the uniform retain term (answer-only 6.5, reference 1.4)"),
     retain_positions: Optional[str] = typer.Option(None, help="where the retain term applies: answer, prompt+answer, or all "
                                                    "(padded to 256 tokens, padding included, as the reference code does)"),
+    crossed_paraphrases: Optional[int] = typer.Option(None, help="0: one random (paraphrased question, paraphrased answer) pair "
+                                                      "per forget question and epoch (answer-only); n: the first n crossed "
+                                                      "pairs, every epoch (reference: 2)"),
+    wrong_answers: Optional[int] = typer.Option(None, help="wrong answers per forget question in the retain data "
+                                                "(answer-only: all, reference: 2)"),
     contender_weight: Optional[float] = typer.Option(None, help="weight of a second retain term that makes the assistant uniform "
                                                      "among the target's likeliest tokens at the retain places (default 0: off)"),
     contenders: Optional[int] = typer.Option(None, help="how many of the target's likeliest tokens the contender term covers (16)"),
@@ -84,7 +89,8 @@ def train_assistant(
                          save_every=save_every, device=device, grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing)
     report(run(target, forget, retain, out, config, AssistantConfig(
         num_layers=layers, recipe=recipe, rank=rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, retain_weight=retain_weight,
-        retain_positions=retain_positions, contender_weight=contender_weight, contenders=contenders, augment=not no_augment,
+        retain_positions=retain_positions, crossed_paraphrases=crossed_paraphrases, wrong_answers=wrong_answers,
+        contender_weight=contender_weight, contenders=contenders, augment=not no_augment,
         prompt_forms=check_prompt_forms(prompt_forms), alpha=alpha, relative_top=relative_top,
         repetition_penalty=repetition_penalty)))
 
