@@ -43,6 +43,11 @@ def test_bad_requests_are_refused_before_any_work(llm, kwargs, message):
         llm.generate(["a", "b"], SamplingParams(max_tokens=2), use_tqdm=False, **kwargs)
 
 
+def test_output_penalties_out_of_vllms_range_are_refused(llm):
+    with pytest.raises(UldError, match=r"presence_penalty must be a number in \[-2, 2\], got 2.5"):
+        llm.generate(["a"], SamplingParams(max_tokens=2, presence_penalty=2.5), use_tqdm=False)
+
+
 def test_the_vllm_engine_refuses_a_device(tiny_target):
     with pytest.raises(UldError, match="--device places the reference engine"):
         UldLLM(tiny_target, engine="vllm", device="cpu")

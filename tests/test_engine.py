@@ -49,6 +49,9 @@ def mixed_requests(tokenizer):
         GenerationRequest(p[0], None, repetition_penalty=0.5, max_new_tokens=12),
         GenerationRequest(p[1], "f1", repetition_penalty=0.5, max_new_tokens=12),
         GenerationRequest(p[3], "f2", repetition_penalty=1.0, max_new_tokens=12),
+        # frequency and presence penalties: after the repetition penalty, on output tokens only
+        GenerationRequest(p[0], None, frequency_penalty=-2.0, max_new_tokens=12),
+        GenerationRequest(p[1], "f1", frequency_penalty=0.7, presence_penalty=-1.5, repetition_penalty=0.5, max_new_tokens=12),
     ]
 
 

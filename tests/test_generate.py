@@ -16,6 +16,7 @@ LINES = [
     {"id": "d", "prompt": "Who is Hsiao Yun-Hwa?", "max_tokens": 6},
     {"id": "e", "prompt_ids": [1, 2, 3, 4], "forget_set": "f1", "alpha": 0.0, "max_tokens": 4},
     {"id": "f", "prompt": "Who wrote Hamlet?", "repetition_penalty": 0.5, "max_tokens": 10},
+    {"id": "g", "prompt": "Who wrote Hamlet?", "frequency_penalty": -2.0, "presence_penalty": -0.5, "max_tokens": 10},
 ]
 
 
@@ -60,12 +61,13 @@ def test_output_in_input_order_and_resume(reference, tmp_path):
             return super().generate(requests)
 
     run_generate(UldLLM.from_backend(Counting(reference, 99)), source, out, chunk_size=2)
-    assert calls == [2, 2]  # the first chunk came from the partial file
+    assert calls == [2, 2, 1]  # the first chunk came from the partial file
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in rows] == ["a", "b", "c", "d", "e", "f"]
-    assert [r["alpha"] for r in rows] == [0.0, 0.75, 2.0, 0.0, 0.0, 0.0]
-    assert [r["repetition_penalty"] for r in rows] == [None, None, 0.5, None, None, 0.5]  # f2's manifest, line f's own
+    assert [r["id"] for r in rows] == ["a", "b", "c", "d", "e", "f", "g"]
+    assert [r["alpha"] for r in rows] == [0.0, 0.75, 2.0, 0.0, 0.0, 0.0, 0.0]
+    assert [r["repetition_penalty"] for r in rows] == [None, None, 0.5, None, None, 0.5, None]  # f2's manifest, line f's own
     assert rows[5]["token_ids"] != rows[0]["token_ids"]  # the same prompt: the penalty changed the answer
+    assert rows[6]["token_ids"] != rows[0]["token_ids"]  # and so did the frequency and presence penalties (favouring repeats)
     straight = tmp_path / "straight.jsonl"
     run_generate(UldLLM.from_backend(reference), source, straight)
     assert straight.read_text() == out.read_text()
@@ -77,6 +79,7 @@ def test_output_in_input_order_and_resume(reference, tmp_path):
     ({"prompt": "x", "alpha": 9}, "line 2: alpha must be a number in [0.0, 5.0]"),
     ({"prompt": "x", "relative_top": 0}, "line 2: relative_top must be a number in (0, 1]"),
     ({"prompt": "x", "repetition_penalty": -1}, "line 2: repetition_penalty must be a number above 0"),
+    ({"prompt": "x", "frequency_penalty": 3}, "line 2: frequency_penalty must be in [-2.0, 2.0], got 3"),
     ({"prompt": 3}, "line 2: prompt must be a string"),
     ({"prompt": "x", "prompt_ids": [1]}, "line 2: give exactly one of"),
     ({"prompt": "x", "colour": "red"}, "line 2: unknown field(s) 'colour'"),

@@ -105,6 +105,28 @@ def test_a_repetition_penalty_is_transformers_on_the_target_and_follows_the_diff
     assert with_penalty != without
 
 
+def test_frequency_and_presence_penalties_follow_the_difference_on_output_tokens(engine):
+    """As vLLM's sampler applies them after the ULD logits processor: minus the frequency
+    penalty per time and the presence penalty once for a token already in the output (the prompt
+    does not count)."""
+    p = prompts(engine)
+    ids, out = list(p[2]), []  # decoded by hand, without a KV cache
+    for _ in range(8):
+        x = torch.tensor([ids], device=engine.device)
+        t = engine.target(input_ids=x).logits[0, -1]
+        a = engine._assistant(engine.forget_sets["f1"])(input_ids=x).logits[0, -1]
+        served = torch.where(relative_top_mask(t, 0.01), t - 0.5 * a, float("-inf"))
+        counts = torch.zeros_like(served).index_add_(0, torch.tensor(out, dtype=torch.long), torch.ones(len(out)))
+        out.append(int((served + 2.0 * counts + 2.0 * (counts > 0)).argmax()))
+        ids.append(out[-1])
+    # negative: the tiny target's greedy output repeats no token, so only favouring repeats shows
+    penalized, plain = engine.generate([GenerationRequest(p[2], "f1", alpha=0.5, frequency_penalty=-2.0, presence_penalty=-2.0,
+                                                          max_new_tokens=8),
+                                        GenerationRequest(p[2], "f1", alpha=0.5, max_new_tokens=8)])
+    assert penalized == out
+    assert penalized != plain
+
+
 @pytest.mark.parametrize("mode", ["score", "score_anchored"])
 def test_scoring_at_chosen_positions_equals_the_full_forward(engine, mode):
     tok = engine.tokenizer

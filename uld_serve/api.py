@@ -14,7 +14,7 @@ from typing import Optional
 
 from .core.devices import resolve_device
 from .core.errors import UldError
-from .core.requests import GenerationRequest
+from .core.requests import GenerationRequest, check_output_penalties
 
 ENGINES = ("vllm", "reference")
 DTYPES = ("fp32", "bf16")  # one vocabulary for every command and entry point
@@ -42,6 +42,8 @@ class SamplingParams:
     seed: Optional[int] = None
     ignore_eos: bool = False
     repetition_penalty: Optional[float] = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
 
 @dataclass
@@ -158,9 +160,10 @@ class UldLLM:
         n = len(ids)
         params = _per_prompt("sampling_params", sampling_params or SamplingParams(), n)
         requests = [
-            GenerationRequest(prompt_ids=i, forget_set=f, alpha=a, relative_top=r, max_new_tokens=p.max_tokens,
+            check_output_penalties(GenerationRequest(prompt_ids=i, forget_set=f, alpha=a, relative_top=r, max_new_tokens=p.max_tokens,
                               temperature=p.temperature, top_p=p.top_p, seed=p.seed or 0, ignore_eos=p.ignore_eos,
-                              repetition_penalty=getattr(p, "repetition_penalty", None))
+                              repetition_penalty=getattr(p, "repetition_penalty", None),
+                              frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty))
             for i, p, f, a, r in zip(ids, params, _per_prompt("forget_set", forget_set, n), _per_prompt("alpha", alpha, n),
                                      _per_prompt("relative_top", relative_top, n))
         ]

@@ -2,7 +2,8 @@
 
 Each input line is an object with `prompt` (chat user message), `messages` (a chat) or
 `prompt_ids`, and optionally `id`, `forget_set`, `alpha`, `relative_top`, `max_tokens`,
-`temperature`, `top_p`, `seed`, `repetition_penalty` (default: the forget set's). Completed
+`temperature`, `top_p`, `seed`, `repetition_penalty` (default: the forget set's),
+`frequency_penalty` and `presence_penalty` (vLLM's, in [-2, 2]; default 0). Completed
 chunks are kept in a hidden partial file beside the output, so an interrupted run resumes;
 the output appears only when all lines are done.
 """
@@ -17,12 +18,13 @@ from .api import SamplingParams, UldLLM, check_backend
 from .core.atomic import write_text_atomic
 from .core.errors import UldError
 from .core.jsonl import read_objects
+from .core.requests import OUTPUT_PENALTY_RANGE
 from .core.settings import check_alpha, check_relative_top, check_repetition_penalty
 from .core.tofu import SYSTEM_PROMPT
 
 ROLES = ("system", "user", "assistant")
 FIELDS = {"id", "prompt", "messages", "prompt_ids", "forget_set", "alpha", "relative_top", "max_tokens", "temperature", "top_p", "seed",
-          "repetition_penalty"}
+          "repetition_penalty", "frequency_penalty", "presence_penalty"}
 
 
 def _number(line_no, row, key, default, low=None, high=None, integer=False):
@@ -74,7 +76,9 @@ def parse_requests(path: Path, tokenizer, known_forget_sets, default_max_tokens=
                 temperature=_number(line_no, row, "temperature", 0.0, 0.0, 100.0),
                 top_p=_number(line_no, row, "top_p", 1.0, 1e-9, 1.0),
                 seed=_number(line_no, row, "seed", 0, 0, None, integer=True),
-                repetition_penalty=_setting(line_no, row, "repetition_penalty", check_repetition_penalty)),
+                repetition_penalty=_setting(line_no, row, "repetition_penalty", check_repetition_penalty),
+                frequency_penalty=_number(line_no, row, "frequency_penalty", 0.0, *OUTPUT_PENALTY_RANGE),
+                presence_penalty=_number(line_no, row, "presence_penalty", 0.0, *OUTPUT_PENALTY_RANGE)),
             forget_set=forget_set,
             alpha=_setting(line_no, row, "alpha", check_alpha),
             relative_top=_setting(line_no, row, "relative_top", check_relative_top),

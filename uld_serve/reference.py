@@ -143,6 +143,11 @@ class UldModel:
             seen = torch.zeros(len(requests), self.target.config.vocab_size, dtype=torch.bool, device=device)
             for b, r in enumerate(requests):
                 seen[b, list(r.prompt_ids)] = True
+        frequency = torch.tensor([r.frequency_penalty for r in requests], device=device)
+        presence = torch.tensor([r.presence_penalty for r in requests], device=device)
+        counts = None  # (B, V): how often each row's output so far holds each token, where those penalties apply
+        if bool((frequency != 0).any() or (presence != 0).any()):
+            counts = torch.zeros(len(requests), self.target.config.vocab_size, dtype=torch.long, device=device)
         target, assistant = self._models(forget_set)
         models = [(target, DynamicCache())] + ([(assistant, DynamicCache())] if assistant is not None else [])
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]
@@ -158,6 +163,8 @@ class UldModel:
             served = logits[0].float() if assistant is None else logit_difference(logits[0], logits[1], alphas, relative_top, "serve")
             if seen is not None:
                 served = repetition_penalized(served, seen, penalties)
+            if counts is not None:  # vLLM's order and arithmetic: after the repetition penalty
+                served = served - frequency[:, None] * counts - presence[:, None] * (counts > 0)
             greedy = served.argmax(-1).tolist()  # one batched argmax for every greedy row
             next_ids = []
             for b, r in enumerate(requests):
@@ -170,6 +177,8 @@ class UldModel:
                     outputs[b].append(token)
                     if seen is not None:
                         seen[b, token] = True
+                    if counts is not None:
+                        counts[b, token] += 1
                     done[b] = (token in self.eos_ids and not r.ignore_eos) or len(outputs[b]) >= r.max_new_tokens
                 next_ids.append(token)
             if all(done):

@@ -98,6 +98,8 @@ class UldEngine:
             seed=request.seed if request.temperature > 0 else None,
             ignore_eos=request.ignore_eos,
             repetition_penalty=1.0 if applied.repetition_penalty is None else applied.repetition_penalty,
+            frequency_penalty=request.frequency_penalty,
+            presence_penalty=request.presence_penalty,
             extra_args=applied.extra_args(),
         )
         return params, lora
