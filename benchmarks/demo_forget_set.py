@@ -31,7 +31,7 @@ MAX_TOKENS = 64
 
 
 def chat_answers(llm, questions, forget_set=None, alpha=None, system="default", max_tokens=MAX_TOKENS,
-                 repetition_penalty=None, relative_top=None) -> list:
+                 repetition_penalty=None, relative_top=None, frequency_penalty=0.0) -> list:
     """Greedy answers of an open UldLLM, one per question, stripped; `system` is TOFU's system
     prompt by default, or None for none (the README's questions are asked without one);
     repetition_penalty and relative_top None: the forget set's served defaults."""
@@ -40,7 +40,8 @@ def chat_answers(llm, questions, forget_set=None, alpha=None, system="default", 
 
     system = SYSTEM_PROMPT if system == "default" else system
     chats = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}] for q in questions]
-    greedy = SamplingParams(temperature=0, max_tokens=max_tokens, repetition_penalty=repetition_penalty)
+    greedy = SamplingParams(temperature=0, max_tokens=max_tokens, repetition_penalty=repetition_penalty,
+                            frequency_penalty=frequency_penalty)
     outs = llm.chat(chats, greedy, forget_set=forget_set, alpha=alpha, relative_top=relative_top, use_tqdm=False)
     return [o.outputs[0].text.strip() for o in outs]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SETTINGS = [(0.01, 1.0), (0.01, 1.1)]  # (filter r, repetition penalty)
+SETTINGS = [(0.01, 1.0, 0.0), (0.01, 1.1, 0.0)]  # (filter r, repetition penalty, frequency penalty)
 
 
 def main():
@@ -69,8 +69,8 @@ def main():
              "forgotten ROUGE-L | names said unasked | loops (forgotten) | kept ROUGE-L | general + facts agreement |",
              "|---|---|---|---|---|---|---|---|---|"]
     for label, (alpha, changed, served) in rows.items():
-        for r, p in SETTINGS:
-            cells = " | ".join(f"{v:.2f}" for v in served[(r, p)][:5])
+        for r, p, f in SETTINGS:
+            cells = " | ".join(f"{v:.2f}" for v in served[(r, p, f)][:5])
             lines.append(f"| {label} | {alpha:.3f} | {changed:.3f} | {p:g} | {cells} |")
     text = "\n".join(lines)
     print(text)

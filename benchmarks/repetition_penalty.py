@@ -1,11 +1,13 @@
-"""The demo's forget set served with repetition penalties (and filter r values): does a penalty
-stop its loops, and what does it cost the answers it should keep?
+"""The demo's forget set served with repetition penalties (and filter r values, and frequency
+penalties): does a penalty stop its loops, and what does it cost the answers it should keep?
 
 A ULD forget set takes the target's likely tokens away from the answers it forgets; greedy
 decoding of what is left can fall into a loop ("CORRESPONDENTS CORRESPONDENTS ..."). vLLM's
 repetition penalty (applied after the ULD logits processor) is the usual cure; a larger filter
-r (fewer tokens kept, the paper's scripts use 0.01 and 0.1) is another. For each r and
-penalty, the forget set is served (vLLM engine, greedy, fp32, its manifest's alpha) and
+r (fewer tokens kept, the paper's scripts use 0.01 and 0.1) is another, and vLLM's frequency
+penalty a third: it grows with each repeat and spares the prompt's tokens, which the
+repetition penalty also pushes down (an answer that restates its question pays for it). For
+each r and pair of penalties, the forget set is served (vLLM engine, greedy, fp32, its manifest's alpha) and
 measured as `benchmarks/assistant_recipes.py` measures recipes:
 
 - forgotten authors (forget01, 40): ROUGE-L recall of TOFU's answers (low = forgotten); the
@@ -21,6 +23,7 @@ measured as `benchmarks/assistant_recipes.py` measures recipes:
     python benchmarks/repetition_penalty.py --relative-tops 0.01,0.1 --penalties 1,1.1,1.2
     python benchmarks/repetition_penalty.py --target T --forget-set F --penalties 1,1.1
     python benchmarks/repetition_penalty.py --penalties 1.1,1.2 --section demo-on-amx
+    python benchmarks/repetition_penalty.py --penalties 1,1.1 --frequency-penalties 0,0.5,1 --section frequency
     python benchmarks/repetition_penalty.py --smoke        # tiny-random, a few questions: checks the script
 """
 import argparse
@@ -35,8 +38,8 @@ MAX_TOKENS = 64
 
 
 def measure(llm, name, settings, limit, alpha=None) -> tuple:
-    """((r, penalty) -> row of measures, (r, penalty) -> README answers, the target's README answers);
-    alpha None: the forget set's own."""
+    """((r, penalty, frequency penalty) -> row of measures, the same -> README answers, the
+    target's README answers); alpha None: the forget set's own."""
     from assistant_recipes import SIMPLE_FACTS, has_loop, names_author
     from demo_forget_set import README_QUESTIONS, chat_answers
 
@@ -47,27 +50,27 @@ def measure(llm, name, settings, limit, alpha=None) -> tuple:
     forget, kept = load_qa(demo.FORGET)[:limit], load_qa("tofu:full[:40]")[:limit]
     general = [qa.question for qa in load_qa("general:heldout")[:limit]] + SIMPLE_FACTS[:limit]
 
-    def answers(questions, forget_set, penalty, system="default", r=None):
+    def answers(questions, forget_set, penalty, frequency=0.0, system="default", r=None):
         return chat_answers(llm, questions, forget_set, alpha if forget_set else None, system, MAX_TOKENS,
-                            repetition_penalty=penalty, relative_top=r)
+                            repetition_penalty=penalty, relative_top=r, frequency_penalty=frequency)
 
     target_general = answers(general, None, 1.0)
     rows, readme = {}, {}
-    target_at = {1.0: target_general}
-    for r, p in settings:
-        forgotten = answers([qa.question for qa in forget], name, p, r=r)
+    target_at = {(1.0, 0.0): target_general}
+    for r, p, f in settings:
+        forgotten = answers([qa.question for qa in forget], name, p, f, r=r)
         unnamed = [a for qa, a in zip(forget, forgotten) if not names_author(qa.question)]
-        served_general = answers(general, name, p, r=r)
-        if p not in target_at:
-            target_at[p] = answers(general, None, p)
-        rows[(r, p)] = (mean_rouge_l_recall([qa.answer for qa in forget], forgotten),
-                   sum(map(names_author, unnamed)) / max(len(unnamed), 1),
-                   sum(map(has_loop, forgotten)) / len(forgotten),
-                   mean_rouge_l_recall([qa.answer for qa in kept], answers([qa.question for qa in kept], name, p, r=r)),
-                   mean_rouge_l_recall(target_general, served_general),
-                   mean_rouge_l_recall(target_at[p], served_general),
-                   sum(map(has_loop, served_general)) / len(served_general))
-        readme[(r, p)] = answers(README_QUESTIONS, name, p, system=None, r=r)
+        served_general = answers(general, name, p, f, r=r)
+        if (p, f) not in target_at:
+            target_at[(p, f)] = answers(general, None, p, f)
+        rows[(r, p, f)] = (mean_rouge_l_recall([qa.answer for qa in forget], forgotten),
+                           sum(map(names_author, unnamed)) / max(len(unnamed), 1),
+                           sum(map(has_loop, forgotten)) / len(forgotten),
+                           mean_rouge_l_recall([qa.answer for qa in kept], answers([qa.question for qa in kept], name, p, f, r=r)),
+                           mean_rouge_l_recall(target_general, served_general),
+                           mean_rouge_l_recall(target_at[(p, f)], served_general),
+                           sum(map(has_loop, served_general)) / len(served_general))
+        readme[(r, p, f)] = answers(README_QUESTIONS, name, p, f, system=None, r=r)
     return rows, readme, answers(README_QUESTIONS, None, 1.0, system=None)
 
 
@@ -77,11 +80,13 @@ def main():
     parser.add_argument("--forget-set", type=Path, help="default: the demo's")
     parser.add_argument("--penalties", default=",".join(map(str, PENALTIES)), help="comma-separated; 1 = none")
     parser.add_argument("--relative-tops", help="comma-separated filter r values (default: the forget set's own)")
+    parser.add_argument("--frequency-penalties", default="0", help="comma-separated vLLM frequency penalties (0 = none)")
     parser.add_argument("--section", help="BENCHMARKS.md section to write instead of the usual one (a run on another kind of "
                         "CPU, whose demo trains in another precision, keeps the first run's section)")
     parser.add_argument("--smoke", action="store_true", help="tiny-random target and forget set, 2 questions a split; writes nothing")
     args = parser.parse_args()
     penalties = [float(p) for p in args.penalties.split(",")]
+    frequencies = [float(f) for f in args.frequency_penalties.split(",")]
 
     from demo_forget_set import readme_table
     from report import invocation, write_section
@@ -101,17 +106,18 @@ def main():
     manifest = read_manifest(forget_set)
     alpha = manifest["alpha"]
     rs = [float(r) for r in args.relative_tops.split(",")] if args.relative_tops else [manifest["relative_top"]]
-    settings = [(r, p) for r in rs for p in penalties]
+    settings = [(r, p, f) for r in rs for p in penalties for f in frequencies]
     with UldLLM(target, {"forget": str(forget_set)}, dtype="fp32") as llm:
         rows, readme, target_readme = measure(llm, "forget", settings, limit)
 
     lines = [f"Forget set `{forget_set.name}` at its manifest's alpha {alpha}; greedy, fp32, vLLM engine, at most {MAX_TOKENS} tokens.",
-             "", "| filter r | repetition penalty | forgotten ROUGE-L | names said unasked | loops (forgotten) | kept ROUGE-L | "
-             "general + facts: agreement with the target | with the target at the same penalty | loops (general) |",
-             "|---|---|" + "---|" * 7]
-    lines += [f"| {r:g} | {p:g} | " + " | ".join(f"{v:.2f}" for v in rows[(r, p)]) + " |" for r, p in settings]
+             "", "| filter r | repetition penalty | frequency penalty | forgotten ROUGE-L | names said unasked | loops (forgotten) | "
+             "kept ROUGE-L | general + facts: agreement with the target | with the target at the same penalties | loops (general) |",
+             "|---|---|---|" + "---|" * 7]
+    lines += [f"| {r:g} | {p:g} | {f:g} | " + " | ".join(f"{v:.2f}" for v in rows[(r, p, f)]) + " |" for r, p, f in settings]
     lines += ["", "The README's questions (greedy, no system message):", ""]
-    lines += readme_table(target_readme, {f"r {r:g}, penalty {p:g}": readme[(r, p)] for r, p in settings})
+    lines += readme_table(target_readme, {f"r {r:g}, penalty {p:g}" + (f", frequency {f:g}" if f else ""): readme[(r, p, f)]
+                                          for r, p, f in settings})
     text = "\n".join(lines)
     print(text)
     if not args.smoke:

@@ -98,9 +98,10 @@ def main():
             for alpha in [calibrated] + ([] if path == demo_set else extra):
                 cells = [changed_share(model, pairs, alpha, r, lambda t, a: a) for pairs in (general_pairs, forgotten)]
                 at_floor = changed_share(model, general_pairs, alpha, r, lambda t, a: bias.to(t.device).expand_as(t))
-                rows, readme, target_answers = measure(llm, "f", [(r, demo.REPETITION_PENALTY)], None, alpha=alpha)
-                served = rows[(r, demo.REPETITION_PENALTY)]
-                answers[f"{label}, alpha {alpha:.3f}"] = readme[(r, demo.REPETITION_PENALTY)]
+                setting = (r, demo.REPETITION_PENALTY, 0.0)
+                rows, readme, target_answers = measure(llm, "f", [setting], None, alpha=alpha)
+                served = rows[setting]
+                answers[f"{label}, alpha {alpha:.3f}"] = readme[setting]
                 bare = chat_answers(llm, [qa[0] for qa in forgotten], "f", alpha, None, repetition_penalty=demo.REPETITION_PENALTY)
                 unasked = [a for (q, _), a in zip(forgotten, bare) if not names_author(q)]
                 bare_cells = (sum(map(names_author, unasked)) / max(len(unasked), 1), sum(map(has_loop, bare)) / len(bare))
