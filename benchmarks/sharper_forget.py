@@ -10,7 +10,8 @@ differs from the target's, on the target's own greedy answers to held-out genera
 simple facts (fewer is better) and on the forgotten answers (more is forgetting), and the same
 for the floor's know-nothing logits at each calibrated alpha (what a perfectly uniform assistant
 would still change). Then each is served as the demo serves it (vLLM engine, fp32, greedy,
-repetition penalty 1.1): the measures of `benchmarks/repetition_penalty.py`. The longer-trained
+its served penalty, `demo.FREQUENCY_PENALTY`; the recorded run served a repetition
+penalty of 1.1, the default then): the measures of `benchmarks/repetition_penalty.py`. The longer-trained
 sets are also measured at other alphas (`--alphas`, default the demo's calibrated one): whether
 they keep more general answers than the demo's at the same served forgetting. Forgetting is
 also checked as the README asks, with no system message: the forgotten names said unasked and
@@ -69,10 +70,10 @@ def main():
         path = uld_home() / "bench" / "sharper" / ("-".join([f"e{epochs}", *forms]) if forms != ("system",) else f"e{epochs}")
         if not (path / "uld.json").exists():
             train_assistant(str(target), demo.FORGET, demo.RETAIN, path, TrainConfig(**{**demo.ASSISTANT, "epochs": epochs}),
-                            AssistantConfig(recipe=demo.RECIPE, prompt_forms=forms, repetition_penalty=demo.REPETITION_PENALTY))
+                            AssistantConfig(recipe=demo.RECIPE, prompt_forms=forms, frequency_penalty=demo.FREQUENCY_PENALTY))
         calibration = read_manifest(path).get("calibration")
         if (calibration is None or calibration.get("forbidden", []) != list(forbidden)
-                or (forbidden and calibration.get("repetition_penalty") != demo.REPETITION_PENALTY)):
+                or (forbidden and calibration.get("frequency_penalty") != demo.FREQUENCY_PENALTY)):
             calibrate_forget_set(str(target), path, demo.UNSEEN, write=True, forbidden=forbidden)
         sets[f"{epochs}, {'+'.join(forms)}" if forms != ("system",) else f"{epochs}"] = path
 
@@ -98,11 +99,11 @@ def main():
             for alpha in [calibrated] + ([] if path == demo_set else extra):
                 cells = [changed_share(model, pairs, alpha, r, lambda t, a: a) for pairs in (general_pairs, forgotten)]
                 at_floor = changed_share(model, general_pairs, alpha, r, lambda t, a: bias.to(t.device).expand_as(t))
-                setting = (r, demo.REPETITION_PENALTY, 0.0)
+                setting = (r, 1.0, demo.FREQUENCY_PENALTY)
                 rows, readme, target_answers = measure(llm, "f", [setting], None, alpha=alpha)
                 served = rows[setting]
                 answers[f"{label}, alpha {alpha:.3f}"] = readme[setting]
-                bare = chat_answers(llm, [qa[0] for qa in forgotten], "f", alpha, None, repetition_penalty=demo.REPETITION_PENALTY)
+                bare = chat_answers(llm, [qa[0] for qa in forgotten], "f", alpha, None, frequency_penalty=demo.FREQUENCY_PENALTY)
                 unasked = [a for (q, _), a in zip(forgotten, bare) if not names_author(q)]
                 bare_cells = (sum(map(names_author, unasked)) / max(len(unasked), 1), sum(map(has_loop, bare)) / len(bare))
                 kind = "calibrated" if alpha == calibrated else "demo's" if alpha == demo_alpha else "chosen"

@@ -24,9 +24,10 @@ def test_chat_and_generate_follow_the_backend_token_for_token(llm):
     assert [o.outputs[0].token_ids for o in outs] == direct
     assert [o.prompt_token_ids for o in outs] == [prompt] * 3
     assert outs[1].outputs[0].text == llm.tokenizer.decode(direct[1], skip_special_tokens=True)
-    assert [o.uld for o in outs] == [{"forget_set": None, "alpha": 0.0, "relative_top": 0.01, "repetition_penalty": None},
-                                     {"forget_set": "f1", "alpha": 0.75, "relative_top": 0.01, "repetition_penalty": None},
-                                     {"forget_set": "f2", "alpha": 2.0, "relative_top": 0.01, "repetition_penalty": 0.5}]
+    none = {"frequency_penalty": None}
+    assert [o.uld for o in outs] == [{"forget_set": None, "alpha": 0.0, "relative_top": 0.01, "repetition_penalty": None, **none},
+                                     {"forget_set": "f1", "alpha": 0.75, "relative_top": 0.01, "repetition_penalty": None, **none},
+                                     {"forget_set": "f2", "alpha": 2.0, "relative_top": 0.01, "repetition_penalty": 0.5, **none}]
     text = llm.generate("Who wrote Hamlet?", greedy, use_tqdm=False)[0]
     assert text.prompt == "Who wrote Hamlet?" and len(text.outputs[0].token_ids) <= 8
     by_ids = llm.generate({"prompt_token_ids": text.prompt_token_ids}, greedy, use_tqdm=False)[0]
@@ -44,7 +45,7 @@ def test_bad_requests_are_refused_before_any_work(llm, kwargs, message):
 
 
 def test_output_penalties_out_of_vllms_range_are_refused(llm):
-    with pytest.raises(UldError, match=r"presence_penalty must be a number in \[-2, 2\], got 2.5"):
+    with pytest.raises(UldError, match=r"presence_penalty must be a number in \[-2, 2\] \(0: none\), got 2.5"):
         llm.generate(["a"], SamplingParams(max_tokens=2, presence_penalty=2.5), use_tqdm=False)
 
 

@@ -79,7 +79,7 @@ def test_output_in_input_order_and_resume(reference, tmp_path):
     ({"prompt": "x", "alpha": 9}, "line 2: alpha must be a number in [0.0, 5.0]"),
     ({"prompt": "x", "relative_top": 0}, "line 2: relative_top must be a number in (0, 1]"),
     ({"prompt": "x", "repetition_penalty": -1}, "line 2: repetition_penalty must be a number above 0"),
-    ({"prompt": "x", "frequency_penalty": 3}, "line 2: frequency_penalty must be in [-2.0, 2.0], got 3"),
+    ({"prompt": "x", "frequency_penalty": 3}, "line 2: frequency_penalty must be a number in [-2, 2] (0: none), got 3"),
     ({"prompt": 3}, "line 2: prompt must be a string"),
     ({"prompt": "x", "prompt_ids": [1]}, "line 2: give exactly one of"),
     ({"prompt": "x", "colour": "red"}, "line 2: unknown field(s) 'colour'"),

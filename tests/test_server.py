@@ -104,9 +104,10 @@ def test_models_lists_the_target_and_each_forget_set(server):
 def test_forget_set_by_model_name_or_extra_body(server):
     client = server["client"]
     plain, applied = chat(client, "target", "Who wrote Hamlet?")
-    assert applied == {"forget_set": None, "alpha": 0.0, "relative_top": 0.01, "repetition_penalty": None}
+    none = {"repetition_penalty": None, "frequency_penalty": None}
+    assert applied == {"forget_set": None, "alpha": 0.0, "relative_top": 0.01, **none}
     with_f1, applied = chat(client, "f1", "Who wrote Hamlet?")
-    assert applied == {"forget_set": "f1", "alpha": 0.75, "relative_top": 0.01, "repetition_penalty": None}  # the manifest's defaults
+    assert applied == {"forget_set": "f1", "alpha": 0.75, "relative_top": 0.01, **none}  # the manifest's defaults
     assert with_f1 != plain
     assert chat(client, "target", "Who wrote Hamlet?", forget_set="f1") == (with_f1, applied)
     _, applied = chat(client, "f2", "Who wrote Hamlet?", alpha=0.3)
@@ -117,23 +118,27 @@ def test_forget_set_by_model_name_or_extra_body(server):
 def test_a_forget_sets_repetition_penalty_is_served_as_the_reference_decodes_it(server, tiny_target, forget_sets):
     """f2's manifest names a repetition penalty (0.5, conftest): the server applies it where a
     request names none, a request's own value wins, and the tokens equal the reference
-    decoding's with the same settings."""
+    decoding's with the same settings; so do a request's frequency penalty (the same path as a
+    manifest's, core.settings.resolve) and presence penalty (vLLM's own field)."""
     from uld_serve.core.requests import GenerationRequest
     from uld_serve.reference import UldModel
 
     reference = UldModel(tiny_target, forget_sets)
     answers = {}
-    for model, extra, penalty in (("f2", {}, 0.5), ("f2", {"repetition_penalty": 1.0}, 1.0), ("target", {"repetition_penalty": 0.5}, 0.5)):
+    frequency = {"frequency_penalty": -2.0, "presence_penalty": -1.0}  # negative: these tiny models repeat nothing
+    for model, extra, penalty in (("f2", {}, 0.5), ("f2", {"repetition_penalty": 1.0}, 1.0), ("target", {"repetition_penalty": 0.5}, 0.5),
+                                  ("target", frequency, None), ("target", {}, None)):
         response = httpx.post(f"{server['url']}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
                               json={"model": model, "messages": [{"role": "user", "content": "Name a famous bridge."}],
                                     "max_tokens": 12, "temperature": 0, "return_token_ids": True, **extra}).json()
         assert response["uld"]["repetition_penalty"] == penalty
+        assert response["uld"]["frequency_penalty"] == extra.get("frequency_penalty")
         tokens = response["choices"][0]["token_ids"]
-        request = GenerationRequest(response["prompt_token_ids"], None if model == "target" else model,
-                                    repetition_penalty=extra.get("repetition_penalty"), max_new_tokens=12)
+        request = GenerationRequest(response["prompt_token_ids"], None if model == "target" else model, max_new_tokens=12, **extra)
         assert tokens == reference.generate([request])[0]
-        answers[(model, penalty)] = tokens
-    assert answers[("f2", 0.5)] != answers[("f2", 1.0)]  # the manifest's penalty changed the answer
+        answers[(model, penalty, bool(extra.get("frequency_penalty")))] = tokens
+    assert answers[("f2", 0.5, False)] != answers[("f2", 1.0, False)]  # the manifest's penalty changed the answer
+    assert answers[("target", None, True)] != answers[("target", None, False)]  # and the request's frequency penalty
 
 
 def test_streaming_equals_the_full_answer(server):

@@ -46,7 +46,7 @@ def test_the_enforced_forget_set_serves_every_request_and_cannot_be_dropped(limi
     url = limited["url"]
     served = post(url, max_tokens=4)
     assert served.status_code == 200 and served.json()["uld"] == {"forget_set": "f2", "alpha": 1.5, "relative_top": 0.01,
-                                                                          "repetition_penalty": 0.5}
+                                                                          "repetition_penalty": 0.5, "frequency_penalty": None}
     assert post(url, max_tokens=4, model="f2", alpha=2.0).json()["uld"]["alpha"] == 2.0  # above the floor: allowed
     for body, fragment in (({"forget_set": None}, "cannot ask for no forget set"), ({"model": "f1"}, "cannot ask for forget set 'f1'"),
                            ({"forget_set": "f1"}, "cannot ask for forget set 'f1'"), ({"alpha": 1.0}, "below the floor 1.5")):

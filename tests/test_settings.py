@@ -8,8 +8,8 @@ import pytest
 from uld_serve.core.artifact import ForgetSet
 from uld_serve.core.errors import UldError
 from uld_serve.core.artifact import read_manifest, write_manifest
-from uld_serve.core.settings import (EngineOverrides, Settings, check_alpha, check_relative_top, check_repetition_penalty,
-                                     read_extra_args, read_overrides, resolve)
+from uld_serve.core.settings import (EngineOverrides, Settings, check_alpha, check_output_penalty, check_relative_top,
+                                     check_repetition_penalty, read_extra_args, read_overrides, resolve)
 
 ULD = ForgetSet("f", Path("f"), {"kind": "uld-assistant", "alpha": 1.5, "relative_top": 0.02, "num_layers": 2})
 BARE = ForgetSet("bare", Path("bare"), {"kind": "uld-assistant", "num_layers": 2})  # a manifest without defaults
@@ -32,6 +32,26 @@ def test_a_forget_sets_repetition_penalty_is_its_served_default_and_a_request_ov
     assert resolve(ULD).repetition_penalty is None  # neither names one: the backend's default
     assert resolve(None, repetition_penalty=1.2) == Settings(None, 0.0, 0.01, 1.2)
     assert resolve(fluent).as_dict()["repetition_penalty"] == 1.1
+
+
+def test_a_forget_sets_frequency_penalty_is_its_served_default_and_a_request_overrides_it():
+    fluent = ForgetSet("fluent", Path("fluent"), {"kind": "uld-assistant", "num_layers": 2, "frequency_penalty": 0.6})
+    assert resolve(fluent) == Settings("fluent", 0.75, 0.01, None, 0.6)
+    assert resolve(fluent, frequency_penalty=0) == Settings("fluent", 0.75, 0.01, None, 0.0)  # the request's own value wins
+    assert resolve(ULD).frequency_penalty is None
+    assert resolve(None, frequency_penalty=-1) == Settings(None, 0.0, 0.01, None, -1.0)
+
+
+@pytest.mark.parametrize("value", [2.01, -2.5, float("inf"), float("nan"), True, "0.6"])
+def test_frequency_penalty_out_of_range_is_refused(value, tmp_path):
+    with pytest.raises(UldError, match=r"frequency_penalty must be a number in \[-2, 2\]"):
+        check_output_penalty(value)
+    with pytest.raises(UldError, match="frequency_penalty must be"):
+        resolve(ULD, frequency_penalty=value)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    write_manifest(tmp_path, {"kind": "uld-assistant", "num_layers": 2, "frequency_penalty": value})
+    with pytest.raises(UldError, match=r"uld.json: frequency_penalty must be a number in"):  # at load, not per request
+        read_manifest(tmp_path)
 
 
 @pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), True, "1.1"])

@@ -14,7 +14,8 @@ from typing import Optional
 
 from .core.devices import resolve_device
 from .core.errors import UldError
-from .core.requests import GenerationRequest, check_output_penalties
+from .core.requests import GenerationRequest
+from .core.settings import check_output_penalty
 
 ENGINES = ("vllm", "reference")
 DTYPES = ("fp32", "bf16")  # one vocabulary for every command and entry point
@@ -33,8 +34,9 @@ def check_dtype(dtype: str) -> str:
 @dataclass
 class SamplingParams:
     """The sampling settings both backends honour, with vLLM's names and defaults, except that
-    repetition_penalty None means the forget set's served default (none without one); a
-    vllm.SamplingParams is accepted in its place (its repetition_penalty is always explicit)."""
+    repetition_penalty and frequency_penalty None mean the forget set's served default (none
+    without one); a vllm.SamplingParams is accepted in its place (its penalties are always
+    explicit)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -42,7 +44,7 @@ class SamplingParams:
     seed: Optional[int] = None
     ignore_eos: bool = False
     repetition_penalty: Optional[float] = None
-    frequency_penalty: float = 0.0
+    frequency_penalty: Optional[float] = None
     presence_penalty: float = 0.0
 
 
@@ -119,11 +121,12 @@ class UldLLM:
         self.tokenizer = backend.tokenizer
         self.forget_sets = backend.forget_sets
 
-    def settings(self, forget_set: Optional[str] = None, alpha=None, relative_top=None, repetition_penalty=None) -> dict:
+    def settings(self, forget_set: Optional[str] = None, alpha=None, relative_top=None, repetition_penalty=None,
+                 frequency_penalty=None) -> dict:
         """What a request would be served with: {forget_set, alpha, relative_top,
-        repetition_penalty}; refuses unknown forget sets and out-of-range values in one
-        sentence (UldError)."""
-        return self.backend.settings(forget_set, alpha, relative_top, repetition_penalty).as_dict()
+        repetition_penalty, frequency_penalty}; refuses unknown forget sets and out-of-range
+        values in one sentence (UldError)."""
+        return self.backend.settings(forget_set, alpha, relative_top, repetition_penalty, frequency_penalty).as_dict()
 
     def generate(self, prompts, sampling_params=None, *, forget_set=None, alpha=None, relative_top=None,
                  use_tqdm: bool = True) -> list:
@@ -160,14 +163,14 @@ class UldLLM:
         n = len(ids)
         params = _per_prompt("sampling_params", sampling_params or SamplingParams(), n)
         requests = [
-            check_output_penalties(GenerationRequest(prompt_ids=i, forget_set=f, alpha=a, relative_top=r, max_new_tokens=p.max_tokens,
+            GenerationRequest(prompt_ids=i, forget_set=f, alpha=a, relative_top=r, max_new_tokens=p.max_tokens,
                               temperature=p.temperature, top_p=p.top_p, seed=p.seed or 0, ignore_eos=p.ignore_eos,
-                              repetition_penalty=getattr(p, "repetition_penalty", None),
-                              frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty))
+                              repetition_penalty=p.repetition_penalty, frequency_penalty=p.frequency_penalty,
+                              presence_penalty=check_output_penalty(p.presence_penalty, "presence_penalty"))
             for i, p, f, a, r in zip(ids, params, _per_prompt("forget_set", forget_set, n), _per_prompt("alpha", alpha, n),
                                      _per_prompt("relative_top", relative_top, n))
         ]
-        applied = [self.backend.settings(r.forget_set, r.alpha, r.relative_top, r.repetition_penalty)
+        applied = [self.backend.settings(r.forget_set, r.alpha, r.relative_top, r.repetition_penalty, r.frequency_penalty)
                    for r in requests]  # refuse before work
         progress = None
         if use_tqdm:

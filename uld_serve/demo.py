@@ -28,10 +28,12 @@ PROMPT_FORMS = ("system", "none")
 # until no greedy answer to a forget question says a forgotten name its question did not.
 UNSEEN = "tofu:full[40:80]"
 FORBIDDEN = ("Al-Kuwaiti", "Abilov")
-# Served with a repetition penalty: at the calibrated alpha greedy answers about the forgotten
-# authors looped on one phrase ("CORRESPONDENTS CORRESPONDENTS ..."); BENCHMARKS.md, repetition
-# penalty, has what each penalty does to forgotten, kept and general answers.
-REPETITION_PENALTY = 1.1
+# Served with a frequency penalty: at the calibrated alpha greedy answers about the forgotten
+# authors looped on one phrase ("CORRESPONDENTS CORRESPONDENTS ..."). It grows with each repeat
+# and spares the prompt's tokens; the repetition penalty served before (1.1) left loops and
+# pushes down the question's words too. BENCHMARKS.md ("... with a frequency penalty", "... with
+# a repetition penalty") has what each does to forgotten, kept and general answers.
+FREQUENCY_PENALTY = 0.6
 
 
 def prepare_demo() -> tuple:
@@ -52,7 +54,7 @@ def prepare_demo() -> tuple:
               "10-20 minutes", flush=True)
         # the manifest names the served penalty from the start, so the greedy check decodes as served
         train_assistant(str(target), FORGET, RETAIN, forget_set, TrainConfig(**ASSISTANT),
-                        AssistantConfig(recipe=RECIPE, prompt_forms=PROMPT_FORMS, repetition_penalty=REPETITION_PENALTY))
+                        AssistantConfig(recipe=RECIPE, prompt_forms=PROMPT_FORMS, frequency_penalty=FREQUENCY_PENALTY))
         calibrate_forget_set(str(target), forget_set, UNSEEN, write=True, forbidden=FORBIDDEN)
     return Path(target), Path(forget_set)
 
@@ -76,7 +78,7 @@ def _current(forget_set: Path) -> bool:
     """Whether a cached forget set was trained on today's demo data and recipe and calibrated
     (an older demo's is retrained)."""
     from .core.artifact import read_manifest
-    from .core.settings import REPETITION_PENALTY_KEY
+    from .core.settings import FREQUENCY_PENALTY_KEY, REPETITION_PENALTY_KEY
 
     if not (forget_set / "uld.json").exists():
         return False
@@ -85,5 +87,5 @@ def _current(forget_set: Path) -> bool:
     return (manifest["forget"]["spec"] == FORGET and manifest["retain"]["spec"] == RETAIN
             and training.get("recipe") == RECIPE and training.get("epochs") == ASSISTANT["epochs"]
             and training.get("prompt_forms") == list(PROMPT_FORMS) and calibration.get("unseen") == UNSEEN
-            and calibration.get("forbidden") == list(FORBIDDEN) and calibration.get("repetition_penalty") == REPETITION_PENALTY
-            and manifest.get(REPETITION_PENALTY_KEY) == REPETITION_PENALTY)
+            and calibration.get("forbidden") == list(FORBIDDEN) and calibration.get("frequency_penalty") == FREQUENCY_PENALTY
+            and manifest.get(FREQUENCY_PENALTY_KEY) == FREQUENCY_PENALTY and manifest.get(REPETITION_PENALTY_KEY) is None)

@@ -2,8 +2,8 @@
 
 Each input line is an object with `prompt` (chat user message), `messages` (a chat) or
 `prompt_ids`, and optionally `id`, `forget_set`, `alpha`, `relative_top`, `max_tokens`,
-`temperature`, `top_p`, `seed`, `repetition_penalty` (default: the forget set's),
-`frequency_penalty` and `presence_penalty` (vLLM's, in [-2, 2]; default 0). Completed
+`temperature`, `top_p`, `seed`, `repetition_penalty` and `frequency_penalty` (default: the
+forget set's), `presence_penalty` (vLLM's, in [-2, 2]; default 0). Completed
 chunks are kept in a hidden partial file beside the output, so an interrupted run resumes;
 the output appears only when all lines are done.
 """
@@ -18,8 +18,7 @@ from .api import SamplingParams, UldLLM, check_backend
 from .core.atomic import write_text_atomic
 from .core.errors import UldError
 from .core.jsonl import read_objects
-from .core.requests import OUTPUT_PENALTY_RANGE
-from .core.settings import check_alpha, check_relative_top, check_repetition_penalty
+from .core.settings import OUTPUT_PENALTY_RANGE, check_alpha, check_output_penalty, check_relative_top, check_repetition_penalty
 from .core.tofu import SYSTEM_PROMPT
 
 ROLES = ("system", "user", "assistant")
@@ -77,7 +76,7 @@ def parse_requests(path: Path, tokenizer, known_forget_sets, default_max_tokens=
                 top_p=_number(line_no, row, "top_p", 1.0, 1e-9, 1.0),
                 seed=_number(line_no, row, "seed", 0, 0, None, integer=True),
                 repetition_penalty=_setting(line_no, row, "repetition_penalty", check_repetition_penalty),
-                frequency_penalty=_number(line_no, row, "frequency_penalty", 0.0, *OUTPUT_PENALTY_RANGE),
+                frequency_penalty=_setting(line_no, row, "frequency_penalty", check_output_penalty),
                 presence_penalty=_number(line_no, row, "presence_penalty", 0.0, *OUTPUT_PENALTY_RANGE)),
             forget_set=forget_set,
             alpha=_setting(line_no, row, "alpha", check_alpha),
@@ -151,7 +150,8 @@ def run_generate(llm, input_path: Path, output_path: Path, chunk_size: int = 64)
             lines = []
             for i, out in zip(chunk, outputs):
                 done[i] = {"id": requests[i].id, "forget_set": out.uld["forget_set"], "alpha": out.uld["alpha"],
-                           "repetition_penalty": out.uld["repetition_penalty"], "text": out.outputs[0].text,
+                           "repetition_penalty": out.uld["repetition_penalty"],
+                           "frequency_penalty": out.uld["frequency_penalty"], "text": out.outputs[0].text,
                            "token_ids": out.outputs[0].token_ids}
                 lines.append(json.dumps({"index": i, **done[i]}))
             with open(partial, "a") as f:

@@ -76,10 +76,11 @@ class UldModel:
         peft_model.set_adapter(fs.name)
         return peft_model
 
-    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None, repetition_penalty=None) -> Settings:
+    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None, repetition_penalty=None,
+                 frequency_penalty=None) -> Settings:
         """What a request is served with (core.settings.resolve against these forget sets)."""
         fs = None if forget_set is None else self._forget_set(forget_set)
-        return resolve(fs, alpha, relative_top, repetition_penalty=repetition_penalty)
+        return resolve(fs, alpha, relative_top, repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty)
 
     def close(self) -> None:
         """Nothing to stop (the Generator protocol's close, for vLLM's engine processes)."""
@@ -113,7 +114,8 @@ class UldModel:
     # ---- generation: filtered tokens are excluded from sampling ("serve") ----
     def generate(self, requests: list, batch_size: int = 32, progress=None) -> list:
         """Token ids generated for each request, in request order. Rows are batched by forget set."""
-        applied = [self.settings(r.forget_set, r.alpha, r.relative_top, r.repetition_penalty) for r in requests]  # refuse before work
+        applied = [self.settings(r.forget_set, r.alpha, r.relative_top, r.repetition_penalty, r.frequency_penalty)
+                   for r in requests]  # refuse before work
         groups = defaultdict(list)
         for i, (r, a) in enumerate(zip(requests, applied)):
             groups[(r.forget_set, a.relative_top)].append(i)
@@ -143,7 +145,7 @@ class UldModel:
             seen = torch.zeros(len(requests), self.target.config.vocab_size, dtype=torch.bool, device=device)
             for b, r in enumerate(requests):
                 seen[b, list(r.prompt_ids)] = True
-        frequency = torch.tensor([r.frequency_penalty for r in requests], device=device)
+        frequency = torch.tensor([a.frequency_penalty or 0.0 for a in applied], device=device)
         presence = torch.tensor([r.presence_penalty for r in requests], device=device)
         counts = None  # (B, V): how often each row's output so far holds each token, where those penalties apply
         if bool((frequency != 0).any() or (presence != 0).any()):

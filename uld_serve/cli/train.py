@@ -73,6 +73,9 @@ def train_assistant(
     precision: str = PRECISION, save_every: int = SAVE_EVERY,
     alpha: float = typer.Option(DEFAULT_ALPHA, help="default alpha written to the manifest"),
     relative_top: float = typer.Option(DEFAULT_RELATIVE_TOP, help="default filter r written to the manifest"),
+    frequency_penalty: Optional[float] = typer.Option(None, help="frequency penalty (vLLM's, in [-2, 2]) the forget set is "
+                                                      "served with when a request names none (written to the manifest; "
+                                                      "default: none)"),
     repetition_penalty: Optional[float] = typer.Option(None, help="repetition penalty the forget set is served with when a "
                                                        "request names none (written to the manifest; default: none)"),
     no_augment: bool = typer.Option(False, help="skip ULD's paraphrase/perturbation augmentation"),
@@ -92,7 +95,7 @@ def train_assistant(
         retain_positions=retain_positions, crossed_paraphrases=crossed_paraphrases, wrong_answers=wrong_answers,
         contender_weight=contender_weight, contenders=contenders, augment=not no_augment,
         prompt_forms=check_prompt_forms(prompt_forms), alpha=alpha, relative_top=relative_top,
-        repetition_penalty=repetition_penalty)))
+        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty)))
 
 
 def report(out: Path) -> None:

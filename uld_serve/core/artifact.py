@@ -3,7 +3,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from .errors import UldError
-from .settings import REPETITION_PENALTY_KEY, check_repetition_penalty
+from .settings import FREQUENCY_PENALTY_KEY, REPETITION_PENALTY_KEY, check_output_penalty, check_repetition_penalty
 
 MANIFEST = "uld.json"
 FORMAT_VERSION = 1
@@ -40,11 +40,12 @@ def read_manifest(directory) -> dict:
         raise UldError(f"{path} has format version {manifest.get('format_version')!r}; this uld reads {FORMAT_VERSION}")
     if manifest.get("kind") not in KINDS:
         raise UldError(f"{path} has unknown kind {manifest.get('kind')!r}")
-    if manifest.get(REPETITION_PENALTY_KEY) is not None:
-        try:
-            check_repetition_penalty(manifest[REPETITION_PENALTY_KEY])
-        except UldError as e:
-            raise UldError(f"{path}: {e}") from None
+    for key, check in ((REPETITION_PENALTY_KEY, check_repetition_penalty), (FREQUENCY_PENALTY_KEY, check_output_penalty)):
+        if manifest.get(key) is not None:
+            try:
+                check(manifest[key])
+            except UldError as e:
+                raise UldError(f"{path}: {e}") from None
     if manifest.get("weights") == "full":
         return manifest  # a whole checkpoint (weight-level method on all weights)
     layers, training = manifest.get("num_layers"), manifest.get("training", {})

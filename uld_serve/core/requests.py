@@ -5,10 +5,7 @@ from typing import Callable, Optional, Protocol
 
 import torch
 
-from .errors import UldError
 from .settings import Settings
-
-OUTPUT_PENALTY_RANGE = (-2.0, 2.0)  # frequency and presence penalties: vLLM's (and OpenAI's) range
 
 
 @dataclass
@@ -22,22 +19,11 @@ class GenerationRequest:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     # vLLM's (OpenAI's): subtracted from a token's logit per time / once it is in the output so
-    # far (not the prompt), after the repetition penalty
-    frequency_penalty: float = 0.0
+    # far (not the prompt), after the repetition penalty; frequency None: the forget set's default, else none
+    frequency_penalty: Optional[float] = None
     presence_penalty: float = 0.0
     seed: int = 0
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
-
-
-def check_output_penalties(request: GenerationRequest) -> GenerationRequest:
-    """The request, refused with one sentence if its frequency or presence penalty is outside
-    vLLM's range (vLLM would raise; the reference decoder would not)."""
-    low, high = OUTPUT_PENALTY_RANGE
-    for name in ("frequency_penalty", "presence_penalty"):
-        value = getattr(request, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise UldError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
-    return request
 
 
 class Generator(Protocol):
@@ -46,7 +32,8 @@ class Generator(Protocol):
     tokenizer: object
     forget_sets: dict  # name -> core.artifact.ForgetSet
 
-    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None, repetition_penalty=None) -> Settings:
+    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None, repetition_penalty=None,
+                 frequency_penalty=None) -> Settings:
         """What a request is served with (core.settings.resolve against this backend's sets)."""
 
     def generate(self, requests: list, progress: Optional[Callable[[int], None]] = None) -> list:

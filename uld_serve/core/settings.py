@@ -3,9 +3,10 @@ defaults, their ranges, the one check of each, how a request's values are resolv
 its forget set, and the keys that carry them into vLLM (per request in
 `SamplingParams.extra_args`, per engine in the model config's `uld_*` overrides).
 
-A forget set's manifest may also name a repetition penalty to serve it with (vLLM's sampling
-parameter, applied after the logit difference): its answers, like any greedy decoding with
-the target's likely tokens taken away, can loop on one phrase. A request's own value wins.
+A forget set's manifest may also name a repetition penalty and a frequency penalty to serve it
+with (vLLM's sampling parameters, applied after the logit difference): its answers, like any
+greedy decoding with the target's likely tokens taken away, can loop on one phrase. A
+request's own value wins.
 
 Policy: a value out of range is refused with one sentence (a 400 at the server, exit 2 at the
 CLI, an error from the engine); nothing is clamped.
@@ -24,19 +25,23 @@ RELATIVE_TOP_RANGE = (1e-9, 1.0)  # r in (0, 1]: the smallest r still keeps the 
 ALPHA_KEY = "uld_alpha"
 RELATIVE_TOP_KEY = "uld_relative_top"
 REPETITION_PENALTY_KEY = "repetition_penalty"  # the manifest's key and vLLM's field
+FREQUENCY_PENALTY_KEY = "frequency_penalty"  # likewise
+OUTPUT_PENALTY_RANGE = (-2.0, 2.0)  # frequency and presence penalties: vLLM's (and OpenAI's) range
 
 
 @dataclass(frozen=True)
 class Settings:
     """What one request is served with: its forget set (None: the target alone), the alpha
     and r applied (alpha 0 without a forget set or with a weight-level one), and the
-    repetition penalty (None: neither the request nor the forget set names one, so the
-    backend's default applies: none, or at vLLM's server the model's generation config)."""
+    repetition and frequency penalties (None: neither the request nor the forget set names
+    one, so the backend's default applies: none, or at vLLM's server the model's generation
+    config)."""
 
     forget_set: Optional[str]
     alpha: float
     relative_top: float
     repetition_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +79,15 @@ def check_repetition_penalty(value) -> float:
     return float(value)
 
 
+def check_output_penalty(value, name: str = FREQUENCY_PENALTY_KEY) -> float:
+    """vLLM's rule for the frequency and presence penalties: a number in [-2, 2] (0: none;
+    above 0 repeats less)."""
+    low, high = OUTPUT_PENALTY_RANGE
+    if not _is_number(value) or not low <= value <= high:
+        raise UldError(f"{name} must be a number in [{low:g}, {high:g}] (0: none), got {value!r}")
+    return float(value)
+
+
 def check_range(low, high) -> tuple:
     if not 0.0 < low <= high <= 1.0:
         raise UldError(f"the relative_top range must satisfy 0 < low <= high <= 1, got {(low, high)}")
@@ -81,17 +95,18 @@ def check_range(low, high) -> tuple:
 
 
 def manifest_defaults(manifest: dict) -> tuple:
-    """(alpha, relative_top, repetition_penalty or None) a forget set is served with when a
-    request names none of them."""
+    """(alpha, relative_top, repetition_penalty or None, frequency_penalty or None) a forget set
+    is served with when a request names none of them."""
     alpha = 0.0 if manifest.get("kind") == "weight-level" else manifest.get("alpha", DEFAULT_ALPHA)
-    penalty = manifest.get(REPETITION_PENALTY_KEY)
-    return float(alpha), float(manifest.get("relative_top", DEFAULT_RELATIVE_TOP)), None if penalty is None else float(penalty)
+    penalties = [manifest.get(key) for key in (REPETITION_PENALTY_KEY, FREQUENCY_PENALTY_KEY)]
+    return (float(alpha), float(manifest.get("relative_top", DEFAULT_RELATIVE_TOP)),
+            *(None if penalty is None else float(penalty) for penalty in penalties))
 
 
 def resolve(forget_set=None, alpha=None, relative_top=None, relative_top_range: Optional[tuple] = None,
-            repetition_penalty=None) -> Settings:
+            repetition_penalty=None, frequency_penalty=None) -> Settings:
     """A request's Settings. `forget_set` is a core.artifact.ForgetSet or None; alpha,
-    relative_top and repetition_penalty are the request's own values (None: the forget set's
+    relative_top and the penalties are the request's own values (None: the forget set's
     defaults). Given values are checked even where they do not apply (no forget set,
     weight-level: alpha 0)."""
     if alpha is not None:
@@ -100,16 +115,21 @@ def resolve(forget_set=None, alpha=None, relative_top=None, relative_top_range: 
         relative_top = check_relative_top(relative_top)
     if repetition_penalty is not None:
         repetition_penalty = check_repetition_penalty(repetition_penalty)
+    if frequency_penalty is not None:
+        frequency_penalty = check_output_penalty(frequency_penalty)
     if forget_set is None:
-        return Settings(None, 0.0, DEFAULT_RELATIVE_TOP if relative_top is None else relative_top, repetition_penalty)
-    default_alpha, default_r, default_penalty = manifest_defaults(forget_set.manifest)
+        return Settings(None, 0.0, DEFAULT_RELATIVE_TOP if relative_top is None else relative_top, repetition_penalty,
+                        frequency_penalty)
+    default_alpha, default_r, default_penalty, default_frequency = manifest_defaults(forget_set.manifest)
     relative_top = default_r if relative_top is None else relative_top
     repetition_penalty = default_penalty if repetition_penalty is None else repetition_penalty
+    frequency_penalty = default_frequency if frequency_penalty is None else frequency_penalty
     if forget_set.is_weight_level:
-        return Settings(forget_set.name, 0.0, relative_top, repetition_penalty)
+        return Settings(forget_set.name, 0.0, relative_top, repetition_penalty, frequency_penalty)
     if relative_top_range is not None:
         check_relative_top(relative_top, relative_top_range)
-    return Settings(forget_set.name, default_alpha if alpha is None else alpha, relative_top, repetition_penalty)
+    return Settings(forget_set.name, default_alpha if alpha is None else alpha, relative_top, repetition_penalty,
+                    frequency_penalty)
 
 
 # ---- per-engine values: the `uld_*` keys of the model config's hf_overrides ----

@@ -103,8 +103,9 @@ class EngineConfig:
             "logprobs_mode": "processed_logprobs",
         }
 
-    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None, repetition_penalty=None) -> Settings:
+    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None, repetition_penalty=None,
+                 frequency_penalty=None) -> Settings:
         """What one request is served with (core.resolve), refusing a forget set this
         engine does not know and, with the sparse head, an r outside its range."""
         fs = None if forget_set is None else find_forget_set(self.forget_sets, forget_set)
-        return resolve(fs, alpha, relative_top, self.relative_top_range, repetition_penalty)
+        return resolve(fs, alpha, relative_top, self.relative_top_range, repetition_penalty, frequency_penalty)

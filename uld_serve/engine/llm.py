@@ -80,15 +80,17 @@ class UldEngine:
         if core is not None:
             core.shutdown()
 
-    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None, repetition_penalty=None) -> Settings:
-        return self.config.settings(forget_set, alpha, relative_top, repetition_penalty)
+    def settings(self, forget_set: Optional[str], alpha=None, relative_top=None, repetition_penalty=None,
+                 frequency_penalty=None) -> Settings:
+        return self.config.settings(forget_set, alpha, relative_top, repetition_penalty, frequency_penalty)
 
     def sampling(self, request: GenerationRequest):
         """vLLM SamplingParams and LoRA request for one of our requests (manifest defaults applied)."""
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
-        applied = self.settings(request.forget_set, request.alpha, request.relative_top, request.repetition_penalty)
+        applied = self.settings(request.forget_set, request.alpha, request.relative_top, request.repetition_penalty,
+                                request.frequency_penalty)
         fs = None if applied.forget_set is None else self.forget_sets[applied.forget_set]
         lora = LoRARequest(fs.name, self._lora_ids[fs.name], str(fs.path)) if fs is not None else None
         params = SamplingParams(
@@ -98,7 +100,7 @@ class UldEngine:
             seed=request.seed if request.temperature > 0 else None,
             ignore_eos=request.ignore_eos,
             repetition_penalty=1.0 if applied.repetition_penalty is None else applied.repetition_penalty,
-            frequency_penalty=request.frequency_penalty,
+            frequency_penalty=applied.frequency_penalty or 0.0,
             presence_penalty=request.presence_penalty,
             extra_args=applied.extra_args(),
         )

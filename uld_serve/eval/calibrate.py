@@ -85,7 +85,9 @@ def calibrate(model, name, forget_pairs, unseen_pairs, scoring="anchored", progr
 
         result.update(probability_alpha=alpha, alpha=first_clean(leak_count, alpha), forbidden=list(forbidden),
                       prompt_forms=list(PROMPT_FORMS), leaks_by_alpha=counts,
-                      repetition_penalty=model.settings(name).repetition_penalty)  # the served one, which the check decoded with
+                      # the served penalties, which the check decoded with
+                      repetition_penalty=model.settings(name).repetition_penalty,
+                      frequency_penalty=model.settings(name).frequency_penalty)
     return result
 
 

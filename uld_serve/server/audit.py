@@ -3,7 +3,7 @@ admin change, appended to a file that Python's RotatingFileHandler rotates by si
 Prometheus counters and a latency histogram per forget set.
 
 A completion line: time, request id, key id (a hash, never the key), route, model, forget
-set, alpha, relative_top, repetition_penalty, status, prompt and completion tokens, seconds;
+set, alpha, relative_top, repetition_penalty, frequency_penalty, status, prompt and completion tokens, seconds;
 the prompt and the output only with `--audit-content`. The lines say which forget set served which request,
 which is what an operator must be able to show after a deletion request. The first line of
 each start says what the server serves (its settings, keys only counted); a trail that cannot

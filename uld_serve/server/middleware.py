@@ -147,8 +147,9 @@ def annotated(send, applied: dict, request_id: str):
     headers = [(b"x-request-id", request_id.encode()), (b"x-uld-forget-set", (applied["forget_set"] or "none").encode()),
                (b"x-uld-alpha", repr(applied["alpha"]).encode()),
                (b"x-uld-relative-top", repr(applied["relative_top"]).encode())]
-    if applied["repetition_penalty"] is not None:
-        headers.append((b"x-uld-repetition-penalty", repr(applied["repetition_penalty"]).encode()))
+    for key in ("repetition_penalty", "frequency_penalty"):
+        if applied[key] is not None:
+            headers.append((f"x-uld-{key.replace('_', '-')}".encode(), repr(applied[key]).encode()))
     start, chunks = None, []
 
     async def send_annotated(message):

@@ -88,8 +88,9 @@ class Registry:
 def summary(fs) -> dict:
     """What /v1/models says about a forget set, from its manifest."""
     m = fs.manifest
-    alpha, relative_top, repetition_penalty = manifest_defaults(m)
+    alpha, relative_top, repetition_penalty, frequency_penalty = manifest_defaults(m)
     out = {"kind": m["kind"], "alpha": alpha, "relative_top": relative_top, "repetition_penalty": repetition_penalty,
+           "frequency_penalty": frequency_penalty,
            "lora_rank": fs.lora_rank,
            "forget": m.get("forget", {}).get("spec"), "forget_examples": m.get("forget", {}).get("num_examples"),
            "base_fingerprint": m.get("base_fingerprint", "")[:12], "path": str(fs.path)}

@@ -2,14 +2,14 @@
 or an extra `forget_set` field), alpha and relative_top (extra fields), checked against the
 enforced forget set, and the body vLLM gets: the forget set's LoRA as its model, alpha and r in
 `vllm_xargs` (SamplingParams.extra_args, read by the ULD logits processor), the forget set's
-served repetition penalty when the request names none. Bad values raise ApiError (400, or 404
+served repetition and frequency penalties where the request names none. Bad values raise ApiError (400, or 404
 for an unknown forget set)."""
 from ..core.errors import UldError
 from .asgi import ApiError
 
 
 def resolve(body: dict, state) -> tuple:
-    """(the body vLLM gets, what is applied: {forget_set, alpha, relative_top, repetition_penalty})."""
+    """(the body vLLM gets, what is applied: {forget_set, alpha, relative_top, repetition_penalty, frequency_penalty})."""
     model = body.get("model")
     names = [state.target_name, *state.config.forget_sets]
     explicit = "forget_set" in body or model in state.config.forget_sets
@@ -29,7 +29,8 @@ def resolve(body: dict, state) -> tuple:
     try:
         if state.enforced is not None:
             forget_set = state.enforced.choose(forget_set, explicit)
-        applied = state.config.settings(forget_set, alpha, relative_top, body.get("repetition_penalty"))
+        applied = state.config.settings(forget_set, alpha, relative_top, body.get("repetition_penalty"),
+                                        body.get("frequency_penalty"))
         if state.enforced is not None:
             state.enforced.check_alpha(applied.alpha)
     except UldError as e:
@@ -43,8 +44,9 @@ def resolve(body: dict, state) -> tuple:
         raise ApiError(400, "vllm_xargs must be an object")
     body["vllm_xargs"] = {**xargs, **applied.extra_args()}
     body["model"] = applied.forget_set or state.target_name
-    if applied.repetition_penalty is not None:
-        body["repetition_penalty"] = applied.repetition_penalty
+    for key in ("repetition_penalty", "frequency_penalty"):
+        if getattr(applied, key) is not None:
+            body[key] = getattr(applied, key)
     return body, applied.as_dict()
 
 
