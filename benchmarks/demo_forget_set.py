@@ -31,10 +31,10 @@ MAX_TOKENS = 64
 
 
 def chat_answers(llm, questions, forget_set=None, alpha=None, system="default", max_tokens=MAX_TOKENS,
-                 repetition_penalty=None, relative_top=None, frequency_penalty=0.0) -> list:
+                 repetition_penalty=None, relative_top=None, frequency_penalty=None) -> list:
     """Greedy answers of an open UldLLM, one per question, stripped; `system` is TOFU's system
-    prompt by default, or None for none (the README's questions are asked without one);
-    repetition_penalty and relative_top None: the forget set's served defaults."""
+    prompt by default, or None for none (the README's questions are asked without one); the
+    penalties and relative_top None: the forget set's served defaults."""
     from uld_serve import SamplingParams
     from uld_serve.core.tofu import SYSTEM_PROMPT
 
