@@ -11,7 +11,10 @@ The validation split mirrors forget10 inside the target's own data and reads no 
 each candidate assistant learns to remember authors 10-19 of the 20 the target retains
 (tofu:full[200:400]) and to know nothing of authors 0-9 (tofu:full[:200], plus general:train
 where marked, plus model-written questions answered by the target where marked: general_qa.py
---openers names, about people outside literature, and --openers varied). A validation retain model, fine-tuned as the target
+--openers names, about people outside literature, and --openers varied). ULD's augmentation
+(paraphrased questions and answers, wrong answers: tofu_aug) covers TOFU's forget splits only, so
+the candidates train without it and forget10's assistant with it (twice the steps per epoch, its
+wrong answers in the retain data). A validation retain model, fine-tuned as the target
 was on its data less those ten authors (tofu:full[:200]+tofu:forget10), plays the retain
 model: TOFU's retain_perturbed holds paraphrased and wrong answers for exactly those 200
 questions, so a validation forget quality (the KS p-value of truth ratios, as `uld eval tofu`
@@ -63,14 +66,14 @@ TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "r
             "fast-k15-general-names": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
             "fast-k15-general-varied": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
             # fast-k15-general with one of the reference code's differences each (issue 32's list):
-            # the retain term over prompt and answer positions; its LoRA; its augmentation
+            # the retain term over prompt and answer positions; its LoRA. Not its augmentation:
+            # ULD's paraphrases and wrong answers (tofu_aug) exist for TOFU's forget splits only, so
+            # no validation candidate is augmented (forget10's assistants are)
             "fast-k15-general-positions": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15, "retain_positions": "prompt+answer"},
-            "fast-k15-general-lora": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15, "rank": 16, "lora_dropout": 0.05},
-            "fast-k15-general-augment": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15, "crossed_paraphrases": 2,
-                                         "wrong_answers": 2}}
+            "fast-k15-general-lora": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15, "rank": 16, "lora_dropout": 0.05}}
 # these add general:train to their retain data
 GENERAL = {"fast-k15-general", "reference-general", "fast-k15-general-names", "fast-k15-general-varied",
-           "fast-k15-general-positions", "fast-k15-general-lora", "fast-k15-general-augment"}
+           "fast-k15-general-positions", "fast-k15-general-lora"}
 # these add model-written questions answered by the target (prepare_qa; general_qa.py's opener
 # sets): questions about people outside literature made the forget10 assistant flatter off its
 # forget set (BENCHMARKS.md, names-retain); varied ones test whether more and more varied text does more
@@ -81,8 +84,7 @@ FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15"
          "fast-k15-general-names": "tuned at K=15, general + names retain data",
          "fast-k15-general-varied": "tuned at K=15, general + names + varied retain data",
          "fast-k15-general-positions": "tuned at K=15, general retain data, prompt+answer positions",
-         "fast-k15-general-lora": "tuned at K=15, general retain data, the reference's LoRA",
-         "fast-k15-general-augment": "tuned at K=15, general retain data, the reference's augmentation"}
+         "fast-k15-general-lora": "tuned at K=15, general retain data, the reference's LoRA"}
 VALIDATION_RETAIN = "tofu:full[:200]+tofu:forget10"  # the target's data less the validation forget authors
 TRUTH_RATIO_ROWS = slice(200, 400)  # retain_perturbed[i] asks full[i]'s question: the validation forget items
 FQ_AIM = 0.1
