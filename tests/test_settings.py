@@ -1,5 +1,6 @@
 """core/settings.py: the one owner of alpha and r (defaults, ranges, checks, resolution
 against a forget set, and the keys that carry them into vLLM)."""
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,27 +43,22 @@ def test_a_forget_sets_frequency_penalty_is_its_served_default_and_a_request_ove
     assert resolve(None, frequency_penalty=-1) == Settings(None, 0.0, 0.01, None, -1.0)
 
 
-@pytest.mark.parametrize("value", [2.01, -2.5, float("inf"), float("nan"), True, "0.6"])
-def test_frequency_penalty_out_of_range_is_refused(value, tmp_path):
-    with pytest.raises(UldError, match=r"frequency_penalty must be a number in \[-2, 2\]"):
-        check_output_penalty(value)
-    with pytest.raises(UldError, match="frequency_penalty must be"):
-        resolve(ULD, frequency_penalty=value)
-    (tmp_path / "adapter_config.json").write_text("{}")
-    write_manifest(tmp_path, {"kind": "uld-assistant", "num_layers": 2, "frequency_penalty": value})
-    with pytest.raises(UldError, match=r"uld.json: frequency_penalty must be a number in"):  # at load, not per request
-        read_manifest(tmp_path)
+PENALTIES = {"repetition_penalty": (check_repetition_penalty, "a number above 0"),
+             "frequency_penalty": (check_output_penalty, "a number in [-2, 2]")}
 
 
-@pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), True, "1.1"])
-def test_repetition_penalty_out_of_range_is_refused(value, tmp_path):
-    with pytest.raises(UldError, match="repetition_penalty must be a number above 0"):
-        check_repetition_penalty(value)
-    with pytest.raises(UldError, match="repetition_penalty must be"):
-        resolve(ULD, repetition_penalty=value)
+@pytest.mark.parametrize("key,value", [*(("repetition_penalty", v) for v in (0, -1.0, float("inf"), float("nan"), True, "1.1")),
+                                       *(("frequency_penalty", v) for v in (2.01, -2.5, float("inf"), float("nan"), True, "0.6"))])
+def test_a_penalty_out_of_range_is_refused(key, value, tmp_path):
+    check, rule = PENALTIES[key]
+    message = re.escape(f"{key} must be {rule}")
+    with pytest.raises(UldError, match=message):
+        check(value)
+    with pytest.raises(UldError, match=message):
+        resolve(ULD, **{key: value})
     (tmp_path / "adapter_config.json").write_text("{}")
-    write_manifest(tmp_path, {"kind": "uld-assistant", "num_layers": 2, "repetition_penalty": value})
-    with pytest.raises(UldError, match=r"uld.json: repetition_penalty must be a number above 0"):  # at load, not per request
+    write_manifest(tmp_path, {"kind": "uld-assistant", "num_layers": 2, key: value})
+    with pytest.raises(UldError, match="uld.json: " + message):  # at load, not per request
         read_manifest(tmp_path)
 
 
