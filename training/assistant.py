@@ -42,8 +42,7 @@ from uld_serve.core.errors import UldError
 from uld_serve.core.models import fingerprint, load_model, load_tokenizer, resolve_model
 from uld_serve.core.tofu import PROMPT_FORMS, check_prompt_forms, load_qa, paraphrased_pairs, perturbed_pairs
 
-from uld_serve.core.settings import (DEFAULT_ALPHA, DEFAULT_RELATIVE_TOP, FREQUENCY_PENALTY_KEY, REPETITION_PENALTY_KEY, check_alpha,
-                                     check_output_penalty, check_relative_top, check_repetition_penalty)
+from uld_serve.core.settings import DEFAULT_ALPHA, DEFAULT_RELATIVE_TOP, SERVED_PENALTIES, check_alpha, check_relative_top
 
 from .artifact import (data_record, epoch_rng, load_trainable_state, result_record, resume_dir, steps_per_epoch,
                        trainable_state, write_output)
@@ -161,10 +160,9 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
     try:
         check_alpha(assistant.alpha)
         check_relative_top(assistant.relative_top)
-        if assistant.repetition_penalty is not None:
-            check_repetition_penalty(assistant.repetition_penalty)
-        if assistant.frequency_penalty is not None:
-            check_output_penalty(assistant.frequency_penalty)
+        for key, check in SERVED_PENALTIES.items():
+            if getattr(assistant, key) is not None:
+                check(getattr(assistant, key))
     except UldError as e:
         raise UldError(f"the manifest's default {e}") from None
     recipe = assistant.resolved()
@@ -238,8 +236,7 @@ def train_assistant(target: str, forget: str, retain: str, out: Path, config: Tr
         "target_layers": base.config.num_hidden_layers,
         "alpha": assistant.alpha,
         "relative_top": assistant.relative_top,
-        **({} if assistant.repetition_penalty is None else {REPETITION_PENALTY_KEY: assistant.repetition_penalty}),
-        **({} if assistant.frequency_penalty is None else {FREQUENCY_PENALTY_KEY: assistant.frequency_penalty}),
+        **{key: getattr(assistant, key) for key in SERVED_PENALTIES if getattr(assistant, key) is not None},
         "forget": data_record(forget, forget_pairs, paraphrase_augmentation=bool(paraphrases)),
         "retain": data_record(retain, retain_pairs, perturbed_augmentation=len(retain_all) - len(retain_pairs)),
         "training": {**config.as_dict(), "recipe": assistant.recipe, **asdict(recipe), "prompt_forms": list(prompt_forms),

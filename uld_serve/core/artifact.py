@@ -3,7 +3,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from .errors import UldError
-from .settings import FREQUENCY_PENALTY_KEY, REPETITION_PENALTY_KEY, check_output_penalty, check_repetition_penalty
+from .settings import SERVED_PENALTIES
 
 MANIFEST = "uld.json"
 FORMAT_VERSION = 1
@@ -40,7 +40,7 @@ def read_manifest(directory) -> dict:
         raise UldError(f"{path} has format version {manifest.get('format_version')!r}; this uld reads {FORMAT_VERSION}")
     if manifest.get("kind") not in KINDS:
         raise UldError(f"{path} has unknown kind {manifest.get('kind')!r}")
-    for key, check in ((REPETITION_PENALTY_KEY, check_repetition_penalty), (FREQUENCY_PENALTY_KEY, check_output_penalty)):
+    for key, check in SERVED_PENALTIES.items():
         if manifest.get(key) is not None:
             try:
                 check(manifest[key])

@@ -88,6 +88,11 @@ def check_output_penalty(value, name: str = FREQUENCY_PENALTY_KEY) -> float:
     return float(value)
 
 
+# the sampling penalties a forget set's manifest may name as served defaults (its key, vLLM's
+# field and the Settings field are one name): name -> its check
+SERVED_PENALTIES = {REPETITION_PENALTY_KEY: check_repetition_penalty, FREQUENCY_PENALTY_KEY: check_output_penalty}
+
+
 def check_range(low, high) -> tuple:
     if not 0.0 < low <= high <= 1.0:
         raise UldError(f"the relative_top range must satisfy 0 < low <= high <= 1, got {(low, high)}")
@@ -98,7 +103,7 @@ def manifest_defaults(manifest: dict) -> tuple:
     """(alpha, relative_top, repetition_penalty or None, frequency_penalty or None) a forget set
     is served with when a request names none of them."""
     alpha = 0.0 if manifest.get("kind") == "weight-level" else manifest.get("alpha", DEFAULT_ALPHA)
-    penalties = [manifest.get(key) for key in (REPETITION_PENALTY_KEY, FREQUENCY_PENALTY_KEY)]
+    penalties = [manifest.get(key) for key in SERVED_PENALTIES]
     return (float(alpha), float(manifest.get("relative_top", DEFAULT_RELATIVE_TOP)),
             *(None if penalty is None else float(penalty) for penalty in penalties))
 

@@ -18,7 +18,7 @@ monotonically with alpha or survive a change of penalty: set the served penalty 
 from pathlib import Path
 from typing import Optional
 
-from ..core.settings import ALPHA_RANGE
+from ..core.settings import ALPHA_RANGE, SERVED_PENALTIES
 from ..core.errors import UldError
 from ..core.tofu import PROMPT_FORMS
 from .alpha_curve import AlphaCurve
@@ -83,11 +83,10 @@ def calibrate(model, name, forget_pairs, unseen_pairs, scoring="anchored", progr
                             for system in PROMPT_FORMS.values())
             return counts[a]
 
+        served = model.settings(name)  # its penalties are the ones the check decoded with
         result.update(probability_alpha=alpha, alpha=first_clean(leak_count, alpha), forbidden=list(forbidden),
                       prompt_forms=list(PROMPT_FORMS), leaks_by_alpha=counts,
-                      # the served penalties, which the check decoded with
-                      repetition_penalty=model.settings(name).repetition_penalty,
-                      frequency_penalty=model.settings(name).frequency_penalty)
+                      **{key: getattr(served, key) for key in SERVED_PENALTIES})
     return result
 
 

@@ -28,7 +28,7 @@ from typing import Optional
 
 from prometheus_client import Counter
 
-from ..core.settings import Settings
+from ..core.settings import SERVED_PENALTIES, Settings
 from .asgi import ApiError, bearer_token, declared_length, error_response, read_body, replay, with_header, within
 from .audit import ask_for_usage, observed
 from .keys import CLIENT, key_id
@@ -147,7 +147,7 @@ def annotated(send, applied: dict, request_id: str):
     headers = [(b"x-request-id", request_id.encode()), (b"x-uld-forget-set", (applied["forget_set"] or "none").encode()),
                (b"x-uld-alpha", repr(applied["alpha"]).encode()),
                (b"x-uld-relative-top", repr(applied["relative_top"]).encode())]
-    for key in ("repetition_penalty", "frequency_penalty"):
+    for key in SERVED_PENALTIES:
         if applied[key] is not None:
             headers.append((f"x-uld-{key.replace('_', '-')}".encode(), repr(applied[key]).encode()))
     start, chunks = None, []

@@ -5,6 +5,7 @@ enforced forget set, and the body vLLM gets: the forget set's LoRA as its model,
 served repetition and frequency penalties where the request names none. Bad values raise ApiError (400, or 404
 for an unknown forget set)."""
 from ..core.errors import UldError
+from ..core.settings import SERVED_PENALTIES
 from .asgi import ApiError
 
 
@@ -44,7 +45,7 @@ def resolve(body: dict, state) -> tuple:
         raise ApiError(400, "vllm_xargs must be an object")
     body["vllm_xargs"] = {**xargs, **applied.extra_args()}
     body["model"] = applied.forget_set or state.target_name
-    for key in ("repetition_penalty", "frequency_penalty"):
+    for key in SERVED_PENALTIES:
         if getattr(applied, key) is not None:
             body[key] = getattr(applied, key)
     return body, applied.as_dict()
