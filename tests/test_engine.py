@@ -79,6 +79,19 @@ def test_steps_without_forget_sets_skip_the_assistant(engine, reference):
     assert engine.generate(requests, use_tqdm=False) == reference.generate(requests)
 
 
+def test_a_seeded_sample_does_not_depend_on_how_its_prompt_was_chunked(engine, reference):
+    """A sampled request's seed fixes its tokens wherever its prefill is cut. The fixture's
+    128-token budget splits this prompt over steps, and the request ahead of it moves the cuts;
+    each partial step samples a token that is thrown away (on CPU this used to kill the engine)."""
+    long_prompt = chat_prompt_ids(reference.tokenizer, " ".join(QUESTIONS * 2))
+    assert len(long_prompt) > 2 * 128
+    sampled = GenerationRequest(long_prompt, "f1", temperature=1.0, seed=7, max_new_tokens=12)
+    alone = engine.generate([sampled], use_tqdm=False)[0]
+    ahead = GenerationRequest(chat_prompt_ids(reference.tokenizer, QUESTIONS[1]), None, temperature=1.0, seed=3, max_new_tokens=4)
+    assert engine.generate([ahead, sampled], use_tqdm=False)[1] == alone
+    assert engine.generate([sampled], use_tqdm=False)[0] == alone  # and again with its prompt cached
+
+
 def test_unknown_forget_set(engine):
     with pytest.raises(UldError, match="unknown forget set 'nope'; known forget sets: f1, f2"):
         engine.generate([GenerationRequest([1, 2, 3], "nope")])

@@ -1,5 +1,6 @@
 """vLLM general plugin (entry point `vllm.general_plugins`, run in every vLLM process):
-registers the ULD wrapper model and, on CPU, the grouped LoRA products and a compiled target."""
+registers the ULD wrapper model and, on CPU, the grouped LoRA products, a compiled target
+and seeded sampling that survives chunked prefill."""
 
 ARCHITECTURE = "UldLlamaForCausalLM"
 
@@ -11,9 +12,10 @@ def register() -> None:
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "uld_serve.engine.model:UldLlamaForCausalLM")
     if current_platform.is_cpu():
-        from .cpu_lora import install
+        from . import cpu_lora, cpu_sampling
 
-        install()
+        cpu_lora.install()
+        cpu_sampling.install()
         _compile_target_despite_lora(type(current_platform))
 
 
