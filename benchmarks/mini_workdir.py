@@ -15,6 +15,11 @@ FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned a
                "tuned at K=15, general + names + varied retain data": "forget10-tuned-k15-general-varied",
                "tuned at K=15, general retain data, prompt+answer positions": "forget10-tuned-k15-general-positions",
                "tuned at K=15, general retain data, the reference's LoRA": "forget10-tuned-k15-general-lora"}
+# tune_assistant.py --unaugmented: each tuned forget10 assistant trained without ULD's augmentation,
+# as its validation candidates are
+UNAUGMENTED = ", unaugmented"
+FORGET_SETS.update({label + UNAUGMENTED: folder + "-unaugmented" for label, folder in list(FORGET_SETS.items())
+                    if label.startswith("tuned")})
 
 # tune_assistant.py's folder (its choice.json names the forget set it chose)
 TUNE = "tune-assistant"

@@ -6,6 +6,7 @@ assistant with them, choose its alpha, and evaluate it.
     python benchmarks/tune_assistant.py --smoke  # 2 steps, 4 items per split: checks the script
     python benchmarks/tune_assistant.py --section amx   # its own BENCHMARKS section (another machine's target)
     python benchmarks/tune_assistant.py --validate-only # the candidates and the choice, no forget10 assistant
+    python benchmarks/tune_assistant.py --unaugmented   # forget10's assistant without augmentation, as on validation
 
 The validation split mirrors forget10 inside the target's own data and reads no test question:
 each candidate assistant learns to remember authors 10-19 of the 20 the target retains
@@ -14,7 +15,7 @@ where marked, plus model-written questions answered by the target where marked: 
 --openers names, about people outside literature, and --openers varied). ULD's augmentation
 (paraphrased questions and answers, wrong answers: tofu_aug) covers TOFU's forget splits only, so
 the candidates train without it and forget10's assistant with it (twice the steps per epoch, its
-wrong answers in the retain data). A validation retain model, fine-tuned as the target
+wrong answers in the retain data), unless --unaugmented puts both on the same footing. A validation retain model, fine-tuned as the target
 was on its data less those ten authors (tofu:full[:200]+tofu:forget10), plays the retain
 model: TOFU's retain_perturbed holds paraphrased and wrong answers for exactly those 200
 questions, so a validation forget quality (the KS p-value of truth ratios, as `uld eval tofu`
@@ -51,7 +52,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from mini_workdir import EVALS, FORGET_SETS, QA_FOLDERS, TUNE, calibrated, default_workdir, eval_logs, evaluated, transferred  # noqa: E402
+from mini_workdir import (EVALS, FORGET_SETS, QA_FOLDERS, TUNE, UNAUGMENTED, calibrated, default_workdir, eval_logs,  # noqa: E402
+                          evaluated, transferred)
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
@@ -97,6 +99,7 @@ AGREEMENT_ALPHAS = [0.5, 0.65, 0.8, 1.0]  # the forget10 assistant's general gre
 # unusable, most often answers cut at the token limit)
 QA_SIZES = {"names": {"train": 400, "heldout": 80}, "varied": {"train": 1200, "heldout": 100, "sample": 3000}}
 QA_SMOKE = {"train": 8, "heldout": 4, "sample": 60}
+CHOICES = {False: "choice.json", True: "choice-unaugmented.json"}  # in the tune folder, by --unaugmented
 
 
 def prepare_qa(work: Path, openers: str, smoke_dir=None) -> Path:
@@ -206,9 +209,10 @@ def greedy_agreement(target, artifact, alpha, target_answers: Path, questions: l
     return mean_rouge_l_recall(reference, answers)
 
 
-def choose(results: dict) -> dict:
+def choose(results: dict, unaugmented: bool = False) -> dict:
     """Step 2: among the candidates whose validation forget quality reaches FQ_AIM, those above
-    the utility floor first, the best greedy agreement; if none reaches it, the best forget quality."""
+    the utility floor first, the best greedy agreement; if none reaches it, the best forget quality.
+    `final` names the forget10 assistant trained with the choice (without augmentation if `unaugmented`)."""
     floor = UTILITY_FLOOR * next(iter(results.values()))["target_utility_prob"]
     forgets = {name: r for name, r in results.items() if r["fq"] >= FQ_AIM}
     kept = {name: r for name, r in forgets.items() if r["utility_prob"] >= floor}
@@ -217,7 +221,9 @@ def choose(results: dict) -> dict:
     r = results[name]
     ratio = r["alpha"] / r["probability_alpha"] if r["probability_alpha"] else None
     return {"training": name, "validation_alpha": r["alpha"], "validation_fq": r["fq"], "alpha_ratio": ratio,
-            "utility_floor": floor, "reaches_aim": name in forgets, "above_floor": name in kept, "final": FORGET_SETS[FINAL[name]]}
+            "utility_floor": floor, "reaches_aim": name in forgets, "above_floor": name in kept,
+            "label": FINAL[name] + (UNAUGMENTED if unaugmented else ""), "augmented": not unaugmented,
+            "final": FORGET_SETS[FINAL[name] + (UNAUGMENTED if unaugmented else "")]}
 
 
 def main():
@@ -227,6 +233,8 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="2 training steps, 4 items per split; reports nothing")
     parser.add_argument("--validate-only", action="store_true",
                         help="stop after the validation candidates and the choice (records the validation table)")
+    parser.add_argument("--unaugmented", action="store_true",
+                        help="train forget10's assistant without ULD's augmentation, as the validation candidates train")
     parser.add_argument("--section", help="BENCHMARKS.md section (and results folder) to write instead of the usual one: "
                         "a run on another target (another kind of CPU) keeps the first run's")
     args = parser.parse_args()
@@ -265,17 +273,18 @@ def main():
             results[name]["greedy_rouge"] = greedy_agreement(target, artifact, results[name]["alpha"], tune / "target-general.json",
                                                               general_questions(limit))
             write_json_atomic(tune / name / "validation-fq.json", results[name])
-    choice = choose(results)
+    choice = choose(results, args.unaugmented)
     if args.validate_only:
         print(json.dumps(choice, indent=2))
         if not args.smoke:
             record(work, level, results, choice, args.section, validate_only=True)
         return
-    final = tune / "final" if args.smoke else work / choice["final"]
+    final = (tune if args.smoke else work) / choice["final"]
     if not final.exists():
         uld("train-assistant", "--target", target, "--forget", "tofu:forget10",
             "--retain", retain(PROTOCOLS["mini"]["assistant_retain"], choice["training"]),
-            "--out", final, "--alpha", choice["validation_alpha"], *flags(TRAINING[choice["training"]]), *flags(budget))
+            "--out", final, "--alpha", choice["validation_alpha"], *flags(TRAINING[choice["training"]]), *flags(budget),
+            *(["--no-augment"] if args.unaugmented else []))
     choice["calibration"] = calibration(target, final)
     ratio = choice["alpha_ratio"]
     choice["alpha"] = round(choice["calibration"]["alpha"] * ratio, 4) if ratio else choice["validation_alpha"]
@@ -289,11 +298,11 @@ def main():
             write_json_atomic(curve_path, curve)
     choice["final_greedy_rouge"] = curve[f"{choice['alpha']:g}"]
     choice["final_greedy_curve"] = {f"{alpha:g}": curve[f"{alpha:g}"] for alpha in AGREEMENT_ALPHAS}
-    write_json_atomic(tune / "choice.json", choice)
+    write_json_atomic(tune / CHOICES[args.unaugmented], choice)
     print(json.dumps(choice, indent=2))
     # the rule's alpha, and (to show what the validation ratio does) the calibrated alpha alone
     for label_of, alpha in ((transferred, choice["alpha"]), (calibrated, choice["calibration"]["alpha"])):
-        evaluate_forget10(work, tune if args.smoke else None, final, label_of(FINAL[choice["training"]]), alpha)
+        evaluate_forget10(work, tune if args.smoke else None, final, label_of(choice["label"]), alpha)
     if not args.smoke:
         record(work, level, results, choice, args.section)
 
@@ -370,7 +379,8 @@ def record(work, level, results, choice, section=None, validate_only=False):
     if not validate_only:
         table = forget10_table(work)
         write_json_atomic(out / "forget10.json", table["summaries"])
-        text += "\n\n" + forget10_text(choice) + "\n\n" + table["text"]
+        choices = [json.loads(path.read_text()) for path in (work / TUNE / name for name in CHOICES.values()) if path.exists()]
+        text += "\n\n" + "\n\n".join(map(forget10_text, choices)) + "\n\n" + table["text"]
     heading = "Tuning the ULD assistant on a validation split (tofu-mini)"
     write_section(f"tune-assistant:mini:{section}" if section else "tune-assistant:mini",
                   f"{heading} ({section})" if section else heading, invocation(), text)
@@ -407,7 +417,8 @@ def forget10_text(choice: dict) -> str:
     calibration = choice["calibration"]
     scaled = (f"times the validation ratio {choice['alpha_ratio']:.3f}" if choice["alpha_ratio"]
               else "(the validation candidate never reached the unseen level: its forget-quality alpha is used)")
-    return (f"The forget10 assistant ({choice['final']}): `uld calibrate-alpha` on forget10's own answers gave "
+    trained = "" if choice.get("augmented", True) else ", trained without augmentation as the validation candidates are"
+    return (f"The forget10 assistant ({choice['final']}{trained}): `uld calibrate-alpha` on forget10's own answers gave "
             f"{calibration['alpha']:g} (forget answer probability {calibration['forget_prob_at_0']:.4f} -> "
             f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}), {scaled}: "
             f"**alpha {choice['alpha']:g}**. Its greedy answers to the general questions keep ROUGE-L "
