@@ -17,10 +17,10 @@ where marked, plus model-written questions answered by the target where marked: 
 the candidates train without it and forget10's assistant with it (twice the steps per epoch, its
 wrong answers in the retain data), unless --unaugmented puts both on the same footing. A
 validation retain model, fine-tuned as the target was on its data less those ten authors
-(tofu:full[:200]+tofu:forget10), plays the retain
-model: TOFU's retain_perturbed holds paraphrased and wrong answers for exactly those 200
-questions, so a validation forget quality (the KS p-value of truth ratios, as `uld eval tofu`
-computes forget quality) can be read at every alpha.
+(tofu:full[:200]+tofu:forget10), plays the retain model: TOFU's retain_perturbed holds
+paraphrased and wrong answers for exactly those 200 questions, so a validation forget quality
+(the KS p-value of truth ratios, as `uld eval tofu` computes forget quality) can be read at
+every alpha.
 
 The rule (nothing in it reads forget10's evaluation or the retain reference):
 1. Per candidate, on the validation split: the alpha of the highest validation forget quality
