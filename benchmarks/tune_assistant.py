@@ -73,21 +73,26 @@ TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "r
             # ULD's paraphrases and wrong answers (tofu_aug) exist for TOFU's forget splits only, so
             # no validation candidate is augmented (forget10's assistants are)
             "fast-k15-general-positions": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15, "retain_positions": "prompt+answer"},
-            "fast-k15-general-lora": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15, "rank": 16, "lora_dropout": 0.05}}
+            "fast-k15-general-lora": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15, "rank": 16, "lora_dropout": 0.05},
+            # the two levers that each reached validation forget quality 0.47, together
+            "fast-k15-general-positions-names": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15,
+                                                 "retain_positions": "prompt+answer"}}
 # these add general:train to their retain data
 GENERAL = {"fast-k15-general", "reference-general", "fast-k15-general-names", "fast-k15-general-varied",
-           "fast-k15-general-positions", "fast-k15-general-lora"}
+           "fast-k15-general-positions", "fast-k15-general-lora", "fast-k15-general-positions-names"}
 # these add model-written questions answered by the target (prepare_qa; general_qa.py's opener
 # sets): questions about people outside literature made the forget10 assistant flatter off its
 # forget set (BENCHMARKS.md, names-retain); varied ones test whether more and more varied text does more
-EXTRA_QA = {"fast-k15-general-names": ("names",), "fast-k15-general-varied": ("names", "varied")}
+EXTRA_QA = {"fast-k15-general-names": ("names",), "fast-k15-general-varied": ("names", "varied"),
+            "fast-k15-general-positions-names": ("names",)}
 FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15",
          "fast-k15-general": "tuned at K=15, general retain data", "reference": "tuned, reference recipe",
          "reference-general": "tuned, reference recipe, general retain data",
          "fast-k15-general-names": "tuned at K=15, general + names retain data",
          "fast-k15-general-varied": "tuned at K=15, general + names + varied retain data",
          "fast-k15-general-positions": "tuned at K=15, general retain data, prompt+answer positions",
-         "fast-k15-general-lora": "tuned at K=15, general retain data, the reference's LoRA"}
+         "fast-k15-general-lora": "tuned at K=15, general retain data, the reference's LoRA",
+         "fast-k15-general-positions-names": "tuned at K=15, general + names retain data, prompt+answer positions"}
 VALIDATION_RETAIN = "tofu:full[:200]+tofu:forget10"  # the target's data less the validation forget authors
 TRUTH_RATIO_ROWS = slice(200, 400)  # retain_perturbed[i] asks full[i]'s question: the validation forget items
 FQ_AIM = 0.1
