@@ -283,7 +283,7 @@ def main():
     if args.validate_only:
         print(json.dumps(choice, indent=2))
         if not args.smoke:
-            record(work, level, results, choice, args.section, validate_only=True)
+            record(work, level, results, choice, args.section)
         return
     final = (tune if args.smoke else work) / choice["final"]
     if not final.exists():
@@ -362,9 +362,10 @@ def cached(path: Path, compute) -> dict:
     return json.loads(path.read_text())
 
 
-def record(work, level, results, choice, section=None, validate_only=False):
-    """BENCHMARKS.md's section and the results folder: the validation candidates, and unless
-    `validate_only` the forget10 assistant's alpha and every forget10 evaluation in the workdir."""
+def record(work, level, results, choice, section=None):
+    """BENCHMARKS.md's section and the results folder: the validation candidates, and once a
+    forget10 assistant was chosen (by this run or an earlier one, augmented or not) its alpha and
+    every forget10 evaluation in the workdir, so a later --validate-only run keeps them."""
     from report import invocation, write_section
 
     out = REPO / "benchmarks" / "results" / (f"tune-assistant-mini-{section}" if section else "tune-assistant-mini")
@@ -382,10 +383,10 @@ def record(work, level, results, choice, section=None, validate_only=False):
             f"validation forget quality (anchored scoring; reference: the validation retain model, "
             f"{VALIDATION_RETAIN}); the last column reads forget quality at the grid alpha nearest the calibrated one:"
             f"\n\n" + validation_table(results, choice))
-    if not validate_only:
+    choices = [json.loads(path.read_text()) for path in (work / TUNE / name for name in CHOICES.values()) if path.exists()]
+    if choices:
         table = forget10_table(work)
         write_json_atomic(out / "forget10.json", table["summaries"])
-        choices = [json.loads(path.read_text()) for path in (work / TUNE / name for name in CHOICES.values()) if path.exists()]
         text += "\n\n" + "\n\n".join(map(forget10_text, choices)) + "\n\n" + table["text"]
     heading = "Tuning the ULD assistant on a validation split (tofu-mini)"
     write_section(f"tune-assistant:mini:{section}" if section else "tune-assistant:mini",
