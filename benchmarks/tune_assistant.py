@@ -226,10 +226,10 @@ def choose(results: dict, unaugmented: bool = False) -> dict:
     name = max(pool, key=lambda n: pool[n]["greedy_rouge"]) if pool else max(results, key=lambda n: results[n]["fq"])
     r = results[name]
     ratio = r["alpha"] / r["probability_alpha"] if r["probability_alpha"] else None
+    label = FINAL[name] + (UNAUGMENTED if unaugmented else "")
     return {"training": name, "validation_alpha": r["alpha"], "validation_fq": r["fq"], "alpha_ratio": ratio,
             "utility_floor": floor, "reaches_aim": name in forgets, "above_floor": name in kept,
-            "label": FINAL[name] + (UNAUGMENTED if unaugmented else ""), "augmented": not unaugmented,
-            "final": FORGET_SETS[FINAL[name] + (UNAUGMENTED if unaugmented else "")]}
+            "label": label, "augmented": not unaugmented, "final": FORGET_SETS[label]}
 
 
 def main():
