@@ -76,10 +76,16 @@ TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "r
             "fast-k15-general-lora": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15, "rank": 16, "lora_dropout": 0.05},
             # the two levers that each reached validation forget quality 0.47, together
             "fast-k15-general-positions-names": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15,
-                                                 "retain_positions": "prompt+answer"}}
+                                                 "retain_positions": "prompt+answer"},
+            # twice the budget: on the demo's forget set a sharper forget set needed a smaller alpha
+            # and changed fewer general answers (BENCHMARKS.md, sharper-forget); epochs here
+            # override BUDGET's
+            "fast-k15-general-positions-e10": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15,
+                                               "retain_positions": "prompt+answer", "epochs": 10}}
 # these add general:train to their retain data
 GENERAL = {"fast-k15-general", "reference-general", "fast-k15-general-names", "fast-k15-general-varied",
-           "fast-k15-general-positions", "fast-k15-general-lora", "fast-k15-general-positions-names"}
+           "fast-k15-general-positions", "fast-k15-general-lora", "fast-k15-general-positions-names",
+           "fast-k15-general-positions-e10"}
 # these add model-written questions answered by the target (prepare_qa; general_qa.py's opener
 # sets): questions about people outside literature made the forget10 assistant flatter off its
 # forget set (BENCHMARKS.md, names-retain); varied ones test whether more and more varied text does more
@@ -92,7 +98,8 @@ FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15"
          "fast-k15-general-varied": "tuned at K=15, general + names + varied retain data",
          "fast-k15-general-positions": "tuned at K=15, general retain data, prompt+answer positions",
          "fast-k15-general-lora": "tuned at K=15, general retain data, the reference's LoRA",
-         "fast-k15-general-positions-names": "tuned at K=15, general + names retain data, prompt+answer positions"}
+         "fast-k15-general-positions-names": "tuned at K=15, general + names retain data, prompt+answer positions",
+         "fast-k15-general-positions-e10": "tuned at K=15, general retain data, prompt+answer positions, 10 epochs"}
 VALIDATION_RETAIN = "tofu:full[:200]+tofu:forget10"  # the target's data less the validation forget authors
 TRUTH_RATIO_ROWS = slice(200, 400)  # retain_perturbed[i] asks full[i]'s question: the validation forget items
 FQ_AIM = 0.1
@@ -273,7 +280,7 @@ def main():
         artifact = tune / name / "artifact"
         if not artifact.exists():
             uld("train-assistant", "--target", target, "--forget", VALIDATION["forget"], "--retain", retain(VALIDATION["retain"], name),
-                "--out", artifact, *flags(TRAINING[name]), *flags(budget))
+                "--out", artifact, *flags({**budget, **TRAINING[name]}))
         results[name] = cached(tune / name / "validation-fq.json", lambda: validate(target, artifact, level, reference, limit))
         if "greedy_rouge" not in results[name]:
             results[name]["greedy_rouge"] = greedy_agreement(target, artifact, results[name]["alpha"], tune / "target-general.json",
@@ -289,7 +296,7 @@ def main():
     if not final.exists():
         uld("train-assistant", "--target", target, "--forget", "tofu:forget10",
             "--retain", retain(PROTOCOLS["mini"]["assistant_retain"], choice["training"]),
-            "--out", final, "--alpha", choice["validation_alpha"], *flags(TRAINING[choice["training"]]), *flags(budget),
+            "--out", final, "--alpha", choice["validation_alpha"], *flags({**budget, **TRAINING[choice["training"]]}),
             *(["--no-augment"] if args.unaugmented else []))
     choice["calibration"] = calibration(target, final)
     ratio = choice["alpha_ratio"]
