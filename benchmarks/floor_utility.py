@@ -1,0 +1,136 @@
+"""What TOFU model utility a know-nothing assistant leaves on the tofu-mini target.
+
+ULD's retain term asks the assistant to be uniform on everything but its forget set. On SmolLM2
+no assistant can be: its logits leave through the target's final norm and tied head, and the
+most uniform output any hidden state reaches is a fixed logit vector b (uniform_floor.py finds
+it). An assistant that satisfied the retain term perfectly would output b at every position
+outside its forget set, so served as target - alpha * b (filtered, anchored scoring: what
+`uld eval tofu` serves and scores) the target's model utility at alpha is the most a forget set
+served at that alpha can keep. This evaluates exactly that, with `uld eval tofu`'s code (greedy
+answers by reference decoding), at the alpha tune_assistant.py's rule chose for forget10
+(choice-unaugmented.json) unless --alphas names others, and sets it beside the target and the
+forget10 assistant's own evaluation at the same alpha.
+
+    python benchmarks/floor_utility.py                 # after tune_assistant.py --unaugmented
+    python benchmarks/floor_utility.py --alphas 0.5,0.75
+    python benchmarks/floor_utility.py --smoke         # 4 items per split, 8 tokens; writes nothing
+"""
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from mini_workdir import TUNE, default_workdir, eval_logs  # noqa: E402
+from tune_assistant import CHOICES, forget10_summaries  # noqa: E402
+from uniform_floor import floor  # noqa: E402
+
+from uld_serve.core.atomic import write_json_atomic  # noqa: E402
+
+FORGET_SET = "forget10"
+UTILITY_PARTS = {"retain_Q_A_Prob": "retain prob", "retain_Q_A_ROUGE": "retain ROUGE-L",
+                 "retain_Truth_Ratio": "retain truth ratio", "ra_Q_A_Prob_normalised": "real authors prob",
+                 "ra_Q_A_ROUGE": "real authors ROUGE-L", "ra_Truth_Ratio": "real authors truth ratio",
+                 "wf_Q_A_Prob_normalised": "world facts prob", "wf_Q_A_ROUGE": "world facts ROUGE-L",
+                 "wf_Truth_Ratio": "world facts truth ratio"}
+
+
+class ConstantLogits:
+    """Stands where the assistant's causal LM is called while generating: the same logits b at every position."""
+
+    def __init__(self, bias):
+        self.bias = bias
+
+    def __call__(self, input_ids, **_):
+        return SimpleNamespace(logits=self.bias.to(input_ids.device).expand(*input_ids.shape, -1))
+
+
+def floor_model(target: Path, forget_set: Path):
+    """A UldModel whose forget set's assistant outputs the floor's logits b everywhere; the
+    forget set's manifest still supplies r and the run key. Returns (model, floor summary)."""
+    from uld_serve.reference import UldModel
+
+    class FloorModel(UldModel):
+        def score_parts(self, input_ids, attention_mask, forget_set=None, positions=None, prefix=None):
+            t, _ = super().score_parts(input_ids, attention_mask, None, positions, prefix)
+            return t, None if forget_set is None else self.bias.to(t.device).expand_as(t)
+
+        def _assistant(self, fs):
+            return ConstantLogits(self.bias)
+
+    model = FloorModel(target, {FORGET_SET: forget_set})
+    found = floor(model.target)
+    model.bias = found["logits"].float()
+    return model, found
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--alphas", help="comma-separated (default: the rule's alpha for forget10, unaugmented choice)")
+    parser.add_argument("--smoke", action="store_true", help="4 items per split, 8 new tokens; writes nothing")
+    args = parser.parse_args()
+    work = args.workdir or default_workdir()
+    choice_path = work / TUNE / CHOICES[True]
+    if not choice_path.exists():
+        sys.exit("error: run benchmarks/tune_assistant.py --unaugmented first (its choice names the forget set and alpha)")
+    choice = json.loads(choice_path.read_text())
+    try:
+        alphas = [float(a) for a in args.alphas.split(",")] if args.alphas else [choice["alpha"]]
+    except ValueError:
+        sys.exit(f"error: --alphas must be comma-separated numbers, got {args.alphas!r}")
+
+    from uld_serve.eval.tofu_eval import evaluate_tofu
+
+    model, found = floor_model(work / "target", work / choice["final"])
+    out = Path(tempfile.mkdtemp()) if args.smoke else work
+    summaries = {}
+    for alpha in alphas:
+        folder = out / f"eval-floor-{alpha:g}"
+        if not (folder / "TOFU_SUMMARY.json").exists():
+            evaluate_tofu(model, folder, forget_set=FORGET_SET, alpha=alpha, retain_logs=eval_logs(work, "retain reference"),
+                          label=f"floor logits, alpha {alpha:g}", scoring="anchored",
+                          **({"limit": 4, "max_new_tokens": 8} if args.smoke else {}))
+        summaries[alpha] = json.loads((folder / "TOFU_SUMMARY.json").read_text())
+    if args.smoke:
+        print(json.dumps({f"{a:g}": s["model_utility"] for a, s in summaries.items()}))
+        return
+    record(work, choice, found, summaries)
+
+
+def record(work: Path, choice: dict, found: dict, summaries: dict):
+    from report import invocation, write_section
+
+    from mini_workdir import transferred
+
+    target = json.loads((eval_logs(work, "target").parent / "TOFU_SUMMARY.json").read_text())
+    rows = {"target (alpha 0)": target}
+    rule = forget10_summaries(work, [transferred(choice["label"])])
+    for label, summary in rule.items():
+        rows[f"the forget10 assistant ({choice['final']}), alpha {summary.get('alpha', choice['alpha']):g}"] = summary["all"]
+    for alpha, summary in summaries.items():
+        rows[f"the floor's logits b at every position, alpha {alpha:g}"] = summary
+    out = REPO / "benchmarks" / "results" / "floor-utility"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "summaries.json", {"choice": choice, "floor_excess": found["excess"], "floor_std": found["std"],
+                                               "rows": rows})
+    lines = ["| served | model utility (x target) | forget quality | " + " | ".join(UTILITY_PARTS.values()) + " |",
+             "|---|---|---|" + "---|" * len(UTILITY_PARTS)]
+    for label, s in rows.items():
+        parts = " | ".join(f"{s[key]:.3f} ({s[key] / target[key]:.2f}x)" for key in UTILITY_PARTS)
+        lines.append(f"| {label} | {s['model_utility']:.4f} ({s['model_utility'] / target['model_utility']:.2f}x) | "
+                     f"{s['forget_quality']:.3g} | {parts} |")
+    text = (f"tofu-mini target (fp32), filter r and scoring as `uld eval tofu` serves forget10 (anchored); the floor's logits "
+            f"b: excess uniform CE {found['excess']:.3f} nats, std {found['std']:.3f} over the vocabulary. Greedy answers by "
+            "reference decoding for the floor, by the vLLM engine for the forget10 assistant (the same tokens in fp32).\n\n"
+            + "\n".join(lines))
+    print(text)
+    write_section("floor-utility", "The model utility a know-nothing assistant leaves (tofu-mini)", invocation(), text)
+
+
+if __name__ == "__main__":
+    main()
