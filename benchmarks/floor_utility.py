@@ -5,9 +5,10 @@ no assistant can be: its logits leave through the target's final norm and tied h
 most uniform output any hidden state reaches is a fixed logit vector b (uniform_floor.py finds
 it). An assistant that satisfied the retain term perfectly would output b at every position
 outside its forget set, so served as target - alpha * b (filtered, anchored scoring: what
-`uld eval tofu` serves and scores) the target's model utility at alpha is the most a forget set
-served at that alpha can keep. This evaluates exactly that, with `uld eval tofu`'s code (greedy
-answers by reference decoding), at the alpha tune_assistant.py's rule chose for forget10
+`uld eval tofu` serves and scores) the target's model utility at alpha is what a forget set
+that fully met the retain term would keep at that alpha. It is no bound: an assistant off the
+floor can move an answer's probability either way. This evaluates exactly that, with `uld eval
+tofu`'s code (greedy answers by reference decoding), at the alpha tune_assistant.py's rule chose for forget10
 (choice-unaugmented.json) unless --alphas names others, and sets it beside the target and the
 forget10 assistant's own evaluation at the same alpha.
 
