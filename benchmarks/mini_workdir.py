@@ -17,7 +17,9 @@ FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned a
                "tuned at K=15, general retain data, the reference's LoRA": "forget10-tuned-k15-general-lora",
                "tuned at K=15, general + names retain data, prompt+answer positions": "forget10-tuned-k15-general-positions-names",
                "tuned at K=15, general retain data, prompt+answer positions, 10 epochs":
-                   "forget10-tuned-k15-general-positions-e10"}
+                   "forget10-tuned-k15-general-positions-e10",
+               "tuned at K=15, general + names retain data, prompt+answer positions, 10 epochs":
+                   "forget10-tuned-k15-general-positions-names-e10"}
 # tune_assistant.py --unaugmented: each tuned forget10 assistant trained without ULD's augmentation,
 # as its validation candidates are
 UNAUGMENTED = ", unaugmented"

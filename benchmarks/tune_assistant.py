@@ -81,16 +81,20 @@ TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "r
             # and changed fewer general answers (BENCHMARKS.md, sharper-forget); epochs here
             # override BUDGET's
             "fast-k15-general-positions-e10": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15,
-                                               "retain_positions": "prompt+answer", "epochs": 10}}
+                                               "retain_positions": "prompt+answer", "epochs": 10},
+            # and with the names data: at 10 epochs forget10's served answers still lose real
+            # authors' names (BENCHMARKS.md, the amx tuning section's reading)
+            "fast-k15-general-positions-names-e10": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15,
+                                                     "retain_positions": "prompt+answer", "epochs": 10}}
 # these add general:train to their retain data
 GENERAL = {"fast-k15-general", "reference-general", "fast-k15-general-names", "fast-k15-general-varied",
            "fast-k15-general-positions", "fast-k15-general-lora", "fast-k15-general-positions-names",
-           "fast-k15-general-positions-e10"}
+           "fast-k15-general-positions-e10", "fast-k15-general-positions-names-e10"}
 # these add model-written questions answered by the target (prepare_qa; general_qa.py's opener
 # sets): questions about people outside literature made the forget10 assistant flatter off its
 # forget set (BENCHMARKS.md, names-retain); varied ones test whether more and more varied text does more
 EXTRA_QA = {"fast-k15-general-names": ("names",), "fast-k15-general-varied": ("names", "varied"),
-            "fast-k15-general-positions-names": ("names",)}
+            "fast-k15-general-positions-names": ("names",), "fast-k15-general-positions-names-e10": ("names",)}
 FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15",
          "fast-k15-general": "tuned at K=15, general retain data", "reference": "tuned, reference recipe",
          "reference-general": "tuned, reference recipe, general retain data",
@@ -99,7 +103,8 @@ FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15"
          "fast-k15-general-positions": "tuned at K=15, general retain data, prompt+answer positions",
          "fast-k15-general-lora": "tuned at K=15, general retain data, the reference's LoRA",
          "fast-k15-general-positions-names": "tuned at K=15, general + names retain data, prompt+answer positions",
-         "fast-k15-general-positions-e10": "tuned at K=15, general retain data, prompt+answer positions, 10 epochs"}
+         "fast-k15-general-positions-e10": "tuned at K=15, general retain data, prompt+answer positions, 10 epochs",
+         "fast-k15-general-positions-names-e10": "tuned at K=15, general + names retain data, prompt+answer positions, 10 epochs"}
 VALIDATION_RETAIN = "tofu:full[:200]+tofu:forget10"  # the target's data less the validation forget authors
 TRUTH_RATIO_ROWS = slice(200, 400)  # retain_perturbed[i] asks full[i]'s question: the validation forget items
 FQ_AIM = 0.1
