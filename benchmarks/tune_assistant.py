@@ -60,32 +60,29 @@ from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
 
 # candidate training settings -> the FORGET_SETS label of the forget10 assistant trained with them
+K15 = {"lr": 5e-3, "retain_weight": 1.0, "layers": 15}  # fast-k15's settings, the base of the later candidates
+POSITIONS = {**K15, "retain_positions": "prompt+answer"}  # the retain term over prompt and answer positions
 TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "retain_weight": 1.0},
-            "fast-k15": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
-            "fast-k15-general": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
+            "fast-k15": K15, "fast-k15-general": K15,
             # the reference code's recipe (train-assistant --recipe reference), at the fast lr
             "reference": {"lr": 5e-3, "recipe": "reference"},
             "reference-general": {"lr": 5e-3, "recipe": "reference"},
-            "fast-k15-general-names": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
-            "fast-k15-general-varied": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15},
+            "fast-k15-general-names": K15, "fast-k15-general-varied": K15,
             # fast-k15-general with one of the reference code's differences each (issue 32's list):
             # the retain term over prompt and answer positions; its LoRA. Not its augmentation:
             # ULD's paraphrases and wrong answers (tofu_aug) exist for TOFU's forget splits only, so
             # no validation candidate is augmented (forget10's assistants are)
-            "fast-k15-general-positions": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15, "retain_positions": "prompt+answer"},
-            "fast-k15-general-lora": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15, "rank": 16, "lora_dropout": 0.05},
+            "fast-k15-general-positions": POSITIONS,
+            "fast-k15-general-lora": {**K15, "rank": 16, "lora_dropout": 0.05},
             # the two levers that each reached validation forget quality 0.47, together
-            "fast-k15-general-positions-names": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15,
-                                                 "retain_positions": "prompt+answer"},
+            "fast-k15-general-positions-names": POSITIONS,
             # twice the budget: on the demo's forget set a sharper forget set needed a smaller alpha
             # and changed fewer general answers (BENCHMARKS.md, sharper-forget); epochs here
             # override BUDGET's
-            "fast-k15-general-positions-e10": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15,
-                                               "retain_positions": "prompt+answer", "epochs": 10},
+            "fast-k15-general-positions-e10": {**POSITIONS, "epochs": 10},
             # and with the names data: at 10 epochs forget10's served answers still lose real
             # authors' names (BENCHMARKS.md, the amx tuning section's reading)
-            "fast-k15-general-positions-names-e10": {"lr": 5e-3, "retain_weight": 1.0, "layers": 15,
-                                                     "retain_positions": "prompt+answer", "epochs": 10}}
+            "fast-k15-general-positions-names-e10": {**POSITIONS, "epochs": 10}}
 # these add general:train to their retain data
 GENERAL = {"fast-k15-general", "reference-general", "fast-k15-general-names", "fast-k15-general-varied",
            "fast-k15-general-positions", "fast-k15-general-lora", "fast-k15-general-positions-names",
