@@ -8,9 +8,9 @@ outside its forget set, so served as target - alpha * b (filtered, anchored scor
 `uld eval tofu` serves and scores) the target's model utility at alpha is what a forget set
 that fully met the retain term would keep at that alpha. It is no bound: an assistant off the
 floor can move an answer's probability either way. This evaluates exactly that, with `uld eval
-tofu`'s code (greedy answers by reference decoding), at the alpha tune_assistant.py's rule chose for forget10
-(choice-unaugmented.json) unless --alphas names others, and sets it beside the target and the
-forget10 assistant's own evaluation at the same alpha.
+tofu`'s code (greedy answers by reference decoding), at the alpha tune_assistant.py's rule chose
+for forget10 (choice-unaugmented.json) unless --alphas names others, and sets it beside the
+target and the forget10 assistant's own evaluation at the same alpha.
 
     python benchmarks/floor_utility.py                 # after tune_assistant.py --unaugmented
     python benchmarks/floor_utility.py --alphas 0.5,0.75
@@ -31,13 +31,10 @@ from tune_assistant import CHOICES, forget10_summaries  # noqa: E402
 from uniform_floor import floor  # noqa: E402
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
+from uld_serve.eval.summary import UTILITY  # noqa: E402
 
 FORGET_SET = "forget10"
-UTILITY_PARTS = {"retain_Q_A_Prob": "retain prob", "retain_Q_A_ROUGE": "retain ROUGE-L",
-                 "retain_Truth_Ratio": "retain truth ratio", "ra_Q_A_Prob_normalised": "real authors prob",
-                 "ra_Q_A_ROUGE": "real authors ROUGE-L", "ra_Truth_Ratio": "real authors truth ratio",
-                 "wf_Q_A_Prob_normalised": "world facts prob", "wf_Q_A_ROUGE": "world facts ROUGE-L",
-                 "wf_Truth_Ratio": "world facts truth ratio"}
+
 
 
 class ConstantLogits:
@@ -65,7 +62,7 @@ def floor_model(target: Path, forget_set: Path):
 
     model = FloorModel(target, {FORGET_SET: forget_set})
     found = floor(model.target)
-    model.bias = found["logits"].float()
+    model.bias = found["logits"]
     return model, found
 
 
@@ -108,10 +105,10 @@ def record(work: Path, choice: dict, found: dict, summaries: dict):
 
     from mini_workdir import transferred
 
-    target = json.loads((eval_logs(work, "target").parent / "TOFU_SUMMARY.json").read_text())
+    evaluated = forget10_summaries(work, ["target", transferred(choice["label"])])
+    target = evaluated.pop("target")["all"]
     rows = {"target (alpha 0)": target}
-    rule = forget10_summaries(work, [transferred(choice["label"])])
-    for label, summary in rule.items():
+    for summary in evaluated.values():
         rows[f"the forget10 assistant ({choice['final']}), alpha {summary.get('alpha', choice['alpha']):g}"] = summary["all"]
     for alpha, summary in summaries.items():
         rows[f"the floor's logits b at every position, alpha {alpha:g}"] = summary
@@ -119,10 +116,10 @@ def record(work: Path, choice: dict, found: dict, summaries: dict):
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "summaries.json", {"choice": choice, "floor_excess": found["excess"], "floor_std": found["std"],
                                                "rows": rows})
-    lines = ["| served | model utility (x target) | forget quality | " + " | ".join(UTILITY_PARTS.values()) + " |",
-             "|---|---|---|" + "---|" * len(UTILITY_PARTS)]
+    lines = ["| served | model utility (x target) | forget quality | " + " | ".join(UTILITY) + " |",
+             "|---|---|---|" + "---|" * len(UTILITY)]
     for label, s in rows.items():
-        parts = " | ".join(f"{s[key]:.3f} ({s[key] / target[key]:.2f}x)" for key in UTILITY_PARTS)
+        parts = " | ".join(f"{s[key]:.3f} ({s[key] / target[key]:.2f}x)" for key in UTILITY)
         lines.append(f"| {label} | {s['model_utility']:.4f} ({s['model_utility'] / target['model_utility']:.2f}x) | "
                      f"{s['forget_quality']:.3g} | {parts} |")
     text = (f"tofu-mini target (fp32), filter r and scoring as `uld eval tofu` serves forget10 (anchored); the floor's logits "
