@@ -4,7 +4,7 @@ place names its folders. Default: <uld home>/bench/tofu-<protocol>."""
 from pathlib import Path
 
 # ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings" and the recipe that
-# tune_assistant.py chose, at 10 epochs; tune_assistant.py the "tuned ..." ones at 5)
+# tune_assistant.py chose, at 10 epochs; tune_assistant.py the "tuned ..." ones, at 5 unless the label says otherwise)
 FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned at K=15": "forget10-tuned-k15",
                "tuned with the paper's settings": "forget10-tuned-paper",
                "tuned at K=15, general retain data": "forget10-tuned-k15-general",
@@ -19,7 +19,9 @@ FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned a
                "tuned at K=15, general retain data, prompt+answer positions, 10 epochs":
                    "forget10-tuned-k15-general-positions-e10",
                "tuned at K=15, general + names retain data, prompt+answer positions, 10 epochs":
-                   "forget10-tuned-k15-general-positions-names-e10"}
+                   "forget10-tuned-k15-general-positions-names-e10",
+               "tuned at K=15, general retain data, prompt+answer positions, 20 epochs":
+                   "forget10-tuned-k15-general-positions-e20"}
 # tune_assistant.py --unaugmented: each tuned forget10 assistant trained without ULD's augmentation,
 # as its validation candidates are
 UNAUGMENTED = ", unaugmented"
