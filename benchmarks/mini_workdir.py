@@ -20,8 +20,8 @@ FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned a
                    "forget10-tuned-k15-general-positions-e10",
                "tuned at K=15, general + names retain data, prompt+answer positions, 10 epochs":
                    "forget10-tuned-k15-general-positions-names-e10",
-               "tuned at K=15, general retain data, prompt+answer positions, 20 epochs":
-                   "forget10-tuned-k15-general-positions-e20"}
+               "tuned at K=15, general + names retain data, prompt+answer positions, 20 epochs":
+                   "forget10-tuned-k15-general-positions-names-e20"}
 # tune_assistant.py --unaugmented: each tuned forget10 assistant trained without ULD's augmentation,
 # as its validation candidates are
 UNAUGMENTED = ", unaugmented"

@@ -83,19 +83,22 @@ TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "r
             # and with the names data: at 10 epochs forget10's served answers still lose real
             # authors' names (BENCHMARKS.md, the amx tuning section's reading)
             "fast-k15-general-positions-names-e10": {**POSITIONS, "epochs": 10},
-            # four times the budget: 5 -> 10 epochs brought the calibrated alpha from 0.51 to 0.36 and
-            # model utility up; at the rule's alpha a know-nothing assistant still costs 5% of it
-            # (BENCHMARKS.md, floor-utility), so a sharper forget set (a smaller alpha) is the way on
-            "fast-k15-general-positions-e20": {**POSITIONS, "epochs": 20}}
+            # four times the budget, on the chosen 10-epoch recipe: 5 -> 10 epochs brought the calibrated
+            # alpha from 0.51 to 0.36 and model utility up; at the rule's alpha a know-nothing assistant
+            # still costs 5% of it (BENCHMARKS.md, floor-utility), so a sharper forget set (a smaller
+            # alpha) is the way on
+            "fast-k15-general-positions-names-e20": {**POSITIONS, "epochs": 20}}
 # these add general:train to their retain data
 GENERAL = {"fast-k15-general", "reference-general", "fast-k15-general-names", "fast-k15-general-varied",
            "fast-k15-general-positions", "fast-k15-general-lora", "fast-k15-general-positions-names",
-           "fast-k15-general-positions-e10", "fast-k15-general-positions-names-e10", "fast-k15-general-positions-e20"}
+           "fast-k15-general-positions-e10", "fast-k15-general-positions-names-e10",
+           "fast-k15-general-positions-names-e20"}
 # these add model-written questions answered by the target (prepare_qa; general_qa.py's opener
 # sets): questions about people outside literature made the forget10 assistant flatter off its
 # forget set (BENCHMARKS.md, names-retain); varied ones test whether more and more varied text does more
 EXTRA_QA = {"fast-k15-general-names": ("names",), "fast-k15-general-varied": ("names", "varied"),
-            "fast-k15-general-positions-names": ("names",), "fast-k15-general-positions-names-e10": ("names",)}
+            "fast-k15-general-positions-names": ("names",), "fast-k15-general-positions-names-e10": ("names",),
+            "fast-k15-general-positions-names-e20": ("names",)}
 FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15",
          "fast-k15-general": "tuned at K=15, general retain data", "reference": "tuned, reference recipe",
          "reference-general": "tuned, reference recipe, general retain data",
@@ -106,7 +109,7 @@ FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15"
          "fast-k15-general-positions-names": "tuned at K=15, general + names retain data, prompt+answer positions",
          "fast-k15-general-positions-e10": "tuned at K=15, general retain data, prompt+answer positions, 10 epochs",
          "fast-k15-general-positions-names-e10": "tuned at K=15, general + names retain data, prompt+answer positions, 10 epochs",
-         "fast-k15-general-positions-e20": "tuned at K=15, general retain data, prompt+answer positions, 20 epochs"}
+         "fast-k15-general-positions-names-e20": "tuned at K=15, general + names retain data, prompt+answer positions, 20 epochs"}
 VALIDATION_RETAIN = "tofu:full[:200]+tofu:forget10"  # the target's data less the validation forget authors
 TRUTH_RATIO_ROWS = slice(200, 400)  # retain_perturbed[i] asks full[i]'s question: the validation forget items
 FQ_AIM = 0.1
