@@ -395,8 +395,8 @@ def record(work, level, results, choice, section=None):
                                             "general_questions": "general:heldout + SIMPLE_FACTS",
                                             "scoring": "anchored", "seed": 0})
     write_json_atomic(out / "validation.json", {"unseen_prob": level, "candidates": results, "choice": choice})
-    text = (f"Budget {BUDGET}, seed 0. The target's mean answer probability on authors it never learned "
-            f"({PROTOCOLS['mini']['unseen']}): {level:.4f}. Validation candidates at the alpha of their highest "
+    text = (f"Budget {BUDGET} (a candidate's own epochs override it), seed 0. The target's mean answer probability on "
+            f"authors it never learned ({PROTOCOLS['mini']['unseen']}): {level:.4f}. Validation candidates at the alpha of their highest "
             f"validation forget quality (anchored scoring; reference: the validation retain model, "
             f"{VALIDATION_RETAIN}); the last column reads forget quality at the grid alpha nearest the calibrated one:"
             f"\n\n" + validation_table(results, choice))
