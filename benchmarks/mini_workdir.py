@@ -3,8 +3,9 @@ tune_assistant.py, compare_methods.py and forget_quality_vs_alpha.py add to it):
 place names its folders. Default: <uld home>/bench/tofu-<protocol>."""
 from pathlib import Path
 
-# ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings" and the recipe that
-# tune_assistant.py chose, at 10 epochs; tune_assistant.py the "tuned ..." ones, at 5 unless the label says otherwise)
+# ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings"; tune_assistant.py the
+# "tuned ..." ones, at 5 epochs unless the label says otherwise; tofu_e2e.py trained "K=15, general
+# retain data, 10 epochs" until tune_assistant.py's choice took its place in its table)
 FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned at K=15": "forget10-tuned-k15",
                "tuned with the paper's settings": "forget10-tuned-paper",
                "tuned at K=15, general retain data": "forget10-tuned-k15-general",
@@ -28,8 +29,10 @@ UNAUGMENTED = ", unaugmented"
 FORGET_SETS.update({label + UNAUGMENTED: folder + "-unaugmented" for label, folder in list(FORGET_SETS.items())
                     if label.startswith("tuned")})
 
-# tune_assistant.py's folder (its choice.json names the forget set it chose)
+# tune_assistant.py's folder, and in it its choice of forget10 assistant (the forget set and the
+# rule's alpha), one file per footing: augmented as ULD trains, or --unaugmented as its candidates
 TUNE = "tune-assistant"
+CHOICES = {False: "choice.json", True: "choice-unaugmented.json"}
 
 # general_qa.py's output folder for each opener set, questions answered by the tofu-mini target:
 # general (the benchmarks now train and check on the shipped general:train / general:heldout
@@ -78,3 +81,12 @@ def eval_logs(work: Path, label: str) -> Path:
 def evaluated(work: Path, labels) -> dict:
     """label -> TOFU_EVAL.json for those of `labels` that have been evaluated."""
     return {label: eval_logs(work, label) for label in labels if eval_logs(work, label).exists()}
+
+
+def choices(work: Path) -> list:
+    """tune_assistant.py's recorded choices in `work` (augmented first), each naming its forget10
+    assistant (`final`), `label` and the rule's `alpha`."""
+    import json
+
+    paths = [Path(work) / TUNE / name for name in CHOICES.values()]
+    return [json.loads(path.read_text()) for path in paths if path.exists()]

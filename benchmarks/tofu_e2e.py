@@ -1,13 +1,13 @@
-"""End-to-end ULD benchmark on SmolLM2: fine-tune the target and the retain reference,
-train two forget10 assistants and evaluate everything, then write the table and plot:
-- the tuned recipe: the settings tune_assistant.py chose on its validation split (K = 15 of
-  30 layers, lr 5e-3, retain weight 1, general-knowledge QA added to the retain data), the
-  paper's 10 epochs, alpha from `uld calibrate-alpha` (forget answers down to the level of
-  authors the target never learned), anchored scoring;
-- the paper's settings (K = 8, lr 1e-3, retain weight 6.5), alpha 0.75, with the paper's and
-  the anchored probability scoring.
+"""End-to-end ULD benchmark on SmolLM2: fine-tune the target and the retain reference, train
+the forget10 assistant with the paper's settings (K = 8, lr 1e-3, retain weight 6.5, alpha
+0.75) and evaluate everything, the assistant with the paper's and the anchored probability
+scoring, then write the table and plot. On tofu-mini the table also takes the forget10
+assistant that tune_assistant.py chose on its validation split, at that rule's alpha, from the
+same workdir: that script owns the tuned recipe (its training, alpha and evaluation).
 
     python benchmarks/tofu_e2e.py                 # tofu-mini protocol (this 2-core CPU)
+    python benchmarks/tofu_e2e.py --until eval_target && python benchmarks/tune_assistant.py --unaugmented \
+        && python benchmarks/tofu_e2e.py          # with the tuned row
     python benchmarks/tofu_e2e.py --protocol full # TOFU as published (hours here)
 
 Every stage is cached in --workdir and skipped when its output exists, so an interrupted
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from mini_workdir import FORGET_SETS, calibrated, default_workdir, eval_logs, evaluated  # noqa: E402
+from mini_workdir import FORGET_SETS, choices, default_workdir, eval_logs, evaluated, transferred  # noqa: E402
 
 PROTOCOLS = {
     # target learns the first 20 authors (the questions of retain_perturbed) and forget10;
@@ -39,19 +39,15 @@ PROTOCOLS = {
     "full": {"target": "tofu:full", "retain_model": "tofu:retain90", "assistant_retain": "tofu:retain90", "unseen": None,
              "precision": "auto"},
 }
-STAGES = ["finetune_target", "finetune_retain", "eval_retain", "eval_target", "train_tuned", "calibrate_tuned", "eval_uld_tuned",
-          "train_assistant", "eval_uld", "eval_uld_anchored"]
+STAGES = ["finetune_target", "finetune_retain", "eval_retain", "eval_target", "train_assistant", "eval_uld", "eval_uld_anchored"]
 FINETUNE = {"epochs": 5, "lr": 1e-4, "batch_size": 8}  # + the protocol's precision
 ASSISTANT = {"epochs": 10, "lr": 1e-3, "batch_size": 8}
-TUNED = "K=15, general retain data, 10 epochs"  # the FORGET_SETS label of the tuned recipe
-ASSISTANT_TUNED = {**ASSISTANT, "lr": 5e-3, "retain_weight": 1.0, "layers": 15}
 # greedy answers from the engine: on the tofu-mini target its TOFU_EVAL.json was identical
 # to the reference decoding's (BENCHMARKS.md), and generation is the part it speeds up
 VLLM = ["--generate-with", "vllm"]
 ULD_EVALS = {"ULD, paper settings, paper scoring": ("eval_uld", "paper"),  # label -> (stage, --scoring)
              "ULD, paper settings, anchored scoring": ("eval_uld_anchored", "anchored")}
-EVAL_STAGES = {"retain reference": "eval_retain", "target": "eval_target", calibrated(TUNED): "eval_uld_tuned",
-               **{label: stage for label, (stage, _) in ULD_EVALS.items()}}
+EVAL_STAGES = {"retain reference": "eval_retain", "target": "eval_target", **{label: stage for label, (stage, _) in ULD_EVALS.items()}}
 
 
 def uld(*args):
@@ -79,8 +75,8 @@ def main():
     timings_path = work / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
 
-    def stage(name, output, *command, done=None):
-        if not (done() if done else Path(output).exists()):
+    def stage(name, output, *command):
+        if not Path(output).exists():
             timings[name] = uld(*command)
             timings_path.write_text(json.dumps(timings, indent=2))
         if name == args.until:
@@ -92,8 +88,12 @@ def main():
     except Stop:
         pass
     evals = evaluated(work, EVAL_STAGES)
+    tuned = evaluated(work, [transferred(choice["label"]) for choice in choices(work)])
     published = REPO / "benchmarks" / "results" / f"tofu-{args.protocol}" / "summary.json"
-    missing = set(json.loads(published.read_text())["summaries"]) - set(evals) if published.exists() else set()
+    rows = set(json.loads(published.read_text())["summaries"]) if published.exists() else set()
+    # a published row this script does not make is a tuned one: tune_assistant.py's choice replaces it
+    missing = (rows & set(EVAL_STAGES)) - set(evals) | ({"tune_assistant.py's choice"} if rows - set(EVAL_STAGES) and not tuned else set())
+    evals.update(tuned)
     if missing:  # a partial rerun (a new machine rebuilding the target, say) must not erase published rows
         print(f"not publishing: {published.parent} holds evaluations this workdir lacks ({', '.join(sorted(missing))})")
     elif "retain reference" in evals:
@@ -115,7 +115,6 @@ def run_stages(stage, protocol, work, seed_precision):
                         "--out", eval_logs(work, "retain reference").parent, *VLLM)
     stage("eval_target", eval_logs(work, "target"), "eval", "tofu", "--target", target,
           "--out", eval_logs(work, "target").parent, "--retain-logs", retain_eval, *VLLM)
-    run_tuned(stage, protocol, work, target, retain_eval, seed_precision)
     assistant = work / FORGET_SETS["paper settings"]
     forget_set = stage("train_assistant", assistant, "train-assistant", "--target", target,
                        "--forget", "tofu:forget10", "--retain", protocol["assistant_retain"],
@@ -123,18 +122,6 @@ def run_stages(stage, protocol, work, seed_precision):
     for label, (name, scoring) in ULD_EVALS.items():
         stage(name, eval_logs(work, label), "eval", "tofu", "--target", target, "--forget-set", f"forget10={forget_set}",
               "--out", eval_logs(work, label).parent, "--retain-logs", retain_eval, "--scoring", scoring, *VLLM)
-
-
-def run_tuned(stage, protocol, work, target, retain_eval, seed_precision):
-    tuned = work / FORGET_SETS[TUNED]
-    stage("train_tuned", tuned, "train-assistant", "--target", target, "--forget", "tofu:forget10",
-          "--retain", protocol["assistant_retain"] + "+general:train", "--out", tuned, *flags(ASSISTANT_TUNED), *seed_precision)
-    if protocol["unseen"]:  # full TOFU leaves no author unseen by the target: the manifest's alpha stays
-        stage("calibrate_tuned", tuned, "calibrate-alpha", "--target", target, "--forget-set", tuned,
-              "--unseen", protocol["unseen"], "--write", done=lambda: "calibration" in json.loads((tuned / "uld.json").read_text()))
-    label = calibrated(TUNED)
-    stage("eval_uld_tuned", eval_logs(work, label), "eval", "tofu", "--target", target, "--forget-set", f"forget10={tuned}",
-          "--out", eval_logs(work, label).parent, "--retain-logs", retain_eval, "--scoring", "anchored", *VLLM)
 
 
 def write_results(protocol, work, timings, evals, retain_eval):
@@ -146,8 +133,9 @@ def write_results(protocol, work, timings, evals, retain_eval):
     out = REPO / "benchmarks" / "results" / f"tofu-{protocol}"
     out.mkdir(parents=True, exist_ok=True)
     config = {
-        "protocol": protocol, "data": PROTOCOLS[protocol], "finetune": FINETUNE, "assistant": ASSISTANT, "assistant_tuned": ASSISTANT_TUNED,
-        "assistant_manifests": {label: manifest(work / FORGET_SETS[label]) for label in ("paper settings", TUNED)},
+        "protocol": protocol, "data": PROTOCOLS[protocol], "finetune": FINETUNE, "assistant": ASSISTANT, "tuned": choices(work),
+        "assistant_manifests": {"paper settings": manifest(work / FORGET_SETS["paper settings"]),
+                                **{choice["label"]: manifest(work / choice["final"]) for choice in choices(work)}},
         "models": {name: json.loads((work / name / "uld_model.json").read_text())["config"] for name in ("target", "retain")},
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -176,13 +164,13 @@ def manifest(forget_set: Path):
 
 
 def table(summaries, timings):
-    walls = {label: timings.get(stage) for label, stage in EVAL_STAGES.items()}
+    walls = {label: timings.get(stage) for label, stage in EVAL_STAGES.items()}  # tune_assistant.py times its own
     lines = ["| model | forget quality | model utility | forget ROUGE-L | forget truth ratio | privleak | eval wall s |",
              "|---|---|---|---|---|---|---|"]
     for label, s in summaries.items():
         fq = s.get("forget_quality")
         lines.append(f"| {label} | {'n/a' if fq is None else f'{fq:.3g}'} | {s['model_utility']:.4f} | "
-                     f"{s['forget_Q_A_ROUGE']:.4f} | {s['forget_truth_ratio']:.4f} | {s['privleak']:.2f} | {walls[label]} |")
+                     f"{s['forget_Q_A_ROUGE']:.4f} | {s['forget_truth_ratio']:.4f} | {s['privleak']:.2f} | {walls.get(label, '-')} |")
     return "\n".join(lines)
 
 

@@ -53,8 +53,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from mini_workdir import (EVALS, FORGET_SETS, QA_FOLDERS, TUNE, UNAUGMENTED, calibrated, default_workdir, eval_logs,  # noqa: E402
-                          evaluated, transferred)
+from mini_workdir import (CHOICES, EVALS, FORGET_SETS, QA_FOLDERS, TUNE, UNAUGMENTED, calibrated, choices,  # noqa: E402
+                          default_workdir, eval_logs, evaluated, transferred)
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
@@ -122,7 +122,6 @@ AGREEMENT_ALPHAS = [0.5, 0.65, 0.8, 1.0]  # the forget10 assistant's general gre
 # unusable, most often answers cut at the token limit)
 QA_SIZES = {"names": {"train": 400, "heldout": 80}, "varied": {"train": 1200, "heldout": 100, "sample": 3000}}
 QA_SMOKE = {"train": 8, "heldout": 4, "sample": 60}
-CHOICES = {False: "choice.json", True: "choice-unaugmented.json"}  # in the tune folder, by --unaugmented
 
 
 def prepare_qa(work: Path, openers: str, smoke_dir=None) -> Path:
@@ -400,11 +399,11 @@ def record(work, level, results, choice, section=None):
             f"validation forget quality (anchored scoring; reference: the validation retain model, "
             f"{VALIDATION_RETAIN}); the last column reads forget quality at the grid alpha nearest the calibrated one:"
             f"\n\n" + validation_table(results, choice))
-    choices = [json.loads(path.read_text()) for path in (work / TUNE / name for name in CHOICES.values()) if path.exists()]
-    if choices:
+    recorded = choices(work)
+    if recorded:
         table = forget10_table(work)
         write_json_atomic(out / "forget10.json", table["summaries"])
-        text += "\n\n" + "\n\n".join(map(forget10_text, choices)) + "\n\n" + table["text"]
+        text += "\n\n" + "\n\n".join(map(forget10_text, recorded)) + "\n\n" + table["text"]
     heading = "Tuning the ULD assistant on a validation split (tofu-mini)"
     write_section(f"tune-assistant:mini:{section}" if section else "tune-assistant:mini",
                   f"{heading} ({section})" if section else heading, invocation(), text)
