@@ -1,6 +1,7 @@
 """The working directory that the TOFU benchmark scripts share (tofu_e2e.py fills it,
 tune_assistant.py, compare_methods.py and forget_quality_vs_alpha.py add to it): one
 place names its folders. Default: <uld home>/bench/tofu-<protocol>."""
+import json
 from pathlib import Path
 
 # ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings"; tune_assistant.py the
@@ -86,7 +87,5 @@ def evaluated(work: Path, labels) -> dict:
 def choices(work: Path) -> list:
     """tune_assistant.py's recorded choices in `work` (augmented first), each naming its forget10
     assistant (`final`), `label` and the rule's `alpha`."""
-    import json
-
     paths = [Path(work) / TUNE / name for name in CHOICES.values()]
     return [json.loads(path.read_text()) for path in paths if path.exists()]
