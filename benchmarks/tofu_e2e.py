@@ -91,8 +91,9 @@ def main():
     tuned = evaluated(work, [transferred(choice["label"]) for choice in choices(work)])
     published = REPO / "benchmarks" / "results" / f"tofu-{args.protocol}" / "summary.json"
     rows = set(json.loads(published.read_text())["summaries"]) if published.exists() else set()
-    # a published row this script does not make is a tuned one: tune_assistant.py's choice replaces it
-    missing = (rows & set(EVAL_STAGES)) - set(evals) | ({"tune_assistant.py's choice"} if rows - set(EVAL_STAGES) and not tuned else set())
+    missing = (rows & set(EVAL_STAGES)) - set(evals)
+    if rows - set(EVAL_STAGES) and not tuned:  # a published tuned row, and no choice here to take its place
+        missing.add("tune_assistant.py's choice")
     evals.update(tuned)
     if missing:  # a partial rerun (a new machine rebuilding the target, say) must not erase published rows
         print(f"not publishing: {published.parent} holds evaluations this workdir lacks ({', '.join(sorted(missing))})")
