@@ -36,7 +36,6 @@ from uld_serve.eval.summary import UTILITY  # noqa: E402
 FORGET_SET = "forget10"
 
 
-
 class ConstantLogits:
     """Stands where the assistant's causal LM is called while generating: the same logits b at every position."""
 

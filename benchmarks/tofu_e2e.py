@@ -133,10 +133,11 @@ def write_results(protocol, work, timings, evals, retain_eval):
     summaries = {label: recompute(load_logs(path), reference) for label, path in evals.items()}
     out = REPO / "benchmarks" / "results" / f"tofu-{protocol}"
     out.mkdir(parents=True, exist_ok=True)
+    tuned = choices(work)
     config = {
-        "protocol": protocol, "data": PROTOCOLS[protocol], "finetune": FINETUNE, "assistant": ASSISTANT, "tuned": choices(work),
+        "protocol": protocol, "data": PROTOCOLS[protocol], "finetune": FINETUNE, "assistant": ASSISTANT, "tuned": tuned,
         "assistant_manifests": {"paper settings": manifest(work / FORGET_SETS["paper settings"]),
-                                **{choice["label"]: manifest(work / choice["final"]) for choice in choices(work)}},
+                                **{choice["label"]: manifest(work / choice["final"]) for choice in tuned}},
         "models": {name: json.loads((work / name / "uld_model.json").read_text())["config"] for name in ("target", "retain")},
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
