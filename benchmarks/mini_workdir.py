@@ -4,26 +4,30 @@ place names its folders. Default: <uld home>/bench/tofu-<protocol>."""
 import json
 from pathlib import Path
 
-# ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings"; tune_assistant.py the
-# "tuned ..." ones, at 5 epochs unless the label says otherwise; tofu_e2e.py trained "K=15, general
+# tune_assistant.py's candidates (their settings live there) -> the label of the forget10
+# assistant trained with each; its folder is forget10-tuned-<the candidate's name less "fast">
+TUNED = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15",
+         "fast-k15-general": "tuned at K=15, general retain data", "reference": "tuned, reference recipe",
+         "reference-general": "tuned, reference recipe, general retain data",
+         "fast-k15-general-names": "tuned at K=15, general + names retain data",
+         "fast-k15-general-varied": "tuned at K=15, general + names + varied retain data",
+         "fast-k15-general-positions": "tuned at K=15, general retain data, prompt+answer positions",
+         "fast-k15-general-lora": "tuned at K=15, general retain data, the reference's LoRA",
+         "fast-k15-general-positions-names": "tuned at K=15, general + names retain data, prompt+answer positions",
+         "fast-k15-general-positions-e10": "tuned at K=15, general retain data, prompt+answer positions, 10 epochs",
+         "fast-k15-general-positions-names-e10": "tuned at K=15, general + names retain data, prompt+answer positions, 10 epochs",
+         "fast-k15-general-positions-names-e20": "tuned at K=15, general + names retain data, prompt+answer positions, 20 epochs"}
+
+
+def tuned_folder(candidate: str) -> str:
+    rest = candidate.removeprefix("fast").removeprefix("-")
+    return "forget10-tuned" + (f"-{rest}" if rest else "")
+
+
+# ULD forget sets: label -> folder (tofu_e2e.py trains "paper settings", and trained "K=15, general
 # retain data, 10 epochs" until tune_assistant.py's choice took its place in its table)
-FORGET_SETS = {"paper settings": "forget10", "tuned": "forget10-tuned", "tuned at K=15": "forget10-tuned-k15",
-               "tuned with the paper's settings": "forget10-tuned-paper",
-               "tuned at K=15, general retain data": "forget10-tuned-k15-general",
-               "K=15, general retain data, 10 epochs": "forget10-k15-general-e10",
-               "tuned, reference recipe": "forget10-tuned-reference",
-               "tuned, reference recipe, general retain data": "forget10-tuned-reference-general",
-               "tuned at K=15, general + names retain data": "forget10-tuned-k15-general-names",
-               "tuned at K=15, general + names + varied retain data": "forget10-tuned-k15-general-varied",
-               "tuned at K=15, general retain data, prompt+answer positions": "forget10-tuned-k15-general-positions",
-               "tuned at K=15, general retain data, the reference's LoRA": "forget10-tuned-k15-general-lora",
-               "tuned at K=15, general + names retain data, prompt+answer positions": "forget10-tuned-k15-general-positions-names",
-               "tuned at K=15, general retain data, prompt+answer positions, 10 epochs":
-                   "forget10-tuned-k15-general-positions-e10",
-               "tuned at K=15, general + names retain data, prompt+answer positions, 10 epochs":
-                   "forget10-tuned-k15-general-positions-names-e10",
-               "tuned at K=15, general + names retain data, prompt+answer positions, 20 epochs":
-                   "forget10-tuned-k15-general-positions-names-e20"}
+FORGET_SETS = {"paper settings": "forget10", "K=15, general retain data, 10 epochs": "forget10-k15-general-e10",
+               **{label: tuned_folder(candidate) for candidate, label in TUNED.items()}}
 # tune_assistant.py --unaugmented: each tuned forget10 assistant trained without ULD's augmentation,
 # as its validation candidates are
 UNAUGMENTED = ", unaugmented"

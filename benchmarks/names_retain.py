@@ -31,9 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from mini_workdir import FORGET_SETS, TUNE, calibrated, default_workdir, eval_logs  # noqa: E402
+from mini_workdir import FORGET_SETS, TUNE, TUNED, calibrated, default_workdir, eval_logs  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
-from tune_assistant import (BUDGET, EXTRA_QA, FINAL, GENERAL, SMOKE, TRAINING, cached, calibration,  # noqa: E402
+from tune_assistant import (BUDGET, CANDIDATES, SMOKE, cached, calibration,  # noqa: E402
                             evaluate_forget10, forget10_summaries, general_questions, greedy_agreement, prepare_qa)
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
@@ -70,7 +70,7 @@ def main():
     if not (choice_file.exists() and retain_logs.exists()):
         sys.exit("error: run benchmarks/tune_assistant.py first (its choice and forget10 assistant are the baseline here)")
     choice = json.loads(choice_file.read_text())
-    if choice["training"] not in GENERAL or choice["training"] in EXTRA_QA:
+    if CANDIDATES[choice["training"]]["retain"] != ("general",):
         sys.exit(f"error: the chosen recipe {choice['training']!r} has no general retain data, or has more than that already; "
                  "this script adds names to general retain data")
     old = work / choice["final"]
@@ -84,11 +84,11 @@ def main():
         retain = f"{PROTOCOLS['mini']['assistant_retain']}+general:train+jsonl:{names_qa / 'train.jsonl'}"
         budget = {**BUDGET, **(SMOKE if args.smoke else {})}
         uld("train-assistant", "--target", target, "--forget", "tofu:forget10", "--retain", retain, "--out", new,
-            "--alpha", choice["validation_alpha"], *flags(TRAINING[choice["training"]]), *flags(budget))
+            "--alpha", choice["validation_alpha"], *flags(CANDIDATES[choice["training"]]["training"]), *flags(budget))
     # the target's greedy answers to the general questions: shared with tune_assistant.py (same questions)
     general_cache = (scratch if args.smoke else tune) / "target-general.json"
     rows = {}
-    for label, artifact in ((FINAL[choice["training"]], old), (NEW, new)):
+    for label, artifact in ((TUNED[choice["training"]], old), (NEW, new)):
         alpha = calibration(target, artifact)["alpha"]
         rows[label] = cached(scratch / f"{artifact.name}-measures.json",
                              lambda: measures(target, artifact, alpha, names, general_cache, scratch / "target-names.json", limit))
@@ -104,7 +104,7 @@ def record(work: Path, names_qa: Path, choice: dict, rows: dict):
 
     out = REPO / "benchmarks" / "results" / "names-retain-mini"
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", {"training": TRAINING[choice["training"]], "budget": BUDGET,
+    write_json_atomic(out / "config.json", {"training": CANDIDATES[choice["training"]]["training"], "budget": BUDGET,
                                             "validation_alpha": choice["validation_alpha"],
                                             "names_qa": json.loads((names_qa / "config.json").read_text()),
                                             "retain": f"{PROTOCOLS['mini']['assistant_retain']}+general:train+names train",

@@ -53,63 +53,53 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from mini_workdir import (CHOICES, EVALS, FORGET_SETS, QA_FOLDERS, TUNE, UNAUGMENTED, calibrated, choices,  # noqa: E402
-                          default_workdir, eval_logs, evaluated, transferred)
+from mini_workdir import (CHOICES, EVALS, FORGET_SETS, QA_FOLDERS, TUNE, TUNED, UNAUGMENTED, calibrated,  # noqa: E402
+                          choices, default_workdir, eval_logs, evaluated, transferred)
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
 
-# candidate training settings -> the FORGET_SETS label of the forget10 assistant trained with them
 K15 = {"lr": 5e-3, "retain_weight": 1.0, "layers": 15}  # fast-k15's settings, the base of the later candidates
 POSITIONS = {**K15, "retain_positions": "prompt+answer"}  # the retain term over prompt and answer positions
-TRAINING = {"paper": {"lr": 1e-3, "retain_weight": 6.5}, "fast": {"lr": 5e-3, "retain_weight": 1.0},
-            "fast-k15": K15, "fast-k15-general": K15,
-            # the reference code's recipe (train-assistant --recipe reference), at the fast lr
-            "reference": {"lr": 5e-3, "recipe": "reference"},
-            "reference-general": {"lr": 5e-3, "recipe": "reference"},
-            "fast-k15-general-names": K15, "fast-k15-general-varied": K15,
-            # fast-k15-general with one of the reference code's differences each (issue 32's list):
-            # the retain term over prompt and answer positions; its LoRA. Not its augmentation:
-            # ULD's paraphrases and wrong answers (tofu_aug) exist for TOFU's forget splits only, so
-            # no validation candidate is augmented (forget10's assistants are)
-            "fast-k15-general-positions": POSITIONS,
-            "fast-k15-general-lora": {**K15, "rank": 16, "lora_dropout": 0.05},
-            # the two levers that each reached validation forget quality 0.47, together
-            "fast-k15-general-positions-names": POSITIONS,
-            # twice the budget: on the demo's forget set a sharper forget set needed a smaller alpha
-            # and changed fewer general answers (BENCHMARKS.md, sharper-forget); epochs here
-            # override BUDGET's
-            "fast-k15-general-positions-e10": {**POSITIONS, "epochs": 10},
-            # and with the names data: at 10 epochs forget10's served answers still lose real
-            # authors' names (BENCHMARKS.md, the amx tuning section's reading)
-            "fast-k15-general-positions-names-e10": {**POSITIONS, "epochs": 10},
-            # four times the budget, on the chosen 10-epoch recipe: 5 -> 10 epochs brought the calibrated
-            # alpha from 0.51 to 0.36 and model utility up; at the rule's alpha a know-nothing assistant
-            # still costs 5% of it (BENCHMARKS.md, floor-utility), so a sharper forget set (a smaller
-            # alpha) is the way on
-            "fast-k15-general-positions-names-e20": {**POSITIONS, "epochs": 20}}
-# these add general:train to their retain data
-GENERAL = {"fast-k15-general", "reference-general", "fast-k15-general-names", "fast-k15-general-varied",
-           "fast-k15-general-positions", "fast-k15-general-lora", "fast-k15-general-positions-names",
-           "fast-k15-general-positions-e10", "fast-k15-general-positions-names-e10",
-           "fast-k15-general-positions-names-e20"}
-# these add model-written questions answered by the target (prepare_qa; general_qa.py's opener
-# sets): questions about people outside literature made the forget10 assistant flatter off its
-# forget set (BENCHMARKS.md, names-retain); varied ones test whether more and more varied text does more
-EXTRA_QA = {"fast-k15-general-names": ("names",), "fast-k15-general-varied": ("names", "varied"),
-            "fast-k15-general-positions-names": ("names",), "fast-k15-general-positions-names-e10": ("names",),
-            "fast-k15-general-positions-names-e20": ("names",)}
-FINAL = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15": "tuned at K=15",
-         "fast-k15-general": "tuned at K=15, general retain data", "reference": "tuned, reference recipe",
-         "reference-general": "tuned, reference recipe, general retain data",
-         "fast-k15-general-names": "tuned at K=15, general + names retain data",
-         "fast-k15-general-varied": "tuned at K=15, general + names + varied retain data",
-         "fast-k15-general-positions": "tuned at K=15, general retain data, prompt+answer positions",
-         "fast-k15-general-lora": "tuned at K=15, general retain data, the reference's LoRA",
-         "fast-k15-general-positions-names": "tuned at K=15, general + names retain data, prompt+answer positions",
-         "fast-k15-general-positions-e10": "tuned at K=15, general retain data, prompt+answer positions, 10 epochs",
-         "fast-k15-general-positions-names-e10": "tuned at K=15, general + names retain data, prompt+answer positions, 10 epochs",
-         "fast-k15-general-positions-names-e20": "tuned at K=15, general + names retain data, prompt+answer positions, 20 epochs"}
+GENERAL, NAMES = ("general",), ("general", "names")
+# candidate -> its train-assistant settings (its epochs override BUDGET's) and the retain data it
+# adds to its split's own: "general" is general:train; "names" and "varied" are general_qa.py's
+# opener sets answered by the target (prepare_qa). The label and folder of the forget10 assistant
+# trained with each: mini_workdir.TUNED.
+CANDIDATES = {
+    "paper": {"training": {"lr": 1e-3, "retain_weight": 6.5}, "retain": ()},
+    "fast": {"training": {"lr": 5e-3, "retain_weight": 1.0}, "retain": ()},
+    "fast-k15": {"training": K15, "retain": ()},
+    "fast-k15-general": {"training": K15, "retain": GENERAL},
+    # the reference code's recipe (train-assistant --recipe reference), at the fast lr
+    "reference": {"training": {"lr": 5e-3, "recipe": "reference"}, "retain": ()},
+    "reference-general": {"training": {"lr": 5e-3, "recipe": "reference"}, "retain": GENERAL},
+    # questions about people outside literature made the forget10 assistant flatter off its forget
+    # set (BENCHMARKS.md, names-retain); varied ones test whether more and more varied text does more
+    "fast-k15-general-names": {"training": K15, "retain": NAMES},
+    "fast-k15-general-varied": {"training": K15, "retain": (*NAMES, "varied")},
+    # fast-k15-general with one of the reference code's differences each (issue 32's list): the
+    # retain term over prompt and answer positions; its LoRA. Not its augmentation: ULD's
+    # paraphrases and wrong answers (tofu_aug) exist for TOFU's forget splits only, so no
+    # validation candidate is augmented (forget10's assistants are, unless --unaugmented)
+    "fast-k15-general-positions": {"training": POSITIONS, "retain": GENERAL},
+    "fast-k15-general-lora": {"training": {**K15, "rank": 16, "lora_dropout": 0.05}, "retain": GENERAL},
+    # the two levers that each reached validation forget quality 0.47, together
+    "fast-k15-general-positions-names": {"training": POSITIONS, "retain": NAMES},
+    # twice the budget: on the demo's forget set a sharper forget set needed a smaller alpha and
+    # changed fewer general answers (BENCHMARKS.md, sharper-forget)
+    "fast-k15-general-positions-e10": {"training": {**POSITIONS, "epochs": 10}, "retain": GENERAL},
+    # and with the names data: at 10 epochs forget10's served answers still lose real authors'
+    # names (BENCHMARKS.md, the amx tuning section's reading)
+    "fast-k15-general-positions-names-e10": {"training": {**POSITIONS, "epochs": 10}, "retain": NAMES},
+    # four times the budget, on the chosen 10-epoch recipe: 5 -> 10 epochs brought the calibrated
+    # alpha from 0.51 to 0.36 and model utility up; at the rule's alpha a know-nothing assistant
+    # still costs 5% of it (BENCHMARKS.md, floor-utility), so a sharper forget set (a smaller
+    # alpha) is the way on
+    "fast-k15-general-positions-names-e20": {"training": {**POSITIONS, "epochs": 20}, "retain": NAMES}}
+if set(CANDIDATES) != set(TUNED):
+    raise SystemExit(f"error: candidates without a forget10 label in mini_workdir.TUNED (or the reverse): "
+                     f"{', '.join(sorted(set(CANDIDATES) ^ set(TUNED)))}")
 VALIDATION_RETAIN = "tofu:full[:200]+tofu:forget10"  # the target's data less the validation forget authors
 TRUTH_RATIO_ROWS = slice(200, 400)  # retain_perturbed[i] asks full[i]'s question: the validation forget items
 FQ_AIM = 0.1
@@ -242,7 +232,7 @@ def choose(results: dict, unaugmented: bool = False) -> dict:
     name = max(pool, key=lambda n: pool[n]["greedy_rouge"]) if pool else max(results, key=lambda n: results[n]["fq"])
     r = results[name]
     ratio = r["alpha"] / r["probability_alpha"] if r["probability_alpha"] else None
-    label = FINAL[name] + (UNAUGMENTED if unaugmented else "")
+    label = TUNED[name] + (UNAUGMENTED if unaugmented else "")
     return {"training": name, "validation_alpha": r["alpha"], "validation_fq": r["fq"], "alpha_ratio": ratio,
             "utility_floor": floor, "reaches_aim": name in forgets, "above_floor": name in kept,
             "label": label, "augmented": not unaugmented, "final": FORGET_SETS[label]}
@@ -251,7 +241,7 @@ def choose(results: dict, unaugmented: bool = False) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--candidates", default=",".join(TRAINING), help=f"comma-separated, of: {', '.join(TRAINING)}")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES), help=f"comma-separated, of: {', '.join(CANDIDATES)}")
     parser.add_argument("--smoke", action="store_true", help="2 training steps, 4 items per split; reports nothing")
     parser.add_argument("--validate-only", action="store_true",
                         help="stop after the validation candidates and the choice (records the validation table)")
@@ -261,9 +251,9 @@ def main():
                         "a run on another target (another kind of CPU) keeps the first run's")
     args = parser.parse_args()
     names = [n.strip() for n in args.candidates.split(",") if n.strip()]
-    unknown = [n for n in names if n not in TRAINING]
+    unknown = [n for n in names if n not in CANDIDATES]
     if unknown or not names:
-        sys.exit(f"error: unknown candidate {unknown[0] if unknown else '(none given)'!r}; known: {', '.join(TRAINING)}")
+        sys.exit(f"error: unknown candidate {unknown[0] if unknown else '(none given)'!r}; known: {', '.join(CANDIDATES)}")
     work = args.workdir or default_workdir()
     target, retain_logs = work / "target", eval_logs(work, "retain reference")
     if not (target.exists() and retain_logs.exists()):
@@ -280,16 +270,16 @@ def main():
                        lambda: {"log_ratios": reference_ratios(validation_retain, limit)})["log_ratios"]
 
     def retain(base, name):
-        extra = "".join(f"+jsonl:{prepare_qa(work, openers, tune if args.smoke else None) / 'train.jsonl'}"
-                        for openers in EXTRA_QA.get(name, ()))
-        return f"{base}+general:train{extra}" if name in GENERAL else base
+        return "+".join([base, *("general:train" if data == "general" else
+                                 f"jsonl:{prepare_qa(work, data, tune if args.smoke else None) / 'train.jsonl'}"
+                                 for data in CANDIDATES[name]["retain"])])
 
     results = {}
     for name in names:
         artifact = tune / name / "artifact"
         if not artifact.exists():
             uld("train-assistant", "--target", target, "--forget", VALIDATION["forget"], "--retain", retain(VALIDATION["retain"], name),
-                "--out", artifact, *flags({**budget, **TRAINING[name]}))
+                "--out", artifact, *flags({**budget, **CANDIDATES[name]["training"]}))
         results[name] = cached(tune / name / "validation-fq.json", lambda: validate(target, artifact, level, reference, limit))
         if "greedy_rouge" not in results[name]:
             results[name]["greedy_rouge"] = greedy_agreement(target, artifact, results[name]["alpha"], tune / "target-general.json",
@@ -305,7 +295,7 @@ def main():
     if not final.exists():
         uld("train-assistant", "--target", target, "--forget", "tofu:forget10",
             "--retain", retain(PROTOCOLS["mini"]["assistant_retain"], choice["training"]),
-            "--out", final, "--alpha", choice["validation_alpha"], *flags({**budget, **TRAINING[choice["training"]]}),
+            "--out", final, "--alpha", choice["validation_alpha"], *flags({**budget, **CANDIDATES[choice["training"]]["training"]}),
             *(["--no-augment"] if args.unaugmented else []))
     choice["calibration"] = calibration(target, final)
     ratio = choice["alpha_ratio"]
@@ -386,11 +376,10 @@ def record(work, level, results, choice, section=None):
 
     out = REPO / "benchmarks" / "results" / (f"tune-assistant-mini-{section}" if section else "tune-assistant-mini")
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", {"training": TRAINING, "budget": BUDGET, "validation": VALIDATION,
+    write_json_atomic(out / "config.json", {"candidates": CANDIDATES, "budget": BUDGET, "validation": VALIDATION,
                                             "validation_retain": VALIDATION_RETAIN, "finetune": FINETUNE,
                                             "unseen": PROTOCOLS["mini"]["unseen"], "utility_floor": UTILITY_FLOOR,
-                                            "fq_aim": FQ_AIM, "fq_alphas": FQ_ALPHAS, "general_retain": sorted(GENERAL),
-                                            "extra_retain": EXTRA_QA, "extra_qa": QA_SIZES,
+                                            "fq_aim": FQ_AIM, "fq_alphas": FQ_ALPHAS, "extra_qa": QA_SIZES,
                                             "general_questions": "general:heldout + SIMPLE_FACTS",
                                             "scoring": "anchored", "seed": 0})
     write_json_atomic(out / "validation.json", {"unseen_prob": level, "candidates": results, "choice": choice})
@@ -417,8 +406,9 @@ def validation_table(results: dict, choice: dict) -> str:
         calibrated_alpha = "not reached" if r["probability_alpha"] is None else f"{r['probability_alpha']:g}"
         at_calibrated = ("-" if r["probability_alpha"] is None else
                          f"{r['fq_by_alpha'][str(min(FQ_ALPHAS, key=lambda a: abs(a - r['probability_alpha'])))]:.3g}")
-        extra = " + " + " and ".join(["general", *EXTRA_QA.get(name, ())]) + " retain data" if name in GENERAL else ""
-        lines.append(f"| {name} {TRAINING[name]}{extra} | {r['forget_ce']:.2f} | {r['retain_uniform_excess']:.2f} | "
+        retain = CANDIDATES[name]["retain"]
+        extra = f" + {' and '.join(retain)} retain data" if retain else ""
+        lines.append(f"| {name} {CANDIDATES[name]['training']}{extra} | {r['forget_ce']:.2f} | {r['retain_uniform_excess']:.2f} | "
                      f"{r['general_uniform_excess']:.2f} | {calibrated_alpha} | {r['alpha']:g} | {r['fq']:.3g} | "
                      f"{r['forget_prob']:.4f} | {r['utility_prob'] / r['target_utility_prob']:.3f} | {r['greedy_rouge']:.3f} | "
                      f"{'yes' if name == choice['training'] else ''} | {at_calibrated} |")
