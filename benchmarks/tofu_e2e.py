@@ -126,11 +126,14 @@ def run_stages(stage, protocol, work, seed_precision):
 
 
 def write_results(protocol, work, timings, evals, retain_eval):
-    from uld_serve.eval.summary import recompute
+    from uld_serve.eval.summary import first_items, recompute
     from uld_serve.eval.tofu_eval import load_logs
 
     reference = load_logs(retain_eval)
     summaries = {label: recompute(load_logs(path), reference) for label, path in evals.items()}
+    # each split's first 300 items, as the reference ULD code evaluates (`uld eval summarize --limit 300`)
+    reference_300 = first_items(reference, 300)  # recompute reads the reference, never writes it
+    first_300 = {label: recompute(first_items(load_logs(path), 300), reference_300) for label, path in evals.items()}
     out = REPO / "benchmarks" / "results" / f"tofu-{protocol}"
     out.mkdir(parents=True, exist_ok=True)
     tuned = choices(work)
@@ -141,11 +144,12 @@ def write_results(protocol, work, timings, evals, retain_eval):
         "models": {name: json.loads((work / name / "uld_model.json").read_text())["config"] for name in ("target", "retain")},
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "summary.json").write_text(json.dumps({"summaries": summaries, "timings_s": timings}, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps({"summaries": summaries, "first_300": first_300, "timings_s": timings},
+                                                 indent=2) + "\n")
     from report import utility_scatter
 
     utility_scatter(summaries, out / "forget_quality_vs_utility.png", f"TOFU forget10 (tofu-{protocol}), SmolLM2-135M")
-    text = table(summaries, timings)
+    text = table(summaries, first_300, timings)
     print(text)
     record(protocol, text, timings, config)
 
@@ -165,13 +169,17 @@ def manifest(forget_set: Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def table(summaries, timings):
+def table(summaries, first_300, timings):
     walls = {label: timings.get(stage) for label, stage in EVAL_STAGES.items()}  # tune_assistant.py times its own
-    lines = ["| model | forget quality | model utility | forget ROUGE-L | forget truth ratio | privleak | eval wall s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | forget quality | forget quality, first 300 | model utility | forget ROUGE-L | forget truth ratio | "
+             "privleak | eval wall s |", "|---|---|---|---|---|---|---|---|"]
+
+    def quality(summary):
+        fq = summary.get("forget_quality")
+        return "n/a" if fq is None else f"{fq:.3g}"
+
     for label, s in summaries.items():
-        fq = s.get("forget_quality")
-        lines.append(f"| {label} | {'n/a' if fq is None else f'{fq:.3g}'} | {s['model_utility']:.4f} | "
+        lines.append(f"| {label} | {quality(s)} | {quality(first_300[label])} | {s['model_utility']:.4f} | "
                      f"{s['forget_Q_A_ROUGE']:.4f} | {s['forget_truth_ratio']:.4f} | {s['privleak']:.2f} | {walls.get(label, '-')} |")
     return "\n".join(lines)
 
