@@ -39,14 +39,16 @@ PROTOCOLS = {
     "full": {"target": "tofu:full", "retain_model": "tofu:retain90", "assistant_retain": "tofu:retain90", "unseen": None,
              "precision": "auto"},
 }
-STAGES = ["finetune_target", "finetune_retain", "eval_retain", "eval_target", "train_assistant", "eval_uld", "eval_uld_anchored"]
+STAGES = ["finetune_target", "finetune_retain", "eval_retain", "eval_target", "train_assistant", "eval_uld_anchored", "eval_uld"]
 FINETUNE = {"epochs": 5, "lr": 1e-4, "batch_size": 8}  # + the protocol's precision
 ASSISTANT = {"epochs": 10, "lr": 1e-3, "batch_size": 8}
 # greedy answers from the engine: on the tofu-mini target its TOFU_EVAL.json was identical
 # to the reference decoding's (BENCHMARKS.md), and generation is the part it speeds up
 VLLM = ["--generate-with", "vllm"]
-ULD_EVALS = {"ULD, paper settings, paper scoring": ("eval_uld", "paper"),  # label -> (stage, --scoring)
-             "ULD, paper settings, anchored scoring": ("eval_uld_anchored", "anchored")}
+# label -> (stage, --scoring); anchored first: it is the scoring every other ULD row uses, and the
+# paper's takes about 2.7x as long (BENCHMARKS.md, the stage wall times)
+ULD_EVALS = {"ULD, paper settings, anchored scoring": ("eval_uld_anchored", "anchored"),
+             "ULD, paper settings, paper scoring": ("eval_uld", "paper")}
 EVAL_STAGES = {"retain reference": "eval_retain", "target": "eval_target", **{label: stage for label, (stage, _) in ULD_EVALS.items()}}
 
 
