@@ -26,8 +26,7 @@ from types import SimpleNamespace
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from mini_workdir import CHOICES, TUNE, default_workdir, eval_logs  # noqa: E402
-from tune_assistant import forget10_summaries  # noqa: E402
+from mini_workdir import CHOICES, TUNE, default_workdir, eval_logs, forget10_summaries  # noqa: E402
 from uniform_floor import floor  # noqa: E402
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402

@@ -93,3 +93,21 @@ def choices(work: Path) -> list:
     assistant (`final`), `label` and the rule's `alpha`."""
     paths = [Path(work) / TUNE / name for name in CHOICES.values()]
     return [json.loads(path.read_text()) for path in paths if path.exists()]
+
+
+def forget10_summaries(work: Path, labels) -> dict:
+    """label -> the forget10 summary of each evaluated one of `labels`, on all items and on each
+    split's first 300 (as the reference code evaluates, `uld eval summarize --limit 300`), with
+    the forget set and alpha it was evaluated with where tune_assistant.py's evaluate_forget10 recorded them."""
+    from uld_serve.eval.summary import first_items, recompute
+    from uld_serve.eval.tofu_eval import load_logs
+
+    reference = load_logs(eval_logs(work, "retain reference"))
+    reference_300 = first_items(reference, 300)  # recompute reads the reference, never writes it
+    summaries = {}
+    for label, logs in evaluated(work, labels).items():
+        evaluated_with = logs.parent / "forget_set.json"
+        summaries[label] = {"all": recompute(load_logs(logs), reference),
+                            "first_300": recompute(first_items(load_logs(logs), 300), reference_300),
+                            **(json.loads(evaluated_with.read_text()) if evaluated_with.exists() else {})}
+    return summaries

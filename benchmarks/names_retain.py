@@ -31,10 +31,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from mini_workdir import FORGET_SETS, TUNE, TUNED, calibrated, default_workdir, eval_logs  # noqa: E402
+from mini_workdir import FORGET_SETS, TUNE, TUNED, calibrated, default_workdir, eval_logs, forget10_summaries  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 from tune_assistant import (BUDGET, CANDIDATES, SMOKE, cached, calibration,  # noqa: E402
-                            evaluate_forget10, forget10_summaries, general_questions, greedy_agreement, prepare_qa)
+                            evaluate_forget10, general_questions, greedy_agreement, prepare_qa)
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
 

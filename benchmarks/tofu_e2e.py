@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from mini_workdir import FORGET_SETS, choices, default_workdir, eval_logs, evaluated, transferred  # noqa: E402
+from mini_workdir import (FORGET_SETS, choices, default_workdir, eval_logs, evaluated, forget10_summaries,  # noqa: E402
+                          transferred)
 
 PROTOCOLS = {
     # target learns the first 20 authors (the questions of retain_perturbed) and forget10;
@@ -100,7 +101,7 @@ def main():
     if missing:  # a partial rerun (a new machine rebuilding the target, say) must not erase published rows
         print(f"not publishing: {published.parent} holds evaluations this workdir lacks ({', '.join(sorted(missing))})")
     elif "retain reference" in evals:
-        write_results(args.protocol, work, timings, evals, evals["retain reference"])
+        write_results(args.protocol, work, timings, evals)
 
 
 class Stop(Exception):
@@ -127,15 +128,10 @@ def run_stages(stage, protocol, work, seed_precision):
               "--out", eval_logs(work, label).parent, "--retain-logs", retain_eval, "--scoring", scoring, *VLLM)
 
 
-def write_results(protocol, work, timings, evals, retain_eval):
-    from uld_serve.eval.summary import first_items, recompute
-    from uld_serve.eval.tofu_eval import load_logs
-
-    reference = load_logs(retain_eval)
-    summaries = {label: recompute(load_logs(path), reference) for label, path in evals.items()}
-    # each split's first 300 items, as the reference ULD code evaluates (`uld eval summarize --limit 300`)
-    reference_300 = first_items(reference, 300)  # recompute reads the reference, never writes it
-    first_300 = {label: recompute(first_items(load_logs(path), 300), reference_300) for label, path in evals.items()}
+def write_results(protocol, work, timings, evals):
+    both = forget10_summaries(work, evals)  # on all items and on each split's first 300
+    summaries = {label: s["all"] for label, s in both.items()}
+    first_300 = {label: s["first_300"] for label, s in both.items()}
     out = REPO / "benchmarks" / "results" / f"tofu-{protocol}"
     out.mkdir(parents=True, exist_ok=True)
     tuned = choices(work)

@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
 from mini_workdir import (CHOICES, EVALS, FORGET_SETS, QA_FOLDERS, TUNE, TUNED, UNAUGMENTED, calibrated,  # noqa: E402
-                          choices, default_workdir, eval_logs, evaluated, transferred)
+                          choices, default_workdir, eval_logs, forget10_summaries, transferred)
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
@@ -331,24 +331,6 @@ def evaluate_forget10(work: Path, smoke_dir, artifact: Path, label: str, alpha: 
             "--out", logs.parent, "--retain-logs", eval_logs(work, "retain reference"), "--generate-with", "vllm",
             "--scoring", "anchored", *(EVAL_SMOKE if smoke_dir else []))
         write_json_atomic(evaluated_with, this_run)
-
-
-def forget10_summaries(work: Path, labels) -> dict:
-    """label -> the forget10 summary of each evaluated one of `labels`, on all items and on each
-    split's first 300 (as the reference code evaluates, `uld eval summarize --limit 300`), with
-    the forget set and alpha it was evaluated with where evaluate_forget10 recorded them."""
-    from uld_serve.eval.summary import first_items, recompute
-    from uld_serve.eval.tofu_eval import load_logs
-
-    reference = load_logs(eval_logs(work, "retain reference"))
-    reference_300 = first_items(reference, 300)  # recompute reads the reference, never writes it
-    summaries = {}
-    for label, logs in evaluated(work, labels).items():
-        evaluated_with = logs.parent / "forget_set.json"
-        summaries[label] = {"all": recompute(load_logs(logs), reference),
-                            "first_300": recompute(first_items(load_logs(logs), 300), reference_300),
-                            **(json.loads(evaluated_with.read_text()) if evaluated_with.exists() else {})}
-    return summaries
 
 
 def calibration(target, artifact: Path) -> dict:
