@@ -22,6 +22,8 @@ The demo's vendored set (uld_serve/data/general/) was made with the embedded mod
 questions:
 
     python benchmarks/general_qa.py --target smollm2-135m-instruct --out uld_serve/data/general --sample 1000 --train 280 --heldout 70
+    python benchmarks/general_qa.py --target smollm2-135m-instruct --out uld_serve/data/general --openers names \
+        --prefix names- --sample 420 --train 200 --heldout 40
 """
 import argparse
 import json
@@ -102,6 +104,7 @@ def main():
     parser.add_argument("--heldout", type=int, default=200)
     parser.add_argument("--sample", type=int, default=None, help="questions to sample (default: 2 x wanted)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prefix", default="", help="prefix of the three file names written (e.g. 'names-')")
     args = parser.parse_args()
     from uld_serve.core.atomic import write_text_atomic
     from uld_serve.core.tofu import SPLITS, load_split
@@ -118,11 +121,11 @@ def main():
     if len(pairs) < wanted:
         sys.exit(f"error: only {len(pairs)} usable pairs for {wanted} wanted; raise --sample")
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "train.jsonl", "".join(json.dumps(p) + "\n" for p in pairs[: args.train]))
-    write_text_atomic(out / "heldout.jsonl", "".join(json.dumps(p) + "\n" for p in pairs[args.train: wanted]))
+    write_text_atomic(out / f"{args.prefix}train.jsonl", "".join(json.dumps(p) + "\n" for p in pairs[: args.train]))
+    write_text_atomic(out / f"{args.prefix}heldout.jsonl", "".join(json.dumps(p) + "\n" for p in pairs[args.train: wanted]))
     config = {**CONFIG, "openers": OPENERS[args.openers], "seed": args.seed, "sampled": sampled, "usable": len(pairs),
               "train": args.train, "heldout": args.heldout, "target": target}
-    write_text_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
+    write_text_atomic(out / f"{args.prefix}config.json", json.dumps(config, indent=2) + "\n")
     print(f"wrote {args.train} + {args.heldout} pairs to {out} ({len(pairs)} usable of {sampled} sampled)")
 
 

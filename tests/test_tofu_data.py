@@ -1,9 +1,10 @@
+import json
 import re
 
 import pytest
 
 from uld_serve.core.errors import UldError
-from uld_serve.core.tofu import (IGNORE_INDEX, QA, check_prompt_forms, encode_qa, load_qa, paraphrased_pairs,
+from uld_serve.core.tofu import (DATA_DIR, IGNORE_INDEX, QA, check_prompt_forms, encode_qa, load_qa, paraphrased_pairs,
                                  perturbed_pairs)
 
 
@@ -22,7 +23,10 @@ def test_shipped_general_qa_is_apart_from_tofu():
 
     train, heldout = load_qa("general:train"), load_qa("general:heldout")
     assert len(train) >= 200 and len(heldout) >= 50
-    questions = [qa.question for qa in train + heldout]
+    names = load_qa("general:names-train") + load_qa("general:names-heldout")
+    openers = tuple(json.loads((DATA_DIR / "general" / "names-config.json").read_text())["openers"])
+    assert len(names) >= 200 and all(qa.question.startswith(openers) for qa in names)  # none asks who wrote what
+    questions = [qa.question for qa in train + heldout + names]
     assert len(set(questions)) == len(questions)  # held-out questions are not training questions
     tofu = {r["question"].strip().lower() for s in SPLITS for r in load_split(s)}
     assert not tofu & {q.strip().lower() for q in questions}

@@ -1,7 +1,8 @@
 """TOFU data: splits, data specs, ULD's augmentation files, chat formatting and answer masks.
 
 A data spec names QA pairs: `tofu:SPLIT`, `general:train` / `general:heldout` (the shipped
-general-knowledge QA, uld_serve/data/general/) or `jsonl:PATH` (one `{"question", "answer"}` object per
+general-knowledge QA, uld_serve/data/general/; `general:names-train` / `general:names-heldout`: its
+questions about people outside literature) or `jsonl:PATH` (one `{"question", "answer"}` object per
 line: a user's own forget or retain data), optionally sliced (`tofu:full[:400]`), joined with
 `+` (`tofu:full[:400]+general:train`). `tofu-mini:target` and `tofu-mini:retain` name the
 small protocol of the end-to-end benchmark.
@@ -39,7 +40,7 @@ _PLAIN = {
 }
 SPLITS = tuple(sorted(_LINE_LISTS | _PROMPT_RESPONSE | _PLAIN))
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
-GENERAL_SPLITS = ("train", "heldout")
+GENERAL_SPLITS = ("train", "heldout", "names-train", "names-heldout")
 ALIASES = {
     "tofu-mini:target": "tofu:full[:400]+tofu:forget10",
     "tofu-mini:retain": "tofu:full[:400]",
