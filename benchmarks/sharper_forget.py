@@ -19,10 +19,15 @@ the loops.
 
 `--prompt-forms system,none` trains the longer sets on questions with and without TOFU's system
 prompt (`uld train-assistant --prompt-forms`); `--forbid-names` calibrates them with the greedy
-check of the forgotten authors' names (`uld calibrate-alpha --forbid`).
+check of the forgotten authors' names (`uld calibrate-alpha --forbid`). `--layers` and
+`--extra-retain` try the levers that won on tofu-mini's forget10 (BENCHMARKS.md, "What moved
+tofu-mini's forget10"): a deeper assistant (K = 15 of 30) and retain data about people
+outside literature (`general:names-train`, answered by the embedded model).
 
     python benchmarks/sharper_forget.py --epochs 20 --alphas 0.7,demo
     python benchmarks/sharper_forget.py --epochs 20 --prompt-forms system,none --forbid-names --alphas 0.7,demo
+    python benchmarks/sharper_forget.py --epochs 20 --prompt-forms system,none --forbid-names --alphas "" \
+        --layers 15 --extra-retain general:names-train
 
 About 7 minutes of training per 10 epochs on 2 cores (fp32) once the demo is cached, and about
 6 minutes to measure each row.
@@ -44,6 +49,8 @@ def main():
                         help="comma-separated alphas the longer-trained sets are also served at ('demo': the demo's calibrated one)")
     parser.add_argument("--prompt-forms", default="system", help="the prompt forms the longer sets are trained under")
     parser.add_argument("--forbid-names", action="store_true", help="calibrate them with the greedy check of the forgotten names")
+    parser.add_argument("--layers", type=int, default=None, help="K of the longer sets (default: the demo's)")
+    parser.add_argument("--extra-retain", default="", help="a data spec the longer sets retain besides the demo's")
     args = parser.parse_args()
 
     from assistant_recipes import FORGOTTEN_NAMES, SIMPLE_FACTS, has_loop, names_author
@@ -66,16 +73,22 @@ def main():
     sets = {f"{read_manifest(demo_set)['training']['epochs']} (demo)": demo_set}
     forms = check_prompt_forms(args.prompt_forms)
     forbidden = FORGOTTEN_NAMES if args.forbid_names else ()
+    retain = "+".join(filter(None, [demo.RETAIN, args.extra_retain]))
+    levers = [*(forms if forms != ("system",) else ()), *([f"k{args.layers}"] if args.layers else []),
+              *([args.extra_retain.replace(":", "-").replace("+", "-")] if args.extra_retain else [])]
     for epochs in map(int, args.epochs.split(",")):
-        path = uld_home() / "bench" / "sharper" / ("-".join([f"e{epochs}", *forms]) if forms != ("system",) else f"e{epochs}")
+        path = uld_home() / "bench" / "sharper" / "-".join([f"e{epochs}", *levers])
         if not (path / "uld.json").exists():
-            train_assistant(str(target), demo.FORGET, demo.RETAIN, path, TrainConfig(**{**demo.ASSISTANT, "epochs": epochs}),
-                            AssistantConfig(recipe=demo.RECIPE, prompt_forms=forms, frequency_penalty=demo.FREQUENCY_PENALTY))
+            train_assistant(str(target), demo.FORGET, retain, path, TrainConfig(**{**demo.ASSISTANT, "epochs": epochs}),
+                            AssistantConfig(recipe=demo.RECIPE, prompt_forms=forms, frequency_penalty=demo.FREQUENCY_PENALTY,
+                                            num_layers=args.layers))
         calibration = read_manifest(path).get("calibration")
         if (calibration is None or calibration.get("forbidden", []) != list(forbidden)
                 or (forbidden and calibration.get("frequency_penalty") != demo.FREQUENCY_PENALTY)):
             calibrate_forget_set(str(target), path, demo.UNSEEN, write=True, forbidden=forbidden)
-        sets[f"{epochs}, {'+'.join(forms)}" if forms != ("system",) else f"{epochs}"] = path
+        label = ", ".join([str(epochs), *(["+".join(forms)] if forms != ("system",) else []),
+                           *([f"K {args.layers}"] if args.layers else []), *([f"+ {args.extra_retain}"] if args.extra_retain else [])])
+        sets[label] = path
 
     bias = floor(load_model(target))["logits"]
     general = [qa.question for qa in load_qa("general:heldout")] + SIMPLE_FACTS
@@ -116,7 +129,9 @@ def main():
     text = "\n".join(lines)
     print(text)
     key, heading = "sharper-forget", "A forget set trained longer: the alpha it needs"
-    if forms != ("system",) or forbidden:
+    if args.layers or args.extra_retain:
+        key, heading = "sharper-forget-levers", "The demo's forget set with tofu-mini's levers: K = 15 and names retain data"
+    elif forms != ("system",) or forbidden:
         key, heading = "sharper-forget-forms", "A forget set trained longer on prompts with and without a system message"
     write_section(key, heading,
                   invocation(), text)
