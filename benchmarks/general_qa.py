@@ -10,13 +10,16 @@ that cover general knowledge without reading any evaluation split:
    temperature 0.8, one seed per question; cut at the first "?";
 2. answers: the tofu-mini target's own greedy answers (vLLM engine, fp32), so the pairs say
    what the target knows; answers cut off at the token limit are dropped;
-3. duplicates and any question that appears in a TOFU split are dropped. The first `--train`
-   pairs go to train.jsonl (assistant retain data, `jsonl:` spec); the next `--heldout` to
+3. duplicates and any question that appears in a TOFU split are dropped, and for an opener set
+   near a utility test split (`--openers authors`: real authors) every pair that touches it
+   (`overlaps`: its authors' surnames, its quoted titles, two content words of a question).
+   The first `--train` pairs go to train.jsonl (assistant retain data, `jsonl:` spec); the next `--heldout` to
    heldout.jsonl (a utility check that reads no evaluation split).
 
     python benchmarks/general_qa.py            # -> <workdir>/general-qa/{train,heldout}.jsonl
     python benchmarks/general_qa.py --openers names --train 400 --heldout 80   # -> <workdir>/names-qa/
     python benchmarks/general_qa.py --openers varied --train 1200 --heldout 100 --sample 3000   # -> <workdir>/varied-qa/
+    python benchmarks/general_qa.py --openers authors --train 400 --heldout 80 --sample 2000   # -> <workdir>/authors-qa/
 
 The demo's vendored set (uld_serve/data/general/) was made with the embedded model answering its own
 questions:
@@ -27,6 +30,7 @@ questions:
 """
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -44,7 +48,15 @@ OPENERS = {"general": ["What is", "What are", "What was", "Who was", "Who is", "
            # (tune_assistant.py's varied candidate); none asks who wrote what either
            "varied": ["Which city", "Which country", "Where can", "When was", "In which year", "What happened",
                       "What causes", "How do", "What does", "Why is", "How long", "How far", "What language",
-                      "What kind of", "Who was the first", "Which instrument", "What is the name of", "Which planet"]}
+                      "What kind of", "Who was the first", "Which instrument", "What is the name of", "Which planet"],
+           # questions about real writers and their books, the kind TOFU's real-authors split asks,
+           # kept apart from that split by `overlaps` (DECONTAMINATE): it measures model utility
+           "authors": ["Who wrote", "Who is the author of", "Which author wrote", "Which novelist", "Which poet",
+                       "Who penned", "Which writer", "Who created the character", "Which playwright"]}
+# the TOFU splits an opener set's pairs must not touch (they are utility tests); `overlaps` says how
+DECONTAMINATE = {"authors": ("real_authors",)}
+_STOP = {"the", "a", "an", "of", "in", "on", "and", "or", "to", "for", "is", "was", "who", "which", "what", "by", "with",
+         "known", "wrote", "author", "novel", "book", "play", "series", "famous", "written"}
 CONFIG = {"question_model": "smollm2-135m-instruct", "temperature": 0.8, "question_tokens": 40, "answer_tokens": 128}
 
 
@@ -76,6 +88,31 @@ def question(text: str):
     return q if end > 0 and "\n" not in q and 15 <= len(q) <= 200 else None
 
 
+def _words(text: str) -> list:
+    return re.findall(r"[\w']+", text.lower())
+
+
+def _bigrams(text: str) -> set:
+    words = _words(text)
+    return {pair for pair in zip(words, words[1:]) if not (set(pair) & _STOP)}
+
+
+def overlaps(pair: dict, rows) -> bool:
+    """Whether a QA pair touches a test split's items: it names one of their answers (a real
+    author's surname) or a title they quote, or its question shares two consecutive content
+    words with one of their questions ("Sherlock Holmes")."""
+    text = f"{pair['question']} {pair['answer']}"
+    words = set(_words(text))
+    question = _bigrams(pair["question"])
+    for row in rows:
+        surname = _words(row["answer"])[-1:]
+        titles = re.findall(r"'([^']{3,})'", row["question"])
+        if (surname and len(surname[0]) >= 3 and surname[0] in words) or any(t.lower() in text.lower() for t in titles) \
+                or question & _bigrams(row["question"]):
+            return True
+    return False
+
+
 def answer(questions: list, target: str) -> list:
     from uld_serve.api import open_backend
     from uld_serve.core.models import resolve_model
@@ -98,7 +135,7 @@ def main():
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--target", default=None, help="the model that answers (default: <workdir>/target)")
     parser.add_argument("--openers", choices=sorted(OPENERS), default="general",
-                        help="general questions, questions about people outside literature, or varied ones")
+                        help="general questions, questions about people outside literature, varied ones, or about real writers")
     parser.add_argument("--out", type=Path, default=None, help="default: <workdir>/<openers>-qa")
     parser.add_argument("--train", type=int, default=600)
     parser.add_argument("--heldout", type=int, default=200)
@@ -118,6 +155,8 @@ def main():
     sampled_questions = sample_questions(sampled, args.seed, OPENERS[args.openers])
     questions = list(dict.fromkeys(q for q in sampled_questions if q.lower() not in tofu_questions))
     pairs = [{"question": q, "answer": a} for q, a in zip(questions, answer(questions, target)) if a]
+    tests = [r for split in DECONTAMINATE.get(args.openers, ()) for r in load_split(split)]
+    pairs = [p for p in pairs if not overlaps(p, tests)]
     if len(pairs) < wanted:
         sys.exit(f"error: only {len(pairs)} usable pairs for {wanted} wanted; raise --sample")
     out.mkdir(parents=True, exist_ok=True)

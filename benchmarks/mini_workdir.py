@@ -16,7 +16,9 @@ TUNED = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15"
          "fast-k15-general-positions-names": "tuned at K=15, general + names retain data, prompt+answer positions",
          "fast-k15-general-positions-e10": "tuned at K=15, general retain data, prompt+answer positions, 10 epochs",
          "fast-k15-general-positions-names-e10": "tuned at K=15, general + names retain data, prompt+answer positions, 10 epochs",
-         "fast-k15-general-positions-names-e20": "tuned at K=15, general + names retain data, prompt+answer positions, 20 epochs"}
+         "fast-k15-general-positions-names-e20": "tuned at K=15, general + names retain data, prompt+answer positions, 20 epochs",
+         "fast-k15-general-positions-names-authors-e20":
+             "tuned at K=15, general + names + authors retain data, prompt+answer positions, 20 epochs"}
 
 
 def tuned_folder(candidate: str) -> str:
@@ -41,10 +43,11 @@ CHOICES = {False: "choice.json", True: "choice-unaugmented.json"}
 
 # general_qa.py's output folder for each opener set, questions answered by the tofu-mini target:
 # general (the benchmarks now train and check on the shipped general:train / general:heldout
-# instead), names (questions about people outside literature) and varied (places, events,
-# works, science, everyday life), the last two added to the assistant's retain data by
-# tune_assistant.py's candidates that name them
-QA_FOLDERS = {"general": "general-qa", "names": "names-qa", "varied": "varied-qa"}
+# instead), names (questions about people outside literature), varied (places, events,
+# works, science, everyday life) and authors (real writers, kept apart from the real-authors
+# test split), the last three added to the assistant's retain data by tune_assistant.py's
+# candidates that name them
+QA_FOLDERS = {"general": "general-qa", "names": "names-qa", "varied": "varied-qa", "authors": "authors-qa"}
 
 # TOFU evaluations: label -> folder holding TOFU_EVAL.json
 EVALS = {

@@ -12,7 +12,8 @@ The validation split mirrors forget10 inside the target's own data and reads no 
 each candidate assistant learns to remember authors 10-19 of the 20 the target retains
 (tofu:full[200:400]) and to know nothing of authors 0-9 (tofu:full[:200], plus general:train
 where marked, plus model-written questions answered by the target where marked: general_qa.py
---openers names, about people outside literature, and --openers varied). ULD's augmentation
+--openers names, about people outside literature, --openers varied, and --openers authors, about
+real writers but apart from TOFU's real-authors test split). ULD's augmentation
 (paraphrased questions and answers, wrong answers: tofu_aug) covers TOFU's forget splits only, so
 the candidates train without it and forget10's assistant with it (twice the steps per epoch, its
 wrong answers in the retain data), unless --unaugmented puts both on the same footing. A
@@ -63,7 +64,7 @@ K15 = {"lr": 5e-3, "retain_weight": 1.0, "layers": 15}  # fast-k15's settings, t
 POSITIONS = {**K15, "retain_positions": "prompt+answer"}  # the retain term over prompt and answer positions
 GENERAL, NAMES = ("general",), ("general", "names")
 # candidate -> its train-assistant settings (its epochs override BUDGET's) and the retain data it
-# adds to its split's own: "general" is general:train; "names" and "varied" are general_qa.py's
+# adds to its split's own: "general" is general:train; "names", "varied" and "authors" are general_qa.py's
 # opener sets answered by the target (prepare_qa). The label and folder of the forget10 assistant
 # trained with each: mini_workdir.TUNED.
 CANDIDATES = {
@@ -96,7 +97,11 @@ CANDIDATES = {
     # alpha from 0.51 to 0.36 and model utility up; at the rule's alpha a know-nothing assistant
     # still costs 5% of it (BENCHMARKS.md, floor-utility), so a sharper forget set (a smaller
     # alpha) is the way on
-    "fast-k15-general-positions-names-e20": {"training": {**POSITIONS, "epochs": 20}, "retain": NAMES}}
+    "fast-k15-general-positions-names-e20": {"training": {**POSITIONS, "epochs": 20}, "retain": NAMES},
+    # and questions about real writers: at 20 epochs forget10's utility sits 0.04x under the
+    # know-nothing floor's, all in real authors' greedy answers (BENCHMARKS.md, floor-utility);
+    # general_qa.py keeps these pairs apart from the real-authors test split
+    "fast-k15-general-positions-names-authors-e20": {"training": {**POSITIONS, "epochs": 20}, "retain": (*NAMES, "authors")}}
 if set(CANDIDATES) != set(TUNED):
     raise SystemExit(f"error: candidates without a forget10 label in mini_workdir.TUNED (or the reverse): "
                      f"{', '.join(sorted(set(CANDIDATES) ^ set(TUNED)))}")
@@ -110,7 +115,8 @@ EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
 AGREEMENT_ALPHAS = [0.5, 0.65, 0.8, 1.0]  # the forget10 assistant's general greedy agreement, recorded along these
 # general_qa.py's sizes per opener set (sample: questions drawn; a third or more are dropped as
 # unusable, most often answers cut at the token limit)
-QA_SIZES = {"names": {"train": 400, "heldout": 80}, "varied": {"train": 1200, "heldout": 100, "sample": 3000}}
+QA_SIZES = {"names": {"train": 400, "heldout": 80}, "varied": {"train": 1200, "heldout": 100, "sample": 3000},
+            "authors": {"train": 400, "heldout": 80, "sample": 2000}}  # many dropped as touching the test split
 QA_SMOKE = {"train": 8, "heldout": 4, "sample": 60}
 
 
