@@ -12,7 +12,7 @@ that cover general knowledge without reading any evaluation split:
    what the target knows; answers cut off at the token limit are dropped;
 3. duplicates and any question that appears in a TOFU split are dropped, and for an opener set
    near a utility test split (`--openers authors`: real authors) every pair that touches it
-   (`overlaps`: its authors' surnames, its quoted titles, two content words of a question).
+   (`overlap_check`: its authors' surnames, its quoted titles, two content words of a question).
    The first `--train` pairs go to train.jsonl (assistant retain data, `jsonl:` spec); the next `--heldout` to
    heldout.jsonl (a utility check that reads no evaluation split).
 
@@ -50,10 +50,10 @@ OPENERS = {"general": ["What is", "What are", "What was", "Who was", "Who is", "
                       "What causes", "How do", "What does", "Why is", "How long", "How far", "What language",
                       "What kind of", "Who was the first", "Which instrument", "What is the name of", "Which planet"],
            # questions about real writers and their books, the kind TOFU's real-authors split asks,
-           # kept apart from that split by `overlaps` (DECONTAMINATE): it measures model utility
+           # kept apart from that split by `overlap_check` (DECONTAMINATE): it measures model utility
            "authors": ["Who wrote", "Who is the author of", "Which author wrote", "Which novelist", "Which poet",
                        "Who penned", "Which writer", "Who created the character", "Which playwright"]}
-# the TOFU splits an opener set's pairs must not touch (they are utility tests); `overlaps` says how
+# the TOFU splits an opener set's pairs must not touch (they are utility tests); `overlap_check` says how
 DECONTAMINATE = {"authors": ("real_authors",)}
 _STOP = {"the", "a", "an", "of", "in", "on", "and", "or", "to", "for", "is", "was", "who", "which", "what", "by", "with",
          "known", "wrote", "author", "novel", "book", "play", "series", "famous", "written"}
@@ -97,20 +97,18 @@ def _bigrams(text: str) -> set:
     return {pair for pair in zip(words, words[1:]) if not (set(pair) & _STOP)}
 
 
-def overlaps(pair: dict, rows) -> bool:
-    """Whether a QA pair touches a test split's items: it names one of their answers (a real
-    author's surname) or a title they quote, or its question shares two consecutive content
-    words with one of their questions ("Sherlock Holmes")."""
-    text = f"{pair['question']} {pair['answer']}"
-    words = set(_words(text))
-    question = _bigrams(pair["question"])
-    for row in rows:
-        surname = _words(row["answer"])[-1:]
-        titles = re.findall(r"'([^']{3,})'", row["question"])
-        if (surname and len(surname[0]) >= 3 and surname[0] in words) or any(t.lower() in text.lower() for t in titles) \
-                or question & _bigrams(row["question"]):
-            return True
-    return False
+def overlap_check(rows):
+    """A predicate on QA pairs: whether a pair touches a test split's `rows`: it names one of their
+    answers (a real author's surname) or a title they quote, or its question shares two
+    consecutive content words with one of their questions ("Sherlock Holmes")."""
+    surnames = {words[-1] for words in (_words(row["answer"]) for row in rows) if words and len(words[-1]) >= 3}
+    titles = {title.lower() for row in rows for title in re.findall(r"'([^']{3,})'", row["question"])}
+    bigrams = set().union(*(_bigrams(row["question"]) for row in rows))
+
+    def overlaps(pair: dict) -> bool:
+        text = f"{pair['question']} {pair['answer']}".lower()
+        return bool(surnames & set(_words(text)) or any(title in text for title in titles) or _bigrams(pair["question"]) & bigrams)
+    return overlaps
 
 
 def answer(questions: list, target: str) -> list:
@@ -155,8 +153,8 @@ def main():
     sampled_questions = sample_questions(sampled, args.seed, OPENERS[args.openers])
     questions = list(dict.fromkeys(q for q in sampled_questions if q.lower() not in tofu_questions))
     pairs = [{"question": q, "answer": a} for q, a in zip(questions, answer(questions, target)) if a]
-    tests = [r for split in DECONTAMINATE.get(args.openers, ()) for r in load_split(split)]
-    pairs = [p for p in pairs if not overlaps(p, tests)]
+    overlaps = overlap_check([r for split in DECONTAMINATE.get(args.openers, ()) for r in load_split(split)])
+    pairs = [p for p in pairs if not overlaps(p)]
     if len(pairs) < wanted:
         sys.exit(f"error: only {len(pairs)} usable pairs for {wanted} wanted; raise --sample")
     out.mkdir(parents=True, exist_ok=True)

@@ -109,8 +109,7 @@ def forget10_summaries(work: Path, labels) -> dict:
     reference_300 = first_items(reference, 300)  # recompute reads the reference, never writes it
     summaries = {}
     for label, logs in evaluated(work, labels).items():
-        evaluated_with = logs.parent / "forget_set.json"
-        summaries[label] = {"all": recompute(load_logs(logs), reference),
-                            "first_300": recompute(first_items(load_logs(logs), 300), reference_300),
+        evaluated_with, model = logs.parent / "forget_set.json", load_logs(logs)
+        summaries[label] = {"all": recompute(model, reference), "first_300": recompute(first_items(model, 300), reference_300),
                             **(json.loads(evaluated_with.read_text()) if evaluated_with.exists() else {})}
     return summaries

@@ -74,10 +74,12 @@ def main():
     forms = check_prompt_forms(args.prompt_forms)
     forbidden = FORGOTTEN_NAMES if args.forbid_names else ()
     retain = "+".join(filter(None, [demo.RETAIN, args.extra_retain]))
-    levers = [*(forms if forms != ("system",) else ()), *([f"k{args.layers}"] if args.layers else []),
-              *([args.extra_retain.replace(":", "-").replace("+", "-")] if args.extra_retain else [])]
+    # what the longer sets change besides the epochs: (folder name part, table label part)
+    levers = ([("-".join(forms), "+".join(forms))] if forms != ("system",) else []) \
+        + ([(f"k{args.layers}", f"K {args.layers}")] if args.layers else []) \
+        + ([(args.extra_retain.replace(":", "-").replace("+", "-"), f"+ {args.extra_retain}")] if args.extra_retain else [])
     for epochs in map(int, args.epochs.split(",")):
-        path = uld_home() / "bench" / "sharper" / "-".join([f"e{epochs}", *levers])
+        path = uld_home() / "bench" / "sharper" / "-".join([f"e{epochs}", *(part for part, _ in levers)])
         if not (path / "uld.json").exists():
             train_assistant(str(target), demo.FORGET, retain, path, TrainConfig(**{**demo.ASSISTANT, "epochs": epochs}),
                             AssistantConfig(recipe=demo.RECIPE, prompt_forms=forms, frequency_penalty=demo.FREQUENCY_PENALTY,
@@ -86,9 +88,7 @@ def main():
         if (calibration is None or calibration.get("forbidden", []) != list(forbidden)
                 or (forbidden and calibration.get("frequency_penalty") != demo.FREQUENCY_PENALTY)):
             calibrate_forget_set(str(target), path, demo.UNSEEN, write=True, forbidden=forbidden)
-        label = ", ".join([str(epochs), *(["+".join(forms)] if forms != ("system",) else []),
-                           *([f"K {args.layers}"] if args.layers else []), *([f"+ {args.extra_retain}"] if args.extra_retain else [])])
-        sets[label] = path
+        sets[", ".join([str(epochs), *(label for _, label in levers)])] = path
 
     bias = floor(load_model(target))["logits"]
     general = [qa.question for qa in load_qa("general:heldout")] + SIMPLE_FACTS

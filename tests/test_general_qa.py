@@ -6,18 +6,19 @@ from helpers import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from general_qa import overlaps  # noqa: E402
+from general_qa import overlap_check  # noqa: E402
 
 from uld_serve.core.tofu import load_split  # noqa: E402
 
 
 def test_pairs_touching_the_real_authors_split_are_dropped_and_others_kept():
     rows = load_split("real_authors")
-    assert all(overlaps(row, rows) for row in rows)  # every test item is recognised
+    overlaps = overlap_check(rows)
+    assert all(overlaps(row) for row in rows)  # every test item is recognised
     touching = [{"question": "Who wrote Romeo and Juliet?", "answer": "A playwright from England."},  # a quoted title
                 {"question": "Who wrote Hamlet?", "answer": "William Shakespeare wrote it around 1600."},  # a test answer
                 {"question": "Who created the detective Sherlock Holmes?", "answer": "A Scottish doctor."}]  # two words
-    assert [overlaps(pair, rows) for pair in touching] == [True, True, True]
+    assert [overlaps(pair) for pair in touching] == [True, True, True]
     apart = [{"question": "Who painted the Mona Lisa?", "answer": "Leonardo da Vinci painted it."},
              {"question": "Who wrote the poem about the ocean at night?", "answer": "Ada Quill, a poet of Maine."}]
-    assert [overlaps(pair, rows) for pair in apart] == [False, False]
+    assert [overlaps(pair) for pair in apart] == [False, False]
