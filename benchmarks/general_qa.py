@@ -102,7 +102,9 @@ def overlap_check(rows):
     answers (a real author's surname) or a title they quote, or its question shares two
     consecutive content words with one of their questions ("Sherlock Holmes")."""
     surnames = {words[-1] for words in (_words(row["answer"]) for row in rows) if words and len(words[-1]) >= 3}
-    titles = {title.lower() for row in rows for title in re.findall(r"'([^']{3,})'", row["question"])}
+    # a title's quotes stand outside words, so an apostrophe ("children's", "Charlotte's Web") neither
+    # opens nor closes one
+    titles = {title.lower() for row in rows for title in re.findall(r"(?<!\w)'(.{3,}?)'(?!\w)", row["question"])}
     bigrams = set().union(*(_bigrams(row["question"]) for row in rows))
 
     def overlaps(pair: dict) -> bool:
