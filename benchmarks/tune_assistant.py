@@ -198,6 +198,45 @@ def validate(target, artifact, level, reference, limit=None) -> dict:
             "general_uniform_excess": float(per_answer(model, general, "a")[1].mean())}
 
 
+def validation_mia(target, artifact, reference_auc, limit=None) -> dict:
+    """Step 1's privacy side, recorded beside the rule (not part of it): privleak along alpha on
+    the validation split, as `uld eval tofu` reads it on forget10 (min-k, k 0.4, of the validation
+    forget answers against answers about unseen authors; reference: the validation retain model's
+    AUC on the same pairs). 0 where the attack finds the forget set as unseen as a model that
+    never learned it does; positive where the forget set looks *less* likely than unseen text."""
+    from uld_serve.eval.alpha_curve import AlphaCurve
+    from uld_serve.eval.metrics import privleak
+    from uld_serve.reference import UldModel
+
+    model = UldModel(target, {"a": artifact})
+    forget, unseen = (AlphaCurve(model, "a", pairs) for pairs in mia_pairs(limit))
+    auc = {str(a): min_k_auc(forget.token_logprobs(a), unseen.token_logprobs(a)) for a in FQ_ALPHAS}  # keys as JSON's
+    return {"mia_auc_by_alpha": auc, "privleak_by_alpha": {a: privleak(v, reference_auc) for a, v in auc.items()}}
+
+
+def reference_mia(validation_retain, limit=None) -> float:
+    """The validation retain model's min-k AUC of the validation forget answers against unseen authors'."""
+    from uld_serve.eval.scoring import score_pairs
+    from uld_serve.reference import UldModel
+
+    model = UldModel(validation_retain)
+    forget, unseen = ([r["token_logprobs"] for r in score_pairs(model, pairs)] for pairs in mia_pairs(limit))
+    return min_k_auc(forget, unseen)
+
+
+def mia_pairs(limit=None) -> tuple:
+    from uld_serve.core.tofu import load_qa
+
+    unseen = [(qa.question, qa.answer) for qa in load_qa(PROTOCOLS["mini"]["unseen"])][:limit]
+    return validation_pairs(limit)["forget"], unseen
+
+
+def min_k_auc(forget_logprobs, unseen_logprobs) -> float:
+    from uld_serve.eval.metrics import mia_auc, min_k_score
+
+    return mia_auc([min_k_score(lp) for lp in forget_logprobs], [min_k_score(lp) for lp in unseen_logprobs])
+
+
 def general_questions(limit=None) -> list:
     from assistant_recipes import SIMPLE_FACTS
 
@@ -274,6 +313,7 @@ def main():
             *flags({**FINETUNE, "precision": budget["precision"], **(SMOKE if args.smoke else {})}), "--seed", 0)
     reference = cached(tune / "validation-retain-ratios.json",
                        lambda: {"log_ratios": reference_ratios(validation_retain, limit)})["log_ratios"]
+    reference_auc = cached(tune / "validation-retain-mia.json", lambda: {"auc": reference_mia(validation_retain, limit)})["auc"]
 
     def retain(base, name):
         return "+".join([base, *("general:train" if data == "general" else
@@ -290,6 +330,9 @@ def main():
         if "greedy_rouge" not in results[name]:
             results[name]["greedy_rouge"] = greedy_agreement(target, artifact, results[name]["alpha"], tune / "target-general.json",
                                                               general_questions(limit))
+            write_json_atomic(tune / name / "validation-fq.json", results[name])
+        if "privleak_by_alpha" not in results[name]:  # added after the first runs: computed for cached candidates too
+            results[name].update(validation_mia(target, artifact, reference_auc, limit))
             write_json_atomic(tune / name / "validation-fq.json", results[name])
     choice = choose(results, args.unaugmented)
     if args.validate_only:
@@ -363,6 +406,7 @@ def record(work, level, results, choice, section=None):
     from report import invocation, write_section
 
     out = REPO / "benchmarks" / "results" / (f"tune-assistant-mini-{section}" if section else "tune-assistant-mini")
+    reference_auc = json.loads((work / TUNE / "validation-retain-mia.json").read_text())["auc"]
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", {"candidates": CANDIDATES, "budget": BUDGET, "validation": VALIDATION,
                                             "validation_retain": VALIDATION_RETAIN, "finetune": FINETUNE,
@@ -374,7 +418,9 @@ def record(work, level, results, choice, section=None):
     text = (f"Budget {BUDGET} (a candidate's own epochs override it), seed 0. The target's mean answer probability on "
             f"authors it never learned ({PROTOCOLS['mini']['unseen']}): {level:.4f}. Validation candidates at the alpha of their highest "
             f"validation forget quality (anchored scoring; reference: the validation retain model, "
-            f"{VALIDATION_RETAIN}); the last column reads forget quality at the grid alpha nearest the calibrated one:"
+            f"{VALIDATION_RETAIN}); then forget quality at the grid alpha nearest the calibrated one, and privleak on the "
+            f"validation split (min-k against unseen authors, as `uld eval tofu` reads it on forget10; reference: the "
+            f"validation retain model's AUC, {reference_auc:.3f}), not used by the rule:"
             f"\n\n" + validation_table(results, choice))
     recorded = choices(work)
     if recorded:
@@ -389,7 +435,8 @@ def record(work, level, results, choice, section=None):
 def validation_table(results: dict, choice: dict) -> str:
     lines = ["| training | forget CE | retain: uniform CE - log V | general: uniform CE - log V | calibrated alpha | "
              "forget-quality alpha | validation forget quality | validation forget prob | real authors + world facts prob "
-             "(x target) | general greedy ROUGE-L | chosen | forget quality at the calibrated alpha |", "|---|" + "---|" * 11]
+             "(x target) | general greedy ROUGE-L | chosen | forget quality at the calibrated alpha | validation privleak at the "
+             "forget-quality alpha | alpha of validation privleak nearest 0 (its forget quality) |", "|---|" + "---|" * 13]
     for name, r in results.items():
         calibrated_alpha = "not reached" if r["probability_alpha"] is None else f"{r['probability_alpha']:g}"
         at_calibrated = ("-" if r["probability_alpha"] is None else
@@ -399,8 +446,14 @@ def validation_table(results: dict, choice: dict) -> str:
         lines.append(f"| {name} {CANDIDATES[name]['training']}{extra} | {r['forget_ce']:.2f} | {r['retain_uniform_excess']:.2f} | "
                      f"{r['general_uniform_excess']:.2f} | {calibrated_alpha} | {r['alpha']:g} | {r['fq']:.3g} | "
                      f"{r['forget_prob']:.4f} | {r['utility_prob'] / r['target_utility_prob']:.3f} | {r['greedy_rouge']:.3f} | "
-                     f"{'yes' if name == choice['training'] else ''} | {at_calibrated} |")
+                     f"{'yes' if name == choice['training'] else ''} | {at_calibrated} | {privacy_columns(r)} |")
     return "\n".join(lines)
+
+
+def privacy_columns(r: dict) -> str:
+    privleak = r["privleak_by_alpha"]
+    nearest = min(FQ_ALPHAS, key=lambda a: (abs(privleak[str(a)]), a))
+    return f"{privleak[str(r['alpha'])]:+.1f} | {nearest:g} ({r['fq_by_alpha'][str(nearest)]:.3g})"
 
 
 def forget10_table(work: Path) -> dict:

@@ -40,8 +40,10 @@ def test_curve_matches_score_pairs_on_a_forget_set(tiny_target, forget_sets):
     curve = AlphaCurve(model, "f1", pairs, batch_size=4)
     for scoring in ("anchored", "paper"):
         for alpha in (0.0, 0.75, 2.0):
-            expected = [r["avg_loss"] for r in score_pairs(model, pairs, "f1", alpha, mode=SCORING_MODES[scoring])]
-            assert curve.losses(alpha, scoring) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+            scored = score_pairs(model, pairs, "f1", alpha, mode=SCORING_MODES[scoring])
+            assert curve.losses(alpha, scoring) == pytest.approx([r["avg_loss"] for r in scored], rel=1e-5, abs=1e-6)
+            for lp, r in zip(curve.token_logprobs(alpha, scoring), scored):  # what the min-k MIA reads
+                assert lp == pytest.approx(r["token_logprobs"], rel=1e-5, abs=1e-5)
     assert curve.losses(2.0, "paper") != pytest.approx(curve.losses(0.0, "paper"), rel=1e-3)  # alpha moves them
 
 

@@ -35,13 +35,20 @@ class AlphaCurve:
                 progress(len(chunk))
 
     def losses(self, alpha: float, scoring: str = "anchored") -> list:
+        return [float(-lp.mean()) for lp in self._per_pair(alpha, scoring)]
+
+    def token_logprobs(self, alpha: float, scoring: str = "anchored") -> list:
+        """Per pair, the log-probability of each answer token before EOS (`score_pairs`'
+        token_logprobs, which the min-k MIA reads)."""
+        return [lp[:-1].tolist() for lp in self._per_pair(alpha, scoring)]
+
+    def _per_pair(self, alpha: float, scoring: str) -> list:
         if scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
         out = [None] * self.num_pairs
         for chunk, counts, rows in self.batches:
-            token_lp = _answer_logprobs(rows, alpha, scoring)
-            for i, lp in zip(chunk, token_lp.split(counts)):
-                out[i] = float(-lp.mean())
+            for i, lp in zip(chunk, _answer_logprobs(rows, alpha, scoring).split(counts)):
+                out[i] = lp
         return out
 
     def mean_probability(self, alpha: float, scoring: str = "anchored") -> float:
