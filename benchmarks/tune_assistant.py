@@ -421,7 +421,7 @@ def record(work, level, results, choice, section=None):
             f"{VALIDATION_RETAIN}); then forget quality at the grid alpha nearest the calibrated one, and privleak on the "
             f"validation split (min-k against unseen authors, as `uld eval tofu` reads it on forget10; reference: the "
             f"validation retain model's AUC, {reference_auc:.3f}), not used by the rule:"
-            f"\n\n" + validation_table(results, choice))
+            f"\n\n" + validation_table(results, choice) + "\n\n" + along_alpha(choice["training"], results[choice["training"]]))
     recorded = choices(work)
     if recorded:
         table = forget10_table(work)
@@ -448,6 +448,15 @@ def validation_table(results: dict, choice: dict) -> str:
                      f"{r['forget_prob']:.4f} | {r['utility_prob'] / r['target_utility_prob']:.3f} | {r['greedy_rouge']:.3f} | "
                      f"{'yes' if name == choice['training'] else ''} | {at_calibrated} | {privacy_columns(r)} |")
     return "\n".join(lines)
+
+
+def along_alpha(name: str, r: dict) -> str:
+    """The chosen candidate's validation forget quality and privleak at every tenth of alpha up to 1."""
+    alphas = [str(a) for a in FQ_ALPHAS if a <= 1 and round(a * 10, 6).is_integer()]
+    return "\n".join([f"The chosen candidate ({name}) on the validation split along alpha:", "",
+                      "| alpha | " + " | ".join(alphas) + " |", "|---|" + "---|" * len(alphas),
+                      "| forget quality | " + " | ".join(f"{r['fq_by_alpha'][a]:.2g}" for a in alphas) + " |",
+                      "| privleak | " + " | ".join(f"{r['privleak_by_alpha'][a]:+.0f}" for a in alphas) + " |"])
 
 
 def privacy_columns(r: dict) -> str:
