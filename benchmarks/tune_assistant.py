@@ -338,7 +338,7 @@ def main():
     if args.validate_only:
         print(json.dumps(choice, indent=2))
         if not args.smoke:
-            record(work, level, results, choice, args.section)
+            record(work, level, reference_auc, results, choice, args.section)
         return
     final = (tune if args.smoke else work) / choice["final"]
     if not final.exists():
@@ -365,7 +365,7 @@ def main():
     for label_of, alpha in ((transferred, choice["alpha"]), (calibrated, choice["calibration"]["alpha"])):
         evaluate_forget10(work, tune if args.smoke else None, final, label_of(choice["label"]), alpha)
     if not args.smoke:
-        record(work, level, results, choice, args.section)
+        record(work, level, reference_auc, results, choice, args.section)
 
 
 def evaluate_forget10(work: Path, smoke_dir, artifact: Path, label: str, alpha: float):
@@ -399,14 +399,13 @@ def cached(path: Path, compute) -> dict:
     return json.loads(path.read_text())
 
 
-def record(work, level, results, choice, section=None):
+def record(work, level, reference_auc, results, choice, section=None):
     """BENCHMARKS.md's section and the results folder: the validation candidates, and once a
     forget10 assistant was chosen (by this run or an earlier one, augmented or not) its alpha and
     every forget10 evaluation in the workdir, so a later --validate-only run keeps them."""
     from report import invocation, write_section
 
     out = REPO / "benchmarks" / "results" / (f"tune-assistant-mini-{section}" if section else "tune-assistant-mini")
-    reference_auc = json.loads((work / TUNE / "validation-retain-mia.json").read_text())["auc"]
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", {"candidates": CANDIDATES, "budget": BUDGET, "validation": VALIDATION,
                                             "validation_retain": VALIDATION_RETAIN, "finetune": FINETUNE,
