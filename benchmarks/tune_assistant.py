@@ -24,21 +24,26 @@ paraphrased and wrong answers for exactly those 200 questions, so a validation f
 every alpha.
 
 The rule (nothing in it reads forget10's evaluation or the retain reference):
-1. Per candidate, on the validation split: the alpha of the highest validation forget quality
-   (anchored scoring, as the evaluation below; grid of 0.05 up to 2, ties to the smallest); at
-   that alpha, the answer probability on real authors + world facts and the agreement (ROUGE-L
-   recall) of the served greedy answers with the target's own on held-out general questions
-   (general:heldout plus simple facts). Recorded as well, to compare recipes: the assistant's
-   own forget CE and its uniform CE excess on the validation retain answers and on the general
-   answers, and the probability-calibrated alpha (`uld calibrate-alpha`'s rule: the forget
-   answers no more likely than answers about authors the target never learned,
-   tofu:full[400:600]).
+1. Per candidate, on the validation split: validation forget quality along alpha (anchored
+   scoring, as the evaluation below; grid of 0.05 up to 2), and its alpha: around the grid's
+   highest (ties to the smallest), the run of alphas, walked in steps of 0.005, where validation
+   forget quality stays at or above FQ_AIM, and the middle of that run (the grid's highest if it
+   never reaches FQ_AIM). The peak is a few grid steps wide, and step 3 carries this alpha over
+   to forget10 as a multiple of another measurement, which is off by some percent either way:
+   the alpha farthest from losing the aim on both sides is the safer one to carry over than the
+   highest point, which can lie anywhere in the run. At that alpha, the answer probability on
+   real authors + world facts and the agreement (ROUGE-L recall) of the served greedy answers
+   with the target's own on held-out general questions (general:heldout plus simple facts).
+   Recorded as well, to compare recipes: the assistant's own forget CE and its uniform CE excess
+   on the validation retain answers and on the general answers, and the probability-calibrated
+   alpha (`uld calibrate-alpha`'s rule: the forget answers no more likely than answers about
+   authors the target never learned, tofu:full[400:600]).
 2. Candidates whose validation forget quality reaches FQ_AIM (the issue's aim) compete; among
    them those whose utility probability keeps UTILITY_FLOOR of the target's are preferred, and
    the best greedy agreement wins. If none reaches FQ_AIM, the highest forget quality wins.
 3. The forget10 assistant is trained with those settings. Its alpha: `uld calibrate-alpha` on
    forget10's own answers (what an operator holds) against the same unseen authors, times the
-   chosen candidate's validation ratio of forget-quality alpha to calibrated alpha (the
+   chosen candidate's validation ratio of step 1's alpha to calibrated alpha (the
    calibration measures how strongly this assistant acts on its forget set; validation says
    where forget quality peaks relative to it). forget10 is evaluated at that alpha, and at the
    calibrated alpha alone, to show what the ratio's transfer from validation does.
@@ -109,6 +114,8 @@ VALIDATION_RETAIN = "tofu:full[:200]+tofu:forget10"  # the target's data less th
 TRUTH_RATIO_ROWS = slice(200, 400)  # retain_perturbed[i] asks full[i]'s question: the validation forget items
 FQ_AIM = 0.1
 FQ_ALPHAS = [round(0.05 * i, 2) for i in range(41)]  # 0 .. 2
+FQ_FINE_STEP = 0.005  # the run of validation forget quality >= FQ_AIM is walked on this step
+ALPHA_RULE = "middle of the run >= FQ_AIM"  # cached validation results of another rule are recomputed
 BUDGET = {"epochs": 5, "batch_size": 8, "precision": PROTOCOLS["mini"]["precision"]}
 SMOKE = {"max_steps": 2, "precision": "fp32"}
 EVAL_SMOKE = ["--limit", "4", "--max-new-tokens", "8"]
@@ -164,7 +171,7 @@ def reference_ratios(validation_retain, limit=None) -> list:
 
 def validate(target, artifact, level, reference, limit=None) -> dict:
     """Step 1 for one candidate, teacher-forced: validation forget quality along alpha, the
-    probability-calibrated alpha, and at the forget-quality alpha the answer probabilities
+    probability-calibrated alpha, and at the alpha of step 1 the answer probabilities
     (validation forget, real authors + world facts; alpha 0 is the target); the assistant's own
     forget CE and uniform CE excess."""
     from assistant_recipes import per_answer
@@ -186,11 +193,17 @@ def validate(target, artifact, level, reference, limit=None) -> dict:
         probability_alpha = None  # never reaches the level
     rows = truth_ratio_rows(limit)
     ratios = AlphaCurve(model, "a", pairs_of(rows))
-    fq = {a: ks_pvalue(log_ratios(ratios.losses(a), len(rows)), reference) for a in FQ_ALPHAS}
-    alpha = max(FQ_ALPHAS, key=lambda a: (fq[a], -a))
+
+    def fq_at(a):
+        return ks_pvalue(log_ratios(ratios.losses(a), len(rows)), reference)
+
+    fq = {a: fq_at(a) for a in FQ_ALPHAS}
+    peak = max(FQ_ALPHAS, key=lambda a: (fq[a], -a))
+    alpha, run = middle_of_aim_run(fq_at, peak)
     retain = [(qa.question, qa.answer) for qa in load_qa(VALIDATION["retain"])][:limit]
     general = [(qa.question, qa.answer) for qa in load_qa("general:heldout")][:limit]
-    return {"alpha": alpha, "fq": fq[alpha], "fq_by_alpha": fq, "probability_alpha": probability_alpha,
+    return {"alpha": alpha, "fq": fq_at(alpha), "fq_by_alpha": fq, "peak_alpha": peak, "aim_run": run,
+            "alpha_rule": ALPHA_RULE, "probability_alpha": probability_alpha,
             "forget_prob": forget.mean_probability(alpha), "utility_prob": utility.mean_probability(alpha),
             "target_forget_prob": forget.mean_probability(0.0), "target_utility_prob": utility.mean_probability(0.0),
             "forget_ce": float(-per_answer(model, pairs["forget"], "a")[0].mean()),
@@ -198,19 +211,38 @@ def validate(target, artifact, level, reference, limit=None) -> dict:
             "general_uniform_excess": float(per_answer(model, general, "a")[1].mean())}
 
 
-def validation_mia(target, artifact, reference_auc, limit=None) -> dict:
+def middle_of_aim_run(fq_at, peak: float) -> tuple:
+    """Step 1's alpha: from `peak`, walk FQ_FINE_STEP down and up while fq_at stays >= FQ_AIM
+    (within [0, 2]); the middle of that run, on the step, and the run's ends (both `peak` when
+    forget quality never reaches the aim there)."""
+    if fq_at(peak) < FQ_AIM:
+        return peak, [peak, peak]
+
+    def end(direction):
+        a = peak
+        while 0 <= (step := round(a + direction * FQ_FINE_STEP, 4)) <= FQ_ALPHAS[-1] and fq_at(step) >= FQ_AIM:
+            a = step
+        return a
+
+    low, high = end(-1), end(1)
+    return round(round((low + high) / 2 / FQ_FINE_STEP) * FQ_FINE_STEP, 4), [low, high]
+
+
+def validation_mia(target, artifact, reference_auc, alpha, limit=None) -> dict:
     """Step 1's privacy side, recorded beside the rule (not part of it): privleak along alpha on
     the validation split, as `uld eval tofu` reads it on forget10 (min-k, k 0.4, of the validation
     forget answers against answers about unseen authors; reference: the validation retain model's
     AUC on the same pairs). 0 where the attack finds the forget set as unseen as a model that
-    never learned it does; positive where the forget set looks *less* likely than unseen text."""
+    never learned it does; positive where the forget set looks *less* likely than unseen text.
+    Read at the grid's alphas and at the rule's `alpha`."""
     from uld_serve.eval.alpha_curve import AlphaCurve
     from uld_serve.eval.metrics import privleak
     from uld_serve.reference import UldModel
 
     model = UldModel(target, {"a": artifact})
     forget, unseen = (AlphaCurve(model, "a", pairs) for pairs in mia_pairs(limit))
-    auc = {str(a): min_k_auc(forget.token_logprobs(a), unseen.token_logprobs(a)) for a in FQ_ALPHAS}  # keys as JSON's
+    auc = {str(a): min_k_auc(forget.token_logprobs(a), unseen.token_logprobs(a))  # keys as JSON's
+           for a in sorted({*FQ_ALPHAS, alpha})}
     return {"mia_auc_by_alpha": auc, "privleak_by_alpha": {a: privleak(v, reference_auc) for a, v in auc.items()}}
 
 
@@ -326,13 +358,14 @@ def main():
         if not artifact.exists():
             uld("train-assistant", "--target", target, "--forget", VALIDATION["forget"], "--retain", retain(VALIDATION["retain"], name),
                 "--out", artifact, *flags({**budget, **CANDIDATES[name]["training"]}))
-        results[name] = cached(tune / name / "validation-fq.json", lambda: validate(target, artifact, level, reference, limit))
+        results[name] = cached(tune / name / "validation-fq.json", lambda: validate(target, artifact, level, reference, limit),
+                               current=lambda r: r.get("alpha_rule") == ALPHA_RULE)  # greedy and privleak redone below
         if "greedy_rouge" not in results[name]:
             results[name]["greedy_rouge"] = greedy_agreement(target, artifact, results[name]["alpha"], tune / "target-general.json",
                                                               general_questions(limit))
             write_json_atomic(tune / name / "validation-fq.json", results[name])
         if "privleak_by_alpha" not in results[name]:  # added after the first runs: computed for cached candidates too
-            results[name].update(validation_mia(target, artifact, reference_auc, limit))
+            results[name].update(validation_mia(target, artifact, reference_auc, results[name]["alpha"], limit))
             write_json_atomic(tune / name / "validation-fq.json", results[name])
     choice = choose(results, args.unaugmented)
     if args.validate_only:
@@ -392,8 +425,9 @@ def calibration(target, artifact: Path) -> dict:
     return manifest["calibration"]
 
 
-def cached(path: Path, compute) -> dict:
-    if not path.exists():
+def cached(path: Path, compute, current=lambda result: True) -> dict:
+    """compute(), stored at `path`; what is stored there is reused while current(it) holds."""
+    if not (path.exists() and current(json.loads(path.read_text()))):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, compute())  # a run killed mid-write leaves no half file to resume from
     return json.loads(path.read_text())
@@ -410,7 +444,8 @@ def record(work, level, reference_auc, results, choice, section=None):
     write_json_atomic(out / "config.json", {"candidates": CANDIDATES, "budget": BUDGET, "validation": VALIDATION,
                                             "validation_retain": VALIDATION_RETAIN, "finetune": FINETUNE,
                                             "unseen": PROTOCOLS["mini"]["unseen"], "utility_floor": UTILITY_FLOOR,
-                                            "fq_aim": FQ_AIM, "fq_alphas": FQ_ALPHAS, "extra_qa": QA_SIZES,
+                                            "fq_aim": FQ_AIM, "fq_alphas": FQ_ALPHAS, "fq_fine_step": FQ_FINE_STEP,
+                                            "alpha_rule": ALPHA_RULE, "extra_qa": QA_SIZES,
                                             "general_questions": "general:heldout + SIMPLE_FACTS",
                                             "scoring": "anchored", "seed": 0})
     write_json_atomic(out / "validation.json", {"unseen_prob": level, "candidates": results, "choice": choice})
@@ -433,9 +468,10 @@ def record(work, level, reference_auc, results, choice, section=None):
 
 def validation_table(results: dict, choice: dict) -> str:
     lines = ["| training | forget CE | retain: uniform CE - log V | general: uniform CE - log V | calibrated alpha | "
-             "forget-quality alpha | validation forget quality | validation forget prob | real authors + world facts prob "
-             "(x target) | general greedy ROUGE-L | chosen | forget quality at the calibrated alpha | validation privleak at the "
-             "forget-quality alpha | alpha of validation privleak nearest 0 (its forget quality) |", "|---|" + "---|" * 13]
+             "rule's alpha (run of validation forget quality >= aim) | validation forget quality there | "
+             "validation forget prob | real authors + world facts prob (x target) | general greedy ROUGE-L | chosen | "
+             "forget quality at the calibrated alpha | validation privleak at the rule's alpha | "
+             "alpha of validation privleak nearest 0 (its forget quality) |", "|---|" + "---|" * 13]
     for name, r in results.items():
         calibrated_alpha = "not reached" if r["probability_alpha"] is None else f"{r['probability_alpha']:g}"
         at_calibrated = ("-" if r["probability_alpha"] is None else
@@ -443,10 +479,15 @@ def validation_table(results: dict, choice: dict) -> str:
         retain = CANDIDATES[name]["retain"]
         extra = f" + {' and '.join(retain)} retain data" if retain else ""
         lines.append(f"| {name} {CANDIDATES[name]['training']}{extra} | {r['forget_ce']:.2f} | {r['retain_uniform_excess']:.2f} | "
-                     f"{r['general_uniform_excess']:.2f} | {calibrated_alpha} | {r['alpha']:g} | {r['fq']:.3g} | "
+                     f"{r['general_uniform_excess']:.2f} | {calibrated_alpha} | {r['alpha']:g} ({aim_run(r)}) | {r['fq']:.3g} | "
                      f"{r['forget_prob']:.4f} | {r['utility_prob'] / r['target_utility_prob']:.3f} | {r['greedy_rouge']:.3f} | "
                      f"{'yes' if name == choice['training'] else ''} | {at_calibrated} | {privacy_columns(r)} |")
     return "\n".join(lines)
+
+
+def aim_run(r: dict) -> str:
+    low, high = r["aim_run"]
+    return f"peak {r['peak_alpha']:g} under the aim" if low == high else f"{low:g}-{high:g}"
 
 
 def along_alpha(name: str, r: dict) -> str:
@@ -478,7 +519,7 @@ def forget10_table(work: Path) -> dict:
 def forget10_text(choice: dict) -> str:
     calibration = choice["calibration"]
     scaled = (f"times the validation ratio {choice['alpha_ratio']:.3f}" if choice["alpha_ratio"]
-              else "(the validation candidate never reached the unseen level: its forget-quality alpha is used)")
+              else "(the validation candidate never reached the unseen level: its step-1 alpha is used)")
     trained = "" if choice.get("augmented", True) else ", trained without augmentation as the validation candidates are"
     return (f"The forget10 assistant ({choice['final']}{trained}): `uld calibrate-alpha` on forget10's own answers gave "
             f"{calibration['alpha']:g} (forget answer probability {calibration['forget_prob_at_0']:.4f} -> "

@@ -1,0 +1,36 @@
+"""benchmarks/tune_assistant.py's alpha rule: the middle of the run of alphas around the grid's
+peak where validation forget quality stays at or above the aim, which is what forget10's alpha
+is carried over from."""
+import sys
+
+from helpers import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from tune_assistant import FQ_AIM, middle_of_aim_run  # noqa: E402
+
+
+def plateau(low, high, inside=0.4, outside=0.01):
+    return lambda a: inside if low <= a <= high else outside
+
+
+def test_the_alpha_is_the_middle_of_the_run_not_its_highest_point():
+    def lopsided(a):  # highest at the run's upper end, where a few percent more loses the aim
+        return 0.39 if 0.5 <= a <= 0.51 else plateau(0.44, 0.51, inside=0.2)(a)
+
+    assert middle_of_aim_run(lopsided, 0.5) == (0.475, [0.44, 0.51])
+
+
+def test_the_run_stops_at_the_first_step_under_the_aim():
+    def dip(a):
+        return FQ_AIM / 2 if abs(a - 0.46) < 1e-9 else plateau(0.40, 0.60)(a)
+
+    assert middle_of_aim_run(dip, 0.5) == (0.53, [0.465, 0.6])
+
+
+def test_a_peak_under_the_aim_is_kept_as_it_is():
+    assert middle_of_aim_run(lambda a: FQ_AIM / 2, 0.65) == (0.65, [0.65, 0.65])
+
+
+def test_the_run_ends_at_alpha_zero():
+    assert middle_of_aim_run(plateau(-1, 0.02), 0.0) == (0.01, [0.0, 0.02])
