@@ -40,6 +40,41 @@ def test_a_killed_generate_resumes_without_lost_or_duplicated_lines(tiny_target,
     assert not partial.exists()
 
 
+@pytest.mark.vllm
+def test_a_terminated_generate_leaves_no_engine_process_behind(tiny_target, forget_sets, tmp_path):
+    # SIGTERM is what `kill` and Kubernetes send: vLLM's engine core and worker (same process
+    # group) must end with the job, and the finished chunks stay for a resume
+    rows = [{"id": i, "prompt": f"Tell me about author number {i}.", "max_tokens": 6} for i in range(1280)]  # 20 chunks
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out, partial = tmp_path / "out.jsonl", tmp_path / ".out.jsonl.partial"
+    job = subprocess.Popen([*ULD, "generate", "--target", str(tiny_target), "--forget-set", f"f1={forget_sets['f1']}",
+                            "--input", str(source), "--output", str(out), "--max-model-len", "512"],
+                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (partial.exists() and partial.read_text().strip()) and job.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert job.poll() is None and not out.exists(), "the job ended before it could be terminated"
+        job.terminate()
+        assert job.wait(timeout=120) == 128 + signal.SIGTERM
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                os.killpg(job.pid, 0)  # any process left in the job's group?
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("vLLM's engine processes outlived the terminated job")
+        assert partial.read_text().strip() and not out.exists()
+    finally:
+        try:
+            os.killpg(job.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_a_full_disk_under_the_registry_changes_nothing(tiny_target, forget_sets, tmp_path, monkeypatch):
     config = EngineConfig.build(tiny_target, {"f1": forget_sets["f1"]})
     registry = Registry(tmp_path / "registry.json", config, "target", [forget_sets["f2"].parent])
