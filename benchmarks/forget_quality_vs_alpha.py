@@ -24,6 +24,7 @@ from mini_workdir import FORGET_SETS, default_workdir, eval_logs  # noqa: E402
 from uld_serve.eval.tofu_eval import SCORING_MODES  # noqa: E402
 
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
+FIRST = 300
 
 
 def reference_truth_ratios(retain_logs) -> np.ndarray:
@@ -74,6 +75,8 @@ def main():
     parser.add_argument("--limit", type=int, default=None, help="first N items per split (smoke runs; reports nothing)")
     parser.add_argument("--forget-sets", default="tuned", help=f"comma-separated, of: {', '.join(FORGET_SETS)}")
     parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS), help="comma-separated")
+    parser.add_argument("--section", help="BENCHMARKS.md section to write instead of the usual one (another assistant's curve "
+                        "keeps the first one's)")
     parser.add_argument("--scorings", default=",".join(SCORING_MODES), help=f"comma-separated, of: {', '.join(SCORING_MODES)}")
     args = parser.parse_args()
     from report import invocation, write_section
@@ -105,21 +108,23 @@ def main():
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps(cached))
         results[label] = {variant_key(*v): cached[variant_key(*v)] for v in variants}
-    lines = ["| assistant | scoring | alpha | forget quality | forget truth ratio (median) | forget answer prob | retain answer prob |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| assistant | scoring | alpha | forget quality | first 300 | forget truth ratio (median) | forget answer prob | "
+             "retain answer prob |", "|---|---|---|---|---|---|---|---|"]
     for label, rows in results.items():
         for key, row in rows.items():
             mode, alpha = key.split(":")
             ratios = np.asarray(row["truth_ratios"])
             fq = m.ks_pvalue(ratios, reference[: len(ratios)])
-            lines.append(f"| {label} | {mode} | {alpha} | {fq:.3g} | {np.median(ratios):.3f} | {row['forget_prob']:.4f} "
+            first = m.ks_pvalue(ratios[:FIRST], reference[:FIRST])  # the reference code's item count
+            lines.append(f"| {label} | {mode} | {alpha} | {fq:.3g} | {first:.3g} | {np.median(ratios):.3f} | {row['forget_prob']:.4f} "
                          f"| {row['retain_prob']:.4f} |")
     lines.insert(0, f"Retain reference: forget truth ratio median {np.median(reference):.3f}. "
                     "Alpha 0 is the target. Diagnostic only: not a way to choose alpha (that reads the test metric).\n")
     print("\n".join(lines))
     if args.limit is None:
-        write_section("fq-vs-alpha:mini", "Forget quality against alpha (diagnostic, tofu-mini)",
-                      invocation(), "\n".join(lines))
+        heading = "Forget quality against alpha (diagnostic, tofu-mini)"
+        write_section(f"fq-vs-alpha:mini:{args.section}" if args.section else "fq-vs-alpha:mini",
+                      f"{heading} ({args.section})" if args.section else heading, invocation(), "\n".join(lines))
 
 
 if __name__ == "__main__":

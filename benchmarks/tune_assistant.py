@@ -450,8 +450,9 @@ def record(work, level, reference_auc, results, choice, section=None):
                                             "scoring": "anchored", "seed": 0})
     write_json_atomic(out / "validation.json", {"unseen_prob": level, "candidates": results, "choice": choice})
     text = (f"Budget {BUDGET} (a candidate's own epochs override it), seed 0. The target's mean answer probability on "
-            f"authors it never learned ({PROTOCOLS['mini']['unseen']}): {level:.4f}. Validation candidates at the alpha of their highest "
-            f"validation forget quality (anchored scoring; reference: the validation retain model, "
+            f"authors it never learned ({PROTOCOLS['mini']['unseen']}): {level:.4f}. Validation candidates at the rule's alpha: the "
+            f"middle of the run of alphas (steps of {FQ_FINE_STEP:g}) around the highest validation forget quality on "
+            f"the grid where it stays >= {FQ_AIM:g} (anchored scoring; reference: the validation retain model, "
             f"{VALIDATION_RETAIN}); then forget quality at the grid alpha nearest the calibrated one, and privleak on the "
             f"validation split (min-k against unseen authors, as `uld eval tofu` reads it on forget10; reference: the "
             f"validation retain model's AUC, {reference_auc:.3f}), not used by the rule:"
