@@ -73,7 +73,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--limit", type=int, default=None, help="first N items per split (smoke runs; reports nothing)")
-    parser.add_argument("--forget-sets", default="tuned", help=f"comma-separated, of: {', '.join(FORGET_SETS)}")
+    parser.add_argument("--forget-sets", default="tuned", help="comma-separated labels or workdir folders (a label with "
+                        f"a comma goes by its folder), of: {'; '.join(f'{k} ({v})' for k, v in FORGET_SETS.items())}")
     parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS), help="comma-separated")
     parser.add_argument("--section", help="BENCHMARKS.md section to write instead of the usual one (another assistant's curve "
                         "keeps the first one's)")
@@ -86,7 +87,8 @@ def main():
     work = args.workdir or default_workdir()
     reference = reference_truth_ratios(load_logs(eval_logs(work, "retain reference")))
     results = {}
-    labels = [label.strip() for label in args.forget_sets.split(",")]
+    by_folder = {folder: label for label, folder in FORGET_SETS.items()}
+    labels = [by_folder.get(x.strip(), x.strip()) for x in args.forget_sets.split(",")]
     scorings = [x.strip() for x in args.scorings.split(",")]
     if unknown := [x for x in scorings if x not in SCORING_MODES]:
         sys.exit(f"error: unknown scoring {unknown[0]!r}; choose from {', '.join(SCORING_MODES)}")
