@@ -47,10 +47,11 @@ def test_a_terminated_generate_leaves_no_engine_process_behind(tiny_target, forg
     rows = [{"id": i, "prompt": f"Tell me about author number {i}.", "max_tokens": 6} for i in range(1280)]  # 20 chunks
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out, partial = tmp_path / "out.jsonl", tmp_path / ".out.jsonl.partial"
-    job = subprocess.Popen([*ULD, "generate", "--target", str(tiny_target), "--forget-set", f"f1={forget_sets['f1']}",
-                            "--input", str(source), "--output", str(out), "--max-model-len", "512"],
-                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out, partial, log = tmp_path / "out.jsonl", tmp_path / ".out.jsonl.partial", tmp_path / "stderr.txt"
+    with log.open("w") as stderr:  # a file, not a pipe: vLLM's start-up log would fill a pipe and stall the job
+        job = subprocess.Popen([*ULD, "generate", "--target", str(tiny_target), "--forget-set", f"f1={forget_sets['f1']}",
+                                "--input", str(source), "--output", str(out), "--max-model-len", "512"],
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.time() + 300
         while not (partial.exists() and partial.read_text().strip()) and job.poll() is None and time.time() < deadline:
@@ -58,6 +59,7 @@ def test_a_terminated_generate_leaves_no_engine_process_behind(tiny_target, forg
         assert job.poll() is None and not out.exists(), "the job ended before it could be terminated"
         job.terminate()
         assert job.wait(timeout=120) == 128 + signal.SIGTERM
+        assert "error: terminated" in log.read_text()
         deadline = time.time() + 60
         while time.time() < deadline:
             try:

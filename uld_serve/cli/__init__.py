@@ -10,6 +10,7 @@ from .app import app
 
 
 def _exit_on_sigterm(signum, frame):
+    print("error: terminated", file=sys.stderr)
     raise SystemExit(128 + signum)
 
 
