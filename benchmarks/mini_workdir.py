@@ -35,11 +35,22 @@ FORGET_SETS = {"paper settings": "forget10", "K=15, general retain data, 10 epoc
 UNAUGMENTED = ", unaugmented"
 FORGET_SETS.update({label + UNAUGMENTED: folder + "-unaugmented" for label, folder in list(FORGET_SETS.items())
                     if label.startswith("tuned")})
+# tune_assistant.py --seed: each tuned forget10 assistant trained with another seed (the same
+# validation choice and alpha rule), to see how far one recipe's result moves with the seed alone
+SEEDS = (1, 2)
+FORGET_SETS.update({f"{label}, seed {seed}": f"{folder}-seed{seed}" for label, folder in list(FORGET_SETS.items())
+                    if label.startswith("tuned") for seed in SEEDS})
 
 # tune_assistant.py's folder, and in it its choice of forget10 assistant (the forget set and the
 # rule's alpha), one file per footing: augmented as ULD trains, or --unaugmented as its candidates
 TUNE = "tune-assistant"
 CHOICES = {False: "choice.json", True: "choice-unaugmented.json"}
+
+
+def choice_file(unaugmented: bool, seed: int = 0) -> str:
+    """The choice of a forget10 assistant trained with another seed sits beside CHOICES, which
+    `choices` alone reads."""
+    return CHOICES[unaugmented] if not seed else CHOICES[unaugmented].replace(".json", f"-seed{seed}.json")
 
 # general_qa.py's output folder for each opener set, questions answered by the tofu-mini target:
 # general (the benchmarks now train and check on the shipped general:train / general:heldout
@@ -91,10 +102,11 @@ def evaluated(work: Path, labels) -> dict:
     return {label: eval_logs(work, label) for label in labels if eval_logs(work, label).exists()}
 
 
-def choices(work: Path) -> list:
+def choices(work: Path, seeds: bool = False) -> list:
     """tune_assistant.py's recorded choices in `work` (augmented first), each naming its forget10
-    assistant (`final`), `label` and the rule's `alpha`."""
-    paths = [Path(work) / TUNE / name for name in CHOICES.values()]
+    assistant (`final`), `label` and the rule's `alpha`; with `seeds`, those of other seeds after them."""
+    names = [*CHOICES.values(), *(choice_file(u, seed) for seed in SEEDS for u in CHOICES if seeds)]
+    paths = [Path(work) / TUNE / name for name in names]
     return [json.loads(path.read_text()) for path in paths if path.exists()]
 
 

@@ -7,6 +7,7 @@ assistant with them, choose its alpha, and evaluate it.
     python benchmarks/tune_assistant.py --section amx   # its own BENCHMARKS section (another machine's target)
     python benchmarks/tune_assistant.py --validate-only # the candidates and the choice, no forget10 assistant
     python benchmarks/tune_assistant.py --unaugmented   # forget10's assistant without augmentation, as on validation
+    python benchmarks/tune_assistant.py --unaugmented --seed 1  # the same forget10 assistant trained with seed 1
 
 The validation split mirrors forget10 inside the target's own data and reads no test question:
 each candidate assistant learns to remember authors 10-19 of the 20 the target retains
@@ -59,8 +60,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from mini_workdir import (CHOICES, EVALS, FORGET_SETS, QA_FOLDERS, TUNE, TUNED, UNAUGMENTED, calibrated,  # noqa: E402
-                          choices, default_workdir, eval_logs, forget10_summaries, transferred)
+from mini_workdir import (EVALS, FORGET_SETS, QA_FOLDERS, SEEDS, TUNE, TUNED, UNAUGMENTED, calibrated,  # noqa: E402
+                          choice_file, choices, default_workdir, eval_logs, forget10_summaries, transferred)
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
@@ -298,10 +299,11 @@ def greedy_agreement(target, artifact, alpha, target_answers: Path, questions: l
     return mean_rouge_l_recall(reference, answers)
 
 
-def choose(results: dict, unaugmented: bool = False) -> dict:
+def choose(results: dict, unaugmented: bool = False, seed: int = 0) -> dict:
     """Step 2: among the candidates whose validation forget quality reaches FQ_AIM, those above
     the utility floor first, the best greedy agreement; if none reaches it, the best forget quality.
-    `final` names the forget10 assistant trained with the choice (without augmentation if `unaugmented`)."""
+    `final` names the forget10 assistant trained with the choice (without augmentation if `unaugmented`;
+    with `seed`)."""
     floor = UTILITY_FLOOR * next(iter(results.values()))["target_utility_prob"]
     forgets = {name: r for name, r in results.items() if r["fq"] >= FQ_AIM}
     kept = {name: r for name, r in forgets.items() if r["utility_prob"] >= floor}
@@ -309,10 +311,10 @@ def choose(results: dict, unaugmented: bool = False) -> dict:
     name = max(pool, key=lambda n: pool[n]["greedy_rouge"]) if pool else max(results, key=lambda n: results[n]["fq"])
     r = results[name]
     ratio = r["alpha"] / r["probability_alpha"] if r["probability_alpha"] else None
-    label = TUNED[name] + (UNAUGMENTED if unaugmented else "")
+    label = TUNED[name] + (UNAUGMENTED if unaugmented else "") + (f", seed {seed}" if seed else "")
     return {"training": name, "validation_alpha": r["alpha"], "validation_fq": r["fq"], "alpha_ratio": ratio,
             "utility_floor": floor, "reaches_aim": name in forgets, "above_floor": name in kept,
-            "label": label, "augmented": not unaugmented, "final": FORGET_SETS[label]}
+            "label": label, "augmented": not unaugmented, "seed": seed, "final": FORGET_SETS[label]}
 
 
 def main():
@@ -324,6 +326,8 @@ def main():
                         help="stop after the validation candidates and the choice (records the validation table)")
     parser.add_argument("--unaugmented", action="store_true",
                         help="train forget10's assistant without ULD's augmentation, as the validation candidates train")
+    parser.add_argument("--seed", type=int, default=0, choices=(0, *SEEDS),
+                        help="forget10's assistant's training seed (the validation candidates and the rule keep seed 0)")
     parser.add_argument("--section", help="BENCHMARKS.md section (and results folder) to write instead of the usual one: "
                         "a run on another target (another kind of CPU) keeps the first run's")
     args = parser.parse_args()
@@ -367,7 +371,7 @@ def main():
         if "privleak_by_alpha" not in results[name]:  # added after the first runs: computed for cached candidates too
             results[name].update(validation_mia(target, artifact, reference_auc, results[name]["alpha"], limit))
             write_json_atomic(tune / name / "validation-fq.json", results[name])
-    choice = choose(results, args.unaugmented)
+    choice = choose(results, args.unaugmented, args.seed)
     if args.validate_only:
         print(json.dumps(choice, indent=2))
         if not args.smoke:
@@ -378,7 +382,7 @@ def main():
         uld("train-assistant", "--target", target, "--forget", "tofu:forget10",
             "--retain", retain(PROTOCOLS["mini"]["assistant_retain"], choice["training"]),
             "--out", final, "--alpha", choice["validation_alpha"], *flags({**budget, **CANDIDATES[choice["training"]]["training"]}),
-            *(["--no-augment"] if args.unaugmented else []))
+            *(["--no-augment"] if args.unaugmented else []), "--seed", args.seed)
     choice["calibration"] = calibration(target, final)
     ratio = choice["alpha_ratio"]
     choice["alpha"] = round(choice["calibration"]["alpha"] * ratio, 4) if ratio else choice["validation_alpha"]
@@ -392,7 +396,7 @@ def main():
             write_json_atomic(curve_path, curve)
     choice["final_greedy_rouge"] = curve[f"{choice['alpha']:g}"]
     choice["final_greedy_curve"] = {f"{alpha:g}": curve[f"{alpha:g}"] for alpha in AGREEMENT_ALPHAS}
-    write_json_atomic(tune / CHOICES[args.unaugmented], choice)
+    write_json_atomic(tune / choice_file(args.unaugmented, args.seed), choice)
     print(json.dumps(choice, indent=2))
     # the rule's alpha, and (to show what the validation ratio does) the calibrated alpha alone
     for label_of, alpha in ((transferred, choice["alpha"]), (calibrated, choice["calibration"]["alpha"])):
@@ -457,7 +461,7 @@ def record(work, level, reference_auc, results, choice, section=None):
             f"validation split (min-k against unseen authors, as `uld eval tofu` reads it on forget10; reference: the "
             f"validation retain model's AUC, {reference_auc:.3f}), not used by the rule:"
             f"\n\n" + validation_table(results, choice) + "\n\n" + along_alpha(choice["training"], results[choice["training"]]))
-    recorded = choices(work)
+    recorded = choices(work, seeds=True)
     if recorded:
         table = forget10_table(work)
         write_json_atomic(out / "forget10.json", table["summaries"])
@@ -522,6 +526,7 @@ def forget10_text(choice: dict) -> str:
     scaled = (f"times the validation ratio {choice['alpha_ratio']:.3f}" if choice["alpha_ratio"]
               else "(the validation candidate never reached the unseen level: its step-1 alpha is used)")
     trained = "" if choice.get("augmented", True) else ", trained without augmentation as the validation candidates are"
+    trained += f", seed {choice['seed']}" if choice.get("seed") else ""
     return (f"The forget10 assistant ({choice['final']}{trained}): `uld calibrate-alpha` on forget10's own answers gave "
             f"{calibration['alpha']:g} (forget answer probability {calibration['forget_prob_at_0']:.4f} -> "
             f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}), {scaled}: "
