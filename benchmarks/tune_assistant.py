@@ -51,6 +51,7 @@ The rule (nothing in it reads forget10's evaluation or the retain reference):
 Every stage is cached in the workdir, so an interrupted run resumes.
 """
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -195,6 +196,7 @@ def validate(target, artifact, level, reference, limit=None) -> dict:
     rows = truth_ratio_rows(limit)
     ratios = AlphaCurve(model, "a", pairs_of(rows))
 
+    @functools.cache  # the grid, the walk and the chosen alpha meet at the same points
     def fq_at(a):
         return ks_pvalue(log_ratios(ratios.losses(a), len(rows)), reference)
 
