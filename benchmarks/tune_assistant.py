@@ -454,7 +454,10 @@ def record(work, level, reference_auc, results, choice, section=None):
                                             "alpha_rule": ALPHA_RULE, "extra_qa": QA_SIZES,
                                             "general_questions": "general:heldout + SIMPLE_FACTS",
                                             "scoring": "anchored", "seed": 0})
-    write_json_atomic(out / "validation.json", {"unseen_prob": level, "candidates": results, "choice": choice})
+    recorded = choices(work, seeds=True)
+    # every forget10 assistant's choice (each seed's), not only this run's, which a --seed run would overwrite
+    write_json_atomic(out / "validation.json", {"unseen_prob": level, "candidates": results, "choice": choice,
+                                                "forget10_choices": recorded})
     text = (f"Budget {BUDGET} (a candidate's own epochs override it), seed 0. The target's mean answer probability on "
             f"authors it never learned ({PROTOCOLS['mini']['unseen']}): {level:.4f}. Validation candidates at the rule's alpha: the "
             f"middle of the run of alphas (steps of {FQ_FINE_STEP:g}) around the highest validation forget quality on "
@@ -463,7 +466,6 @@ def record(work, level, reference_auc, results, choice, section=None):
             f"validation split (min-k against unseen authors, as `uld eval tofu` reads it on forget10; reference: the "
             f"validation retain model's AUC, {reference_auc:.3f}), not used by the rule:"
             f"\n\n" + validation_table(results, choice) + "\n\n" + along_alpha(choice["training"], results[choice["training"]]))
-    recorded = choices(work, seeds=True)
     if recorded:
         table = forget10_table(work)
         write_json_atomic(out / "forget10.json", table["summaries"])
