@@ -469,7 +469,7 @@ def record(work, level, reference_auc, results, choice, section=None):
     if recorded:
         table = forget10_table(work)
         write_json_atomic(out / "forget10.json", table["summaries"])
-        text += "\n\n" + "\n\n".join(map(forget10_text, recorded)) + "\n\n" + table["text"]
+        text += "\n\n" + "\n\n".join(map(forget10_text, recorded)) + "\n\n" + FORGET10_TABLE_INTRO + "\n\n" + table["text"]
     heading = "Tuning the ULD assistant on a validation split (tofu-mini)"
     write_section(f"tune-assistant:mini:{section}" if section else "tune-assistant:mini",
                   f"{heading} ({section})" if section else heading, invocation(), text)
@@ -536,10 +536,13 @@ def forget10_text(choice: dict) -> str:
             f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}), {scaled}: "
             f"**alpha {choice['alpha']:g}**. Its greedy answers to the general questions keep ROUGE-L "
             f"{choice['final_greedy_rouge']:.3f} of the target's (reported, not used); along alpha: "
-            + ", ".join(f"{a}: {r:.3f}" for a, r in choice["final_greedy_curve"].items()) + ". forget10, every "
-            "evaluation in the workdir; the rule's row is the one at the calibrated alpha x validation ratio, "
-            f"the row at the calibrated alpha ({calibration['alpha']:g}) alone shows what the ratio does "
-            "(first 300: each split's first 300 items, as the reference code evaluates, `uld eval summarize --limit 300`):")
+            + ", ".join(f"{a}: {r:.3f}" for a, r in choice["final_greedy_curve"].items()) + ".")
+
+
+# said once under every assistant's paragraph (each seed has one), over the one table of them all
+FORGET10_TABLE_INTRO = ("forget10, every evaluation in the workdir; each assistant's rule row is the one at the calibrated alpha "
+                        "x validation ratio, its row at the calibrated alpha alone shows what the ratio does (first 300: each "
+                        "split's first 300 items, as the reference code evaluates, `uld eval summarize --limit 300`):")
 
 
 if __name__ == "__main__":
