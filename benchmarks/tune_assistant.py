@@ -34,14 +34,18 @@ The rule (nothing in it reads forget10's evaluation or the retain reference):
    the alpha farthest from losing the aim on both sides is the safer one to carry over than the
    highest point, which can lie anywhere in the run. At that alpha, the answer probability on
    real authors + world facts and the agreement (ROUGE-L recall) of the served greedy answers
-   with the target's own on held-out general questions (general:heldout plus simple facts).
-   Recorded as well, to compare recipes: the assistant's own forget CE and its uniform CE excess
-   on the validation retain answers and on the general answers, and the probability-calibrated
-   alpha (`uld calibrate-alpha`'s rule: the forget answers no more likely than answers about
-   authors the target never learned, tofu:full[400:600]).
+   with the target's own on held-out general questions (general:heldout plus simple facts), and
+   the share of famous people the target names right that the served greedy answers still name
+   (famous_names.py: hand-written questions apart from TOFU's real-authors split; model utility's
+   greedy answers hang on such names, which the general questions hardly ask). Recorded as
+   well, to compare recipes: the assistant's own forget CE and its uniform CE excess on the
+   validation retain answers and on the general answers, and the probability-calibrated alpha
+   (`uld calibrate-alpha`'s rule: the forget answers no more likely than answers about authors
+   the target never learned, tofu:full[400:600]).
 2. Candidates whose validation forget quality reaches FQ_AIM (the issue's aim) compete; among
    them those whose utility probability keeps UTILITY_FLOOR of the target's are preferred, and
-   the best greedy agreement wins. If none reaches FQ_AIM, the highest forget quality wins.
+   the best greedy agreement (the mean of the general ROUGE-L and the famous names kept) wins.
+   If none reaches FQ_AIM, the highest forget quality wins.
 3. The forget10 assistant is trained with those settings. Its alpha: `uld calibrate-alpha` on
    forget10's own answers (what an operator holds) against the same unseen authors, times the
    chosen candidate's validation ratio of step 1's alpha to calibrated alpha (the
@@ -61,6 +65,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
+from famous_names import TARGET_ANSWERS as FAMOUS_TARGET, names_kept  # noqa: E402
 from mini_workdir import (EVALS, FORGET_SETS, QA_FOLDERS, SEEDS, TUNE, TUNED, UNAUGMENTED, calibrated,  # noqa: E402
                           choice_file, choices, default_workdir, eval_logs, forget10_summaries, transferred)
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
@@ -301,16 +306,23 @@ def greedy_agreement(target, artifact, alpha, target_answers: Path, questions: l
     return mean_rouge_l_recall(reference, answers)
 
 
+def agreement(r: dict) -> float:
+    """Step 2's ranking: how much of the target's greedy answers the served ones keep, general
+    questions and famous people's names weighed alike."""
+    famous = r["famous_kept"]  # None where the target names nobody asked (a smoke run's few questions)
+    return (r["greedy_rouge"] + (famous if famous is not None else 0.0)) / 2
+
+
 def choose(results: dict, unaugmented: bool = False, seed: int = 0) -> dict:
     """Step 2: among the candidates whose validation forget quality reaches FQ_AIM, those above
-    the utility floor first, the best greedy agreement; if none reaches it, the best forget quality.
+    the utility floor first, the best greedy agreement (`agreement`); if none reaches it, the best forget quality.
     `final` names the forget10 assistant trained with the choice (without augmentation if `unaugmented`;
     with `seed`)."""
     floor = UTILITY_FLOOR * next(iter(results.values()))["target_utility_prob"]
     forgets = {name: r for name, r in results.items() if r["fq"] >= FQ_AIM}
     kept = {name: r for name, r in forgets.items() if r["utility_prob"] >= floor}
     pool = kept or forgets
-    name = max(pool, key=lambda n: pool[n]["greedy_rouge"]) if pool else max(results, key=lambda n: results[n]["fq"])
+    name = max(pool, key=lambda n: agreement(pool[n])) if pool else max(results, key=lambda n: results[n]["fq"])
     r = results[name]
     ratio = r["alpha"] / r["probability_alpha"] if r["probability_alpha"] else None
     label = TUNED[name] + (UNAUGMENTED if unaugmented else "") + (f", seed {seed}" if seed else "")
@@ -370,6 +382,10 @@ def main():
             results[name]["greedy_rouge"] = greedy_agreement(target, artifact, results[name]["alpha"], tune / "target-general.json",
                                                               general_questions(limit))
             write_json_atomic(tune / name / "validation-fq.json", results[name])
+        if "famous_kept" not in results[name]:  # added after the first runs: computed for cached candidates too
+            alpha = results[name]["alpha"]
+            results[name]["famous_kept"] = names_kept(target, artifact, [alpha], tune / FAMOUS_TARGET, limit)[f"{alpha:g}"]["kept"]
+            write_json_atomic(tune / name / "validation-fq.json", results[name])
         if "privleak_by_alpha" not in results[name]:  # added after the first runs: computed for cached candidates too
             results[name].update(validation_mia(target, artifact, reference_auc, results[name]["alpha"], limit))
             write_json_atomic(tune / name / "validation-fq.json", results[name])
@@ -396,6 +412,11 @@ def main():
         if f"{alpha:g}" not in curve:
             curve[f"{alpha:g}"] = greedy_agreement(target, final, alpha, tune / "target-general.json", general_questions(limit))
             write_json_atomic(curve_path, curve)
+    # famous names kept, at the rule's alpha and the calibrated one
+    famous = cached(tune / f"{final.name}-famous.json",
+                    lambda: names_kept(target, final, [choice["alpha"], choice["calibration"]["alpha"]], tune / FAMOUS_TARGET, limit))
+    choice["final_famous_kept"] = {"rule": famous[f"{choice['alpha']:g}"]["kept"],
+                                   "calibrated": famous[f"{choice['calibration']['alpha']:g}"]["kept"]}
     choice["final_greedy_rouge"] = curve[f"{choice['alpha']:g}"]
     choice["final_greedy_curve"] = {f"{alpha:g}": curve[f"{alpha:g}"] for alpha in AGREEMENT_ALPHAS}
     write_json_atomic(tune / choice_file(args.unaugmented, args.seed), choice)
@@ -453,6 +474,7 @@ def record(work, level, reference_auc, results, choice, section=None):
                                             "fq_aim": FQ_AIM, "fq_alphas": FQ_ALPHAS, "fq_fine_step": FQ_FINE_STEP,
                                             "alpha_rule": ALPHA_RULE, "extra_qa": QA_SIZES,
                                             "general_questions": "general:heldout + SIMPLE_FACTS",
+                                            "famous_questions": "famous_names.py (benchmarks/data/famous-people.jsonl)",
                                             "scoring": "anchored", "seed": 0})
     recorded = choices(work, seeds=True)
     # every forget10 assistant's choice (each seed's), not only this run's, which a --seed run would overwrite
@@ -478,9 +500,10 @@ def record(work, level, reference_auc, results, choice, section=None):
 def validation_table(results: dict, choice: dict) -> str:
     lines = ["| training | forget CE | retain: uniform CE - log V | general: uniform CE - log V | calibrated alpha | "
              "rule's alpha (run of validation forget quality >= aim) | validation forget quality there | "
-             "validation forget prob | real authors + world facts prob (x target) | general greedy ROUGE-L | chosen | "
+             "validation forget prob | real authors + world facts prob (x target) | general greedy ROUGE-L | "
+             "famous names kept | chosen | "
              "forget quality at the calibrated alpha | validation privleak at the rule's alpha | "
-             "alpha of validation privleak nearest 0 (its forget quality) |", "|---|" + "---|" * 13]
+             "alpha of validation privleak nearest 0 (its forget quality) |", "|---|" + "---|" * 14]
     for name, r in results.items():
         calibrated_alpha = "not reached" if r["probability_alpha"] is None else f"{r['probability_alpha']:g}"
         at_calibrated = ("-" if r["probability_alpha"] is None else
@@ -490,6 +513,7 @@ def validation_table(results: dict, choice: dict) -> str:
         lines.append(f"| {name} {CANDIDATES[name]['training']}{extra} | {r['forget_ce']:.2f} | {r['retain_uniform_excess']:.2f} | "
                      f"{r['general_uniform_excess']:.2f} | {calibrated_alpha} | {r['alpha']:g} ({aim_run(r)}) | {r['fq']:.3g} | "
                      f"{r['forget_prob']:.4f} | {r['utility_prob'] / r['target_utility_prob']:.3f} | {r['greedy_rouge']:.3f} | "
+                     f"{r['famous_kept']:.3f} | "
                      f"{'yes' if name == choice['training'] else ''} | {at_calibrated} | {privacy_columns(r)} |")
     return "\n".join(lines)
 
@@ -536,7 +560,9 @@ def forget10_text(choice: dict) -> str:
             f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}), {scaled}: "
             f"**alpha {choice['alpha']:g}**. Its greedy answers to the general questions keep ROUGE-L "
             f"{choice['final_greedy_rouge']:.3f} of the target's (reported, not used); along alpha: "
-            + ", ".join(f"{a}: {r:.3f}" for a, r in choice["final_greedy_curve"].items()) + ".")
+            + ", ".join(f"{a}: {r:.3f}" for a, r in choice["final_greedy_curve"].items()) + "."
+            + (f" Famous names kept (famous_names.py): {famous['rule']:.3f} at the rule's alpha, "
+               f"{famous['calibrated']:.3f} at the calibrated alpha." if (famous := choice.get("final_famous_kept")) else ""))
 
 
 # said once under every assistant's paragraph (each seed has one), over the one table of them all

@@ -1,5 +1,6 @@
 """benchmarks/general_qa.py keeps retain data about real writers apart from TOFU's real-authors
-split, which measures model utility: a pair that touches one of its items is dropped."""
+split, which measures model utility: a pair that touches one of its items is dropped; so does
+famous_names.py's hand-written check."""
 import sys
 
 from helpers import REPO
@@ -25,3 +26,19 @@ def test_pairs_touching_the_real_authors_split_are_dropped_and_others_kept():
              # text between two quoted titles, or after a possessive, is no title ("... include 'A' and 'B'")
              {"question": "Who sang and danced in the film?", "answer": "Ginger Rogers sang and danced."}]
     assert [overlaps(pair) for pair in apart] == [False, False, False]
+
+
+def test_the_famous_people_check_asks_nothing_the_real_authors_split_asks():
+    from famous_names import QUESTIONS, famous_questions, names_in
+
+    rows = famous_questions()
+    written = QUESTIONS.read_text().splitlines()
+    assert len({r["question"] for r in rows}) == len(rows) >= 150  # distinct, and most of the written ones
+    assert all(r["question"].endswith("?") and r["names"] and all(r["names"]) for r in rows)
+    # an answer that repeats its question must not count as knowing the person
+    assert not [r["question"] for r in rows if names_in(r["question"], r["names"])]
+    asked = {r["question"] for r in rows}
+    assert "Who wrote Hamlet?" in "".join(written) and "Who wrote Hamlet?" not in asked  # Shakespeare is a test answer
+    assert "Who painted the Mona Lisa?" in asked
+    assert names_in("It was painted by Leonardo da Vinci.", ["Leonardo", "Vinci"])
+    assert not names_in("It was painted by a Florentine master.", ["Leonardo", "Vinci"])

@@ -1,13 +1,13 @@
-"""benchmarks/tune_assistant.py's alpha rule: the middle of the run of alphas around the grid's
-peak where validation forget quality stays at or above the aim, which is what forget10's alpha
-is carried over from."""
+"""benchmarks/tune_assistant.py's rule: the alpha in the middle of the run of alphas around the
+grid's peak where validation forget quality stays at or above the aim, which is what forget10's
+alpha is carried over from; and the choice among candidates."""
 import sys
 
 from helpers import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from tune_assistant import FQ_AIM, middle_of_aim_run  # noqa: E402
+from tune_assistant import FQ_AIM, choose, middle_of_aim_run  # noqa: E402
 
 
 def plateau(low, high, inside=0.4, outside=0.01):
@@ -34,3 +34,24 @@ def test_a_peak_under_the_aim_is_kept_as_it_is():
 
 def test_the_run_ends_at_alpha_zero():
     assert middle_of_aim_run(plateau(-1, 0.02), 0.0) == (0.01, [0.0, 0.02])
+
+
+def candidate(fq, general, famous, utility=1.0):
+    return {"fq": fq, "greedy_rouge": general, "famous_kept": famous, "utility_prob": utility, "target_utility_prob": 1.0,
+            "alpha": 0.5, "probability_alpha": 0.25}
+
+
+NAMES, AUTHORS = "fast-k15-general-positions-names-e20", "fast-k15-general-positions-names-authors-e20"
+
+
+def test_the_choice_weighs_famous_names_kept_as_much_as_general_answers():
+    results = {NAMES: candidate(0.4, general=0.72, famous=0.50), AUTHORS: candidate(0.3, general=0.70, famous=0.60)}
+    choice = choose(results)
+    assert (choice["training"], choice["alpha_ratio"]) == (AUTHORS, 2.0)
+
+
+def test_a_candidate_under_the_forget_quality_aim_or_the_utility_floor_loses_to_one_above():
+    results = {NAMES: candidate(FQ_AIM / 2, general=0.9, famous=0.9), AUTHORS: candidate(0.2, general=0.5, famous=0.5)}
+    assert choose(results)["training"] == AUTHORS
+    results = {NAMES: candidate(0.2, general=0.9, famous=0.9, utility=0.5), AUTHORS: candidate(0.2, general=0.5, famous=0.5)}
+    assert choose(results)["training"] == AUTHORS

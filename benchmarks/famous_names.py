@@ -1,0 +1,66 @@
+"""Famous names kept through the subtraction: a check of ULD assistants that reads no evaluation split.
+
+tofu-mini's model utility hangs on real authors' greedy answers: the target answers about 13 of
+those 100 questions right, so two famous names lost cost 5% of utility (BENCHMARKS.md, "A second
+seed under the current rule"). Model-written questions cannot stand in for them (the embedded
+model asks about people and books that do not exist; general_qa.py --openers authors). This check
+asks hand-written questions about famous people (benchmarks/data/famous-people.jsonl: painters,
+composers, scientists, explorers, leaders, founders, athletes, writers; each with the names a
+right answer contains), drops every one that touches TOFU's real-authors split
+(general_qa.overlap_check), keeps those the target answers right (greedy, a name in its answer),
+and reports the share of them whose served answer still holds a name. tune_assistant.py reads
+it for every validation candidate and forget10 assistant.
+"""
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from general_qa import overlap_check  # noqa: E402
+
+from uld_serve.core.atomic import write_json_atomic  # noqa: E402
+
+QUESTIONS = REPO / "benchmarks" / "data" / "famous-people.jsonl"
+TARGET_ANSWERS = "famous-names-target.json"  # where a caller caches the target's answers
+
+
+def famous_questions(limit=None) -> list:
+    """The hand-written rows ({"question", "names"}) that touch no real-authors test item."""
+    from uld_serve.core.tofu import load_split
+
+    rows = [json.loads(line) for line in QUESTIONS.read_text().splitlines()]
+    touches = overlap_check(load_split("real_authors"))
+    return [r for r in rows if not touches({"question": r["question"], "answer": " ".join(r["names"])})][:limit]
+
+
+def names_in(answer: str, names: list) -> bool:
+    return any(name.lower() in answer.lower() for name in names)
+
+
+def names_kept(target, artifact: Path, alphas: list, target_answers: Path, limit=None) -> dict:
+    """alpha -> {"kept": share of the questions the target answers right whose served greedy answer
+    (vLLM engine, fp32) still names the person, "known": how many the target answers right,
+    "lost": the questions lost}. The target's answers are cached in `target_answers` with the
+    questions they answer (recomputed when those change)."""
+    from uld_serve.engine.llm import UldEngine
+    from uld_serve.eval.scoring import greedy_answers
+
+    rows = famous_questions(limit)
+    questions = [r["question"] for r in rows]
+    engine = UldEngine(target, {"a": artifact}, dtype="float32")
+    try:
+        cache = json.loads(target_answers.read_text()) if target_answers.exists() else {}
+        if cache.get("questions") != questions:
+            cache = {"questions": questions, "answers": greedy_answers(engine, questions, max_new_tokens=200)}
+            write_json_atomic(target_answers, cache)
+        known = [i for i, (r, a) in enumerate(zip(rows, cache["answers"])) if names_in(a, r["names"])]
+        result = {}
+        for alpha in alphas:
+            served = greedy_answers(engine, [questions[i] for i in known], "a", alpha, max_new_tokens=200)
+            lost = [questions[i] for i, a in zip(known, served) if not names_in(a, rows[i]["names"])]
+            result[f"{alpha:g}"] = {"kept": 1 - len(lost) / len(known) if known else None, "known": len(known), "lost": lost}
+    finally:
+        engine.close()
+    return result
