@@ -10,6 +10,11 @@ right answer contains), drops every one that touches TOFU's real-authors split
 (general_qa.overlap_check), keeps those the target answers right (greedy, a name in its answer),
 and reports the share of them whose served answer still holds a name. tune_assistant.py reads
 it for every validation candidate and forget10 assistant.
+
+A second hand-written set about other famous people (benchmarks/data/famous-people-train.jsonl;
+no person in both) answered by the target is retain data for an assistant (`write_retain`): it
+tests whether an assistant told to know nothing about famous people keeps their names in the
+served answers.
 """
 import json
 import sys
@@ -23,14 +28,15 @@ from general_qa import overlap_check  # noqa: E402
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
 
 QUESTIONS = REPO / "benchmarks" / "data" / "famous-people.jsonl"
+TRAIN_QUESTIONS = REPO / "benchmarks" / "data" / "famous-people-train.jsonl"
 TARGET_ANSWERS = "famous-names-target.json"  # where a caller caches the target's answers
 
 
-def famous_questions(limit=None) -> list:
+def famous_questions(limit=None, path: Path = QUESTIONS) -> list:
     """The hand-written rows ({"question", "names"}) that touch no real-authors test item."""
     from uld_serve.core.tofu import load_split
 
-    rows = [json.loads(line) for line in QUESTIONS.read_text().splitlines()]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
     touches = overlap_check(load_split("real_authors"))
     return [r for r in rows if not touches({"question": r["question"], "answer": " ".join(r["names"])})][:limit]
 
@@ -64,3 +70,21 @@ def names_kept(target, artifact: Path, alphas: list, target_answers: Path, limit
     finally:
         engine.close()
     return result
+
+
+def write_retain(target, out: Path, limit=None) -> Path:
+    """TRAIN_QUESTIONS answered by the target (greedy, vLLM engine, fp32) as a `jsonl:` retain
+    file at `out`, written once; pairs cut at the token limit or touching a real-authors item
+    are dropped, as general_qa.py drops them."""
+    from general_qa import answer
+
+    from uld_serve.core.atomic import write_text_atomic
+    from uld_serve.core.tofu import load_split
+
+    if not out.exists():
+        questions = [r["question"] for r in famous_questions(limit, TRAIN_QUESTIONS)]
+        touches = overlap_check(load_split("real_authors"))
+        pairs = [{"question": q, "answer": a} for q, a in zip(questions, answer(questions, str(target))) if a]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, "".join(json.dumps(p) + "\n" for p in pairs if not touches(p)))
+    return out

@@ -18,7 +18,9 @@ TUNED = {"paper": "tuned with the paper's settings", "fast": "tuned", "fast-k15"
          "fast-k15-general-positions-names-e10": "tuned at K=15, general + names retain data, prompt+answer positions, 10 epochs",
          "fast-k15-general-positions-names-e20": "tuned at K=15, general + names retain data, prompt+answer positions, 20 epochs",
          "fast-k15-general-positions-names-authors-e20":
-             "tuned at K=15, general + names + authors retain data, prompt+answer positions, 20 epochs"}
+             "tuned at K=15, general + names + authors retain data, prompt+answer positions, 20 epochs",
+         "fast-k15-general-positions-names-famous-e20":
+             "tuned at K=15, general + names + famous-people retain data, prompt+answer positions, 20 epochs"}
 
 
 def tuned_folder(candidate: str) -> str:

@@ -65,7 +65,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from famous_names import TARGET_ANSWERS as FAMOUS_TARGET, names_kept  # noqa: E402
+from famous_names import TARGET_ANSWERS as FAMOUS_TARGET, names_kept, write_retain  # noqa: E402
 from mini_workdir import (EVALS, FORGET_SETS, QA_FOLDERS, SEEDS, TUNE, TUNED, UNAUGMENTED, calibrated,  # noqa: E402
                           choice_file, choices, default_workdir, eval_logs, forget10_summaries, transferred)
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
@@ -77,7 +77,8 @@ POSITIONS = {**K15, "retain_positions": "prompt+answer"}  # the retain term over
 GENERAL, NAMES = ("general",), ("general", "names")
 # candidate -> its train-assistant settings (its epochs override BUDGET's) and the retain data it
 # adds to its split's own: "general" is general:train; "names", "varied" and "authors" are general_qa.py's
-# opener sets answered by the target (prepare_qa). The label and folder of the forget10 assistant
+# opener sets answered by the target (prepare_qa); "famous" is famous_names.py's training questions,
+# answered by the target. The label and folder of the forget10 assistant
 # trained with each: mini_workdir.TUNED.
 CANDIDATES = {
     "paper": {"training": {"lr": 1e-3, "retain_weight": 6.5}, "retain": ()},
@@ -113,7 +114,11 @@ CANDIDATES = {
     # and questions about real writers: at 20 epochs forget10's utility sits 0.04x under the
     # know-nothing floor's, all in real authors' greedy answers (BENCHMARKS.md, floor-utility);
     # general_qa.py keeps these pairs apart from the real-authors test split
-    "fast-k15-general-positions-names-authors-e20": {"training": {**POSITIONS, "epochs": 20}, "retain": (*NAMES, "authors")}}
+    "fast-k15-general-positions-names-authors-e20": {"training": {**POSITIONS, "epochs": 20}, "retain": (*NAMES, "authors")},
+    # and hand-written questions about famous people: the authors data (model-written, mostly about
+    # people who do not exist) left the famous-names check where it was (BENCHMARKS.md, the avx2
+    # tuning section); these name real people, none of those the check asks about
+    "fast-k15-general-positions-names-famous-e20": {"training": {**POSITIONS, "epochs": 20}, "retain": (*NAMES, "famous")}}
 if set(CANDIDATES) != set(TUNED):
     raise SystemExit(f"error: candidates without a forget10 label in mini_workdir.TUNED (or the reverse): "
                      f"{', '.join(sorted(set(CANDIDATES) ^ set(TUNED)))}")
@@ -365,9 +370,13 @@ def main():
                        lambda: {"log_ratios": reference_ratios(validation_retain, limit)})["log_ratios"]
     reference_auc = cached(tune / "validation-retain-mia.json", lambda: {"auc": reference_mia(validation_retain, limit)})["auc"]
 
+    def retain_file(data):
+        if data == "famous":
+            return write_retain(target, (tune if args.smoke else work) / "famous-qa" / "train.jsonl", limit)
+        return prepare_qa(work, data, tune if args.smoke else None) / "train.jsonl"
+
     def retain(base, name):
-        return "+".join([base, *("general:train" if data == "general" else
-                                 f"jsonl:{prepare_qa(work, data, tune if args.smoke else None) / 'train.jsonl'}"
+        return "+".join([base, *("general:train" if data == "general" else f"jsonl:{retain_file(data)}"
                                  for data in CANDIDATES[name]["retain"])])
 
     results = {}

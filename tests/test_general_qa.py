@@ -42,3 +42,12 @@ def test_the_famous_people_check_asks_nothing_the_real_authors_split_asks():
     assert "Who painted the Mona Lisa?" in asked
     assert names_in("It was painted by Leonardo da Vinci.", ["Leonardo", "Vinci"])
     assert not names_in("It was painted by a Florentine master.", ["Leonardo", "Vinci"])
+
+
+def test_the_famous_people_retain_data_asks_about_other_people_than_the_check():
+    from famous_names import TRAIN_QUESTIONS, famous_questions
+
+    check, train = famous_questions(), famous_questions(path=TRAIN_QUESTIONS)
+    assert len(train) >= 150 and len({r["question"] for r in train}) == len(train)
+    assert not {n.lower() for r in check for n in r["names"]} & {n.lower() for r in train for n in r["names"]}
+    assert not {r["question"] for r in check} & {r["question"] for r in train}
