@@ -422,8 +422,9 @@ def main():
             curve[f"{alpha:g}"] = greedy_agreement(target, final, alpha, tune / "target-general.json", general_questions(limit))
             write_json_atomic(curve_path, curve)
     # famous names kept, at the rule's alpha and the calibrated one
-    famous = cached(tune / f"{final.name}-famous.json",
-                    lambda: names_kept(target, final, [choice["alpha"], choice["calibration"]["alpha"]], tune / FAMOUS_TARGET, limit))
+    alphas = [choice["alpha"], choice["calibration"]["alpha"]]
+    famous = cached(tune / f"{final.name}-famous.json", lambda: names_kept(target, final, alphas, tune / FAMOUS_TARGET, limit),
+                    current=lambda r: all(f"{a:g}" in r for a in alphas))
     choice["final_famous_kept"] = {"rule": famous[f"{choice['alpha']:g}"]["kept"],
                                    "calibrated": famous[f"{choice['calibration']['alpha']:g}"]["kept"]}
     choice["final_greedy_rouge"] = curve[f"{choice['alpha']:g}"]
