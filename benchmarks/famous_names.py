@@ -23,9 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from general_qa import overlap_check  # noqa: E402
-
-from uld_serve.core.atomic import write_json_atomic  # noqa: E402
+from general_qa import overlap_check, target_answers as cached_answers  # noqa: E402
 
 QUESTIONS = REPO / "benchmarks" / "data" / "famous-people.jsonl"
 TRAIN_QUESTIONS = REPO / "benchmarks" / "data" / "famous-people-train.jsonl"
@@ -57,11 +55,8 @@ def names_kept(target, artifact: Path, alphas: list, target_answers: Path, limit
     questions = [r["question"] for r in rows]
     engine = UldEngine(target, {"a": artifact}, dtype="float32")
     try:
-        cache = json.loads(target_answers.read_text()) if target_answers.exists() else {}
-        if cache.get("questions") != questions:
-            cache = {"questions": questions, "answers": greedy_answers(engine, questions, max_new_tokens=200)}
-            write_json_atomic(target_answers, cache)
-        known = [i for i, (r, a) in enumerate(zip(rows, cache["answers"])) if names_in(a, r["names"])]
+        answers = cached_answers(engine, questions, target_answers)
+        known = [i for i, (r, a) in enumerate(zip(rows, answers)) if names_in(a, r["names"])]
         result = {}
         for alpha in alphas:
             served = greedy_answers(engine, [questions[i] for i in known], "a", alpha, max_new_tokens=200)

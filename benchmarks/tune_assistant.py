@@ -66,6 +66,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
 from famous_names import TARGET_ANSWERS as FAMOUS_TARGET, names_kept, write_retain  # noqa: E402
+from general_qa import target_answers as cached_answers  # noqa: E402
 from mini_workdir import (EVALS, FORGET_SETS, QA_FOLDERS, SEEDS, TUNE, TUNED, UNAUGMENTED, calibrated,  # noqa: E402
                           choice_file, choices, default_workdir, eval_logs, forget10_summaries, transferred)
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
@@ -300,11 +301,7 @@ def greedy_agreement(target, artifact, alpha, target_answers: Path, questions: l
 
     engine = UldEngine(target, {"a": artifact}, dtype="float32")
     try:
-        known = json.loads(target_answers.read_text()) if target_answers.exists() else {}
-        if known.get("questions") != questions:
-            known = {"questions": questions, "answers": greedy_answers(engine, questions, max_new_tokens=200)}
-            write_json_atomic(target_answers, known)
-        reference = known["answers"]
+        reference = cached_answers(engine, questions, target_answers)
         answers = greedy_answers(engine, questions, "a", alpha, max_new_tokens=200)
     finally:
         engine.close()
