@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from general_qa import overlap_check, target_answers as cached_answers  # noqa: E402
+from general_qa import answer, overlap_check, target_answers as cached_answers  # noqa: E402
 
 QUESTIONS = REPO / "benchmarks" / "data" / "famous-people.jsonl"
 TRAIN_QUESTIONS = REPO / "benchmarks" / "data" / "famous-people-train.jsonl"
@@ -71,8 +71,6 @@ def write_retain(target, out: Path, limit=None) -> Path:
     """TRAIN_QUESTIONS answered by the target (greedy, vLLM engine, fp32) as a `jsonl:` retain
     file at `out`, written once; pairs cut at the token limit or touching a real-authors item
     are dropped, as general_qa.py drops them."""
-    from general_qa import answer
-
     from uld_serve.core.atomic import write_text_atomic
     from uld_serve.core.tofu import load_split
 
