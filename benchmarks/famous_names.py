@@ -44,26 +44,33 @@ def names_in(answer: str, names: list) -> bool:
 
 
 def names_kept(target, artifact: Path, alphas: list, target_answers: Path, limit=None) -> dict:
-    """alpha -> {"kept": share of the questions the target answers right whose served greedy answer
-    (vLLM engine, fp32) still names the person, "known": how many the target answers right,
-    "lost": the questions lost}. The target's answers are cached in `target_answers` with the
-    questions they answer (recomputed when those change)."""
+    """`kept` on the vLLM engine (fp32) serving `artifact` on `target`."""
     from uld_serve.engine.llm import UldEngine
+
+    engine = UldEngine(target, {"a": artifact}, dtype="float32")
+    try:
+        return kept(engine, "a", alphas, target_answers, limit)
+    finally:
+        engine.close()
+
+
+def kept(generator, forget_set: str, alphas: list, target_answers: Path, limit=None) -> dict:
+    """alpha -> {"kept": share of the questions the target answers right whose served greedy answer
+    (forget set `forget_set` on `generator`: a UldEngine or the reference UldModel) still names the
+    person, "known": how many the target answers right, "lost": the questions lost}. The target's
+    answers are cached in `target_answers` with the questions they answer (recomputed when those
+    change)."""
     from uld_serve.eval.scoring import greedy_answers
 
     rows = famous_questions(limit)
     questions = [r["question"] for r in rows]
-    engine = UldEngine(target, {"a": artifact}, dtype="float32")
-    try:
-        answers = cached_answers(engine, questions, target_answers)
-        known = [i for i, (r, a) in enumerate(zip(rows, answers)) if names_in(a, r["names"])]
-        result = {}
-        for alpha in alphas:
-            served = greedy_answers(engine, [questions[i] for i in known], "a", alpha, max_new_tokens=200)
-            lost = [questions[i] for i, a in zip(known, served) if not names_in(a, rows[i]["names"])]
-            result[f"{alpha:g}"] = {"kept": 1 - len(lost) / len(known) if known else None, "known": len(known), "lost": lost}
-    finally:
-        engine.close()
+    answers = cached_answers(generator, questions, target_answers)
+    known = [i for i, (r, a) in enumerate(zip(rows, answers)) if names_in(a, r["names"])]
+    result = {}
+    for alpha in alphas:
+        served = greedy_answers(generator, [questions[i] for i in known], forget_set, alpha, max_new_tokens=200)
+        lost = [questions[i] for i, a in zip(known, served) if not names_in(a, rows[i]["names"])]
+        result[f"{alpha:g}"] = {"kept": 1 - len(lost) / len(known) if known else None, "known": len(known), "lost": lost}
     return result
 
 

@@ -12,8 +12,15 @@ tofu`'s code (greedy answers by reference decoding), at the alpha tune_assistant
 for forget10 (choice-unaugmented.json) unless --alphas names others, and sets it beside the
 target and the forget10 assistant's own evaluation at the same alpha.
 
+It also reads, at each alpha, the share of the famous names the target knows that the floor's
+served answers still hold (famous_names.py's check, reference decoding), beside the forget10
+assistant's own share: where the floor loses as many, the loss is the subtraction's at that
+alpha on this model, not the assistant's. --famous-only reads that alone (minutes, not the
+evaluation's hour).
+
     python benchmarks/floor_utility.py                 # after tune_assistant.py --unaugmented
     python benchmarks/floor_utility.py --alphas 0.5,0.75
+    python benchmarks/floor_utility.py --famous-only
     python benchmarks/floor_utility.py --smoke         # 4 items per split, 8 tokens; writes nothing
 """
 import argparse
@@ -26,6 +33,7 @@ from types import SimpleNamespace
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from famous_names import TARGET_ANSWERS as FAMOUS_TARGET, kept  # noqa: E402
 from mini_workdir import CHOICES, TUNE, default_workdir, eval_logs, forget10_summaries  # noqa: E402
 from uniform_floor import floor  # noqa: E402
 
@@ -68,6 +76,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--alphas", help="comma-separated (default: the rule's alpha for forget10, unaugmented choice)")
+    parser.add_argument("--famous-only", action="store_true", help="only the famous-names check, not the TOFU evaluation")
     parser.add_argument("--smoke", action="store_true", help="4 items per split, 8 new tokens; writes nothing")
     args = parser.parse_args()
     work = args.workdir or default_workdir()
@@ -84,8 +93,9 @@ def main():
 
     model, found = floor_model(work / "target", work / choice["final"])
     out = Path(tempfile.mkdtemp()) if args.smoke else work
+    famous = {alpha: famous_kept(model, out, alpha, limit=4 if args.smoke else None) for alpha in alphas}
     summaries = {}
-    for alpha in alphas:
+    for alpha in [] if args.famous_only else alphas:
         folder = out / f"eval-floor-{alpha:g}"
         if not (folder / "TOFU_SUMMARY.json").exists():
             evaluate_tofu(model, folder, forget_set=FORGET_SET, alpha=alpha, retain_logs=eval_logs(work, "retain reference"),
@@ -93,9 +103,44 @@ def main():
                           **({"limit": 4, "max_new_tokens": 8} if args.smoke else {}))
         summaries[alpha] = json.loads((folder / "TOFU_SUMMARY.json").read_text())
     if args.smoke:
-        print(json.dumps({f"{a:g}": s["model_utility"] for a, s in summaries.items()}))
+        print(json.dumps({f"{a:g}": {"model_utility": summaries[a]["model_utility"] if summaries else None,
+                                     "famous_kept": famous[a]["kept"]} for a in alphas}))
         return
-    record(work, choice, found, summaries)
+    record_famous(work, choice, famous)
+    if summaries:
+        record(work, choice, found, summaries)
+
+
+def famous_kept(model, work: Path, alpha: float, limit=None) -> dict:
+    """famous_names.kept for the floor at `alpha`, cached in the workdir (the target's answers in
+    the cache tune_assistant.py fills)."""
+    path = work / f"famous-floor-{alpha:g}.json"
+    if not path.exists():
+        write_json_atomic(path, kept(model, FORGET_SET, [alpha], work / TUNE / FAMOUS_TARGET, limit)[f"{alpha:g}"])
+    return json.loads(path.read_text())
+
+
+def record_famous(work: Path, choice: dict, famous: dict):
+    from report import invocation, write_section
+
+    cache = work / TUNE / f"{choice['final']}-famous.json"
+    assistant = json.loads(cache.read_text()) if cache.exists() else {}
+    lines = ["| served | alpha | famous names kept | lost |", "|---|---|---|---|"]
+    for alpha, share in assistant.items():
+        lines.append(f"| the forget10 assistant ({choice['final']}) | {alpha} | {share['kept']:.3f} | {'; '.join(share['lost'])} |")
+    for alpha, share in famous.items():
+        lines.append(f"| the floor's logits b at every position | {alpha:g} | {share['kept']:.3f} | {'; '.join(share['lost'])} |")
+    known = next(iter(famous.values()))["known"]
+    out = REPO / "benchmarks" / "results" / "floor-utility"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "famous-names.json", {"choice": choice, "assistant": assistant,
+                                                  "floor": {f"{a:g}": f for a, f in famous.items()}})
+    text = (f"tofu-mini target (fp32), forget10's filter r; famous_names.py's check: of the {known} famous people the "
+            "target names right (greedy), the share whose served greedy answer still names them. The assistant's answers "
+            "by the vLLM engine (tune_assistant.py's cache), the floor's by reference decoding (the same tokens in fp32).\n\n"
+            + "\n".join(lines))
+    print(text)
+    write_section("floor-famous-names", "Famous names a know-nothing assistant keeps (tofu-mini)", invocation(), text)
 
 
 def record(work: Path, choice: dict, found: dict, summaries: dict):

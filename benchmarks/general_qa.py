@@ -130,15 +130,15 @@ def answer(questions: list, target: str) -> list:
         engine.close()
 
 
-def target_answers(engine, questions: list, cache: Path) -> list:
-    """The target's greedy answers (no forget set, on a UldEngine) to `questions`, cached at
+def target_answers(generator, questions: list, cache: Path) -> list:
+    """The target's greedy answers (no forget set; a UldEngine or the reference UldModel) to `questions`, cached at
     `cache` with the questions they answer and recomputed when those change."""
     from uld_serve.core.atomic import write_json_atomic
     from uld_serve.eval.scoring import greedy_answers
 
     known = json.loads(cache.read_text()) if cache.exists() else {}
     if known.get("questions") != questions:
-        known = {"questions": questions, "answers": greedy_answers(engine, questions, max_new_tokens=200)}
+        known = {"questions": questions, "answers": greedy_answers(generator, questions, max_new_tokens=200)}
         write_json_atomic(cache, known)
     return known["answers"]
 
