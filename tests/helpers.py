@@ -44,7 +44,7 @@ def uld_in_process(*args):
         try:
             main([str(a) for a in args])
         except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
+            code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1  # as the interpreter exits
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
