@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from famous_names import TARGET_ANSWERS as FAMOUS_TARGET, kept  # noqa: E402
-from mini_workdir import CHOICES, TUNE, default_workdir, eval_logs, forget10_summaries  # noqa: E402
+from mini_workdir import CHOICES, TUNE, cached, default_workdir, eval_logs, forget10_summaries  # noqa: E402
 from uniform_floor import floor  # noqa: E402
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
@@ -114,10 +114,8 @@ def main():
 def famous_kept(model, work: Path, alpha: float, limit=None) -> dict:
     """famous_names.kept for the floor at `alpha`, cached in the workdir (the target's answers in
     the cache tune_assistant.py fills)."""
-    path = work / f"famous-floor-{alpha:g}.json"
-    if not path.exists():
-        write_json_atomic(path, kept(model, FORGET_SET, [alpha], work / TUNE / FAMOUS_TARGET, limit)[f"{alpha:g}"])
-    return json.loads(path.read_text())
+    return cached(work / f"famous-floor-{alpha:g}.json",
+                  lambda: kept(model, FORGET_SET, [alpha], work / TUNE / FAMOUS_TARGET, limit)[f"{alpha:g}"])
 
 
 def record_famous(work: Path, choice: dict, famous: dict):

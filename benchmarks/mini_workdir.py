@@ -127,3 +127,13 @@ def forget10_summaries(work: Path, labels) -> dict:
         summaries[label] = {"all": recompute(model, reference), "first_300": recompute(first_items(model, 300), reference_300),
                             **(json.loads(evaluated_with.read_text()) if evaluated_with.exists() else {})}
     return summaries
+
+
+def cached(path: Path, compute, current=lambda result: True) -> dict:
+    """compute(), stored at `path`; what is stored there is reused while current(it) holds."""
+    if not (path.exists() and current(json.loads(path.read_text()))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from uld_serve.core.atomic import write_json_atomic
+
+        write_json_atomic(path, compute())  # a run killed mid-write leaves no half file to resume from
+    return json.loads(path.read_text())

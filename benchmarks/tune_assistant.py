@@ -67,7 +67,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
 from famous_names import TARGET_ANSWERS as FAMOUS_TARGET, names_kept, write_retain  # noqa: E402
 from general_qa import target_answers as cached_answers  # noqa: E402
-from mini_workdir import (EVALS, FORGET_SETS, QA_FOLDERS, SEEDS, TUNE, TUNED, UNAUGMENTED, calibrated,  # noqa: E402
+from mini_workdir import (EVALS, FORGET_SETS, QA_FOLDERS, SEEDS, TUNE, TUNED, UNAUGMENTED, cached, calibrated,  # noqa: E402
                           choice_file, choices, default_workdir, eval_logs, forget10_summaries, transferred)
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 
@@ -457,14 +457,6 @@ def calibration(target, artifact: Path) -> dict:
         uld("calibrate-alpha", "--target", target, "--forget-set", artifact, "--unseen", PROTOCOLS["mini"]["unseen"], "--write")
         manifest = json.loads((artifact / "uld.json").read_text())
     return manifest["calibration"]
-
-
-def cached(path: Path, compute, current=lambda result: True) -> dict:
-    """compute(), stored at `path`; what is stored there is reused while current(it) holds."""
-    if not (path.exists() and current(json.loads(path.read_text()))):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, compute())  # a run killed mid-write leaves no half file to resume from
-    return json.loads(path.read_text())
 
 
 def record(work, level, reference_auc, results, choice, section=None):
