@@ -43,17 +43,6 @@ def names_in(answer: str, names: list) -> bool:
     return any(name.lower() in answer.lower() for name in names)
 
 
-def names_kept(target, artifact: Path, alphas: list, target_answers: Path, limit=None) -> dict:
-    """`kept` on the vLLM engine (fp32) serving `artifact` on `target`."""
-    from uld_serve.engine.llm import UldEngine
-
-    engine = UldEngine(target, {"a": artifact}, dtype="float32")
-    try:
-        return kept(engine, "a", alphas, target_answers, limit)
-    finally:
-        engine.close()
-
-
 def kept(generator, forget_set: str, alphas: list, target_answers: Path, limit=None) -> dict:
     """alpha -> {"kept": share of the questions the target answers right whose served greedy answer
     (forget set `forget_set` on `generator`: a UldEngine or the reference UldModel) still names the

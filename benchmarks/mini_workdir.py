@@ -42,6 +42,12 @@ FORGET_SETS.update({label + UNAUGMENTED: folder + "-unaugmented" for label, fold
 SEEDS = (1, 2)
 FORGET_SETS.update({f"{label}, seed {seed}": f"{folder}-seed{seed}" for label, folder in list(FORGET_SETS.items())
                     if label.startswith("tuned") for seed in SEEDS})
+# tune_assistant.py --epochs: each tuned forget10 assistant trained for another number of epochs
+# than its candidate's; ULD's augmentation doubles the steps of an epoch, so an augmented assistant
+# at half the epochs takes the unaugmented one's steps and sees each forget fact as often
+EPOCHS = (10,)
+FORGET_SETS.update({f"{label}, forget10 at {n} epochs": f"{folder}-e{n}" for label, folder in list(FORGET_SETS.items())
+                    if label.startswith("tuned") and ", seed" not in label for n in EPOCHS})
 
 # tune_assistant.py's folder, and in it its choice of forget10 assistant (the forget set and the
 # rule's alpha), one file per footing: augmented as ULD trains, or --unaugmented as its candidates
@@ -49,10 +55,11 @@ TUNE = "tune-assistant"
 CHOICES = {False: "choice.json", True: "choice-unaugmented.json"}
 
 
-def choice_file(unaugmented: bool, seed: int = 0) -> str:
-    """The choice of a forget10 assistant trained with another seed sits beside CHOICES, which
-    `choices` alone reads."""
-    return CHOICES[unaugmented] if not seed else CHOICES[unaugmented].replace(".json", f"-seed{seed}.json")
+def choice_file(unaugmented: bool, seed: int = 0, epochs: int = None) -> str:
+    """The choice of a forget10 assistant trained with another seed (or number of epochs) sits
+    beside CHOICES, which `choices` alone reads."""
+    suffix = (f"-seed{seed}" if seed else "") + (f"-e{epochs}" if epochs else "")
+    return CHOICES[unaugmented].replace(".json", f"{suffix}.json")
 
 # general_qa.py's output folder for each opener set, questions answered by the tofu-mini target:
 # general (the benchmarks now train and check on the shipped general:train / general:heldout
@@ -104,10 +111,12 @@ def evaluated(work: Path, labels) -> dict:
     return {label: eval_logs(work, label) for label in labels if eval_logs(work, label).exists()}
 
 
-def choices(work: Path, seeds: bool = False) -> list:
+def choices(work: Path, variants: bool = False) -> list:
     """tune_assistant.py's recorded choices in `work` (augmented first), each naming its forget10
-    assistant (`final`), `label` and the rule's `alpha`; with `seeds`, those of other seeds after them."""
-    names = [*CHOICES.values(), *(choice_file(u, seed) for seed in SEEDS for u in CHOICES if seeds)]
+    assistant (`final`), `label` and the rule's `alpha`; with `variants`, those of other seeds and
+    numbers of epochs after them."""
+    others = [*(choice_file(u, seed) for seed in SEEDS for u in CHOICES), *(choice_file(u, 0, n) for n in EPOCHS for u in CHOICES)]
+    names = [*CHOICES.values(), *(others if variants else [])]
     paths = [Path(work) / TUNE / name for name in names]
     return [json.loads(path.read_text()) for path in paths if path.exists()]
 

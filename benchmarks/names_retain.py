@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from mini_workdir import FORGET_SETS, TUNE, TUNED, calibrated, default_workdir, eval_logs, forget10_summaries  # noqa: E402
 from tofu_e2e import PROTOCOLS, flags, uld  # noqa: E402
 from tune_assistant import (BUDGET, CANDIDATES, SMOKE, cached, calibration,  # noqa: E402
-                            evaluate_forget10, general_questions, greedy_agreement, prepare_qa)
+                            engine_on_demand, evaluate_forget10, general_questions, greedy_agreement, prepare_qa)
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
 
@@ -53,8 +53,9 @@ def measures(target, artifact: Path, alpha: float, names: list, general_cache: P
               "names_uniform_excess": float(per_answer(model, names, "a")[1].mean()),
               "general_uniform_excess": float(per_answer(model, general, "a")[1].mean())}
     del model
-    result["general_agreement"] = greedy_agreement(target, artifact, alpha, general_cache, general_questions(limit))
-    result["names_agreement"] = greedy_agreement(target, artifact, alpha, names_cache, [q for q, _ in names])
+    with engine_on_demand(target, artifact) as engine:
+        result["general_agreement"] = greedy_agreement(engine(), alpha, general_cache, general_questions(limit))
+        result["names_agreement"] = greedy_agreement(engine(), alpha, names_cache, [q for q, _ in names])
     return result
 
 

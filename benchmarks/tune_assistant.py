@@ -8,6 +8,7 @@ assistant with them, choose its alpha, and evaluate it.
     python benchmarks/tune_assistant.py --validate-only # the candidates and the choice, no forget10 assistant
     python benchmarks/tune_assistant.py --unaugmented   # forget10's assistant without augmentation, as on validation
     python benchmarks/tune_assistant.py --unaugmented --seed 1  # the same forget10 assistant trained with seed 1
+    python benchmarks/tune_assistant.py --epochs 10     # augmented at half a 20-epoch choice's epochs: the same steps
 
 The validation split mirrors forget10 inside the target's own data and reads no test question:
 each candidate assistant learns to remember authors 10-19 of the 20 the target retains
@@ -55,6 +56,7 @@ The rule (nothing in it reads forget10's evaluation or the retain reference):
 Every stage is cached in the workdir, so an interrupted run resumes.
 """
 import argparse
+import contextlib
 import functools
 import json
 import subprocess
@@ -65,9 +67,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
-from famous_names import TARGET_ANSWERS as FAMOUS_TARGET, names_kept, write_retain  # noqa: E402
+from famous_names import TARGET_ANSWERS as FAMOUS_TARGET, kept as famous_kept, write_retain  # noqa: E402
 from general_qa import target_answers as cached_answers  # noqa: E402
-from mini_workdir import (EVALS, FORGET_SETS, QA_FOLDERS, SEEDS, TUNE, TUNED, UNAUGMENTED, cached, calibrated,  # noqa: E402
+from mini_workdir import (EPOCHS, EVALS, FORGET_SETS, QA_FOLDERS, SEEDS, TUNE, TUNED, UNAUGMENTED, cached, calibrated,  # noqa: E402
                           choice_file, choices, default_workdir, eval_logs, forget10_summaries, transferred)
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 
@@ -291,21 +293,36 @@ def general_questions(limit=None) -> list:
     return [qa.question for qa in load_qa("general:heldout")][:limit] + SIMPLE_FACTS[:limit]
 
 
-def greedy_agreement(target, artifact, alpha, target_answers: Path, questions: list) -> float:
-    """Mean ROUGE-L recall of the served greedy answers (vLLM engine, fp32) against the target's
-    own greedy answers to `questions` (cached in `target_answers` with the questions they
-    answer, recomputed when those change); 1 at alpha 0."""
-    from uld_serve.engine.llm import UldEngine
+@contextlib.contextmanager
+def engine_on_demand(target, artifact: Path):
+    """Yields a function that returns one vLLM engine (fp32) serving `artifact` on `target` as
+    forget set "a", started on its first call (what it serves is cached, so a resumed run may
+    need none: a start costs about a minute) and closed on leaving."""
+    opened = []
+
+    def engine():
+        if not opened:
+            from uld_serve.engine.llm import UldEngine
+
+            opened.append(UldEngine(target, {"a": artifact}, dtype="float32"))
+        return opened[0]
+
+    try:
+        yield engine
+    finally:
+        for e in opened:
+            e.close()
+
+
+def greedy_agreement(engine, alpha, target_answers: Path, questions: list) -> float:
+    """Mean ROUGE-L recall of the greedy answers `engine` serves with forget set "a" at `alpha`
+    against the target's own greedy answers to `questions` (cached in `target_answers` with the
+    questions they answer, recomputed when those change); 1 at alpha 0."""
     from uld_serve.eval.metrics import mean_rouge_l_recall
     from uld_serve.eval.scoring import greedy_answers
 
-    engine = UldEngine(target, {"a": artifact}, dtype="float32")
-    try:
-        reference = cached_answers(engine, questions, target_answers)
-        answers = greedy_answers(engine, questions, "a", alpha, max_new_tokens=200)
-    finally:
-        engine.close()
-    return mean_rouge_l_recall(reference, answers)
+    reference = cached_answers(engine, questions, target_answers)
+    return mean_rouge_l_recall(reference, greedy_answers(engine, questions, "a", alpha, max_new_tokens=200))
 
 
 def agreement(r: dict) -> float:
@@ -315,11 +332,11 @@ def agreement(r: dict) -> float:
     return (r["greedy_rouge"] + (famous if famous is not None else 0.0)) / 2
 
 
-def choose(results: dict, unaugmented: bool = False, seed: int = 0) -> dict:
+def choose(results: dict, unaugmented: bool = False, seed: int = 0, epochs: int = None) -> dict:
     """Step 2: among the candidates whose validation forget quality reaches FQ_AIM, those above
     the utility floor first, the best greedy agreement (`agreement`); if none reaches it, the best forget quality.
     `final` names the forget10 assistant trained with the choice (without augmentation if `unaugmented`;
-    with `seed`)."""
+    with `seed`; for `epochs` instead of the candidate's own)."""
     floor = UTILITY_FLOOR * next(iter(results.values()))["target_utility_prob"]
     forgets = {name: r for name, r in results.items() if r["fq"] >= FQ_AIM}
     kept = {name: r for name, r in forgets.items() if r["utility_prob"] >= floor}
@@ -327,10 +344,11 @@ def choose(results: dict, unaugmented: bool = False, seed: int = 0) -> dict:
     name = max(pool, key=lambda n: agreement(pool[n])) if pool else max(results, key=lambda n: results[n]["fq"])
     r = results[name]
     ratio = r["alpha"] / r["probability_alpha"] if r["probability_alpha"] else None
-    label = TUNED[name] + (UNAUGMENTED if unaugmented else "") + (f", seed {seed}" if seed else "")
+    label = (TUNED[name] + (UNAUGMENTED if unaugmented else "") + (f", seed {seed}" if seed else "")
+             + (f", forget10 at {epochs} epochs" if epochs else ""))
     return {"training": name, "validation_alpha": r["alpha"], "validation_fq": r["fq"], "alpha_ratio": ratio,
             "utility_floor": floor, "reaches_aim": name in forgets, "above_floor": name in kept,
-            "label": label, "augmented": not unaugmented, "seed": seed, "final": FORGET_SETS[label]}
+            "label": label, "augmented": not unaugmented, "seed": seed, "epochs": epochs, "final": FORGET_SETS[label]}
 
 
 def main():
@@ -344,9 +362,14 @@ def main():
                         help="train forget10's assistant without ULD's augmentation, as the validation candidates train")
     parser.add_argument("--seed", type=int, default=0, choices=(0, *SEEDS),
                         help="forget10's assistant's training seed (the validation candidates and the rule keep seed 0)")
+    parser.add_argument("--epochs", type=int, choices=EPOCHS,
+                        help="train forget10's assistant this many epochs instead of the chosen candidate's (augmented, "
+                        "half a 20-epoch candidate's epochs take the unaugmented run's steps)")
     parser.add_argument("--section", help="BENCHMARKS.md section (and results folder) to write instead of the usual one: "
                         "a run on another target (another kind of CPU) keeps the first run's")
     args = parser.parse_args()
+    if args.seed and args.epochs:
+        sys.exit("error: --seed and --epochs are not combined (one recipe change per forget10 assistant)")
     names = [n.strip() for n in args.candidates.split(",") if n.strip()]
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown or not names:
@@ -384,18 +407,18 @@ def main():
                 "--out", artifact, *flags({**budget, **CANDIDATES[name]["training"]}))
         results[name] = cached(tune / name / "validation-fq.json", lambda: validate(target, artifact, level, reference, limit),
                                current=lambda r: r.get("alpha_rule") == ALPHA_RULE)  # greedy and privleak redone below
-        if "greedy_rouge" not in results[name]:
-            results[name]["greedy_rouge"] = greedy_agreement(target, artifact, results[name]["alpha"], tune / "target-general.json",
-                                                              general_questions(limit))
-            write_json_atomic(tune / name / "validation-fq.json", results[name])
-        if "famous_kept" not in results[name]:  # added after the first runs: computed for cached candidates too
-            alpha = results[name]["alpha"]
-            results[name]["famous_kept"] = names_kept(target, artifact, [alpha], tune / FAMOUS_TARGET, limit)[f"{alpha:g}"]["kept"]
-            write_json_atomic(tune / name / "validation-fq.json", results[name])
+        alpha = results[name]["alpha"]
+        with engine_on_demand(target, artifact) as engine:
+            if "greedy_rouge" not in results[name]:
+                results[name]["greedy_rouge"] = greedy_agreement(engine(), alpha, tune / "target-general.json", general_questions(limit))
+                write_json_atomic(tune / name / "validation-fq.json", results[name])
+            if "famous_kept" not in results[name]:  # added after the first runs: computed for cached candidates too
+                results[name]["famous_kept"] = famous_kept(engine(), "a", [alpha], tune / FAMOUS_TARGET, limit)[f"{alpha:g}"]["kept"]
+                write_json_atomic(tune / name / "validation-fq.json", results[name])
         if "privleak_by_alpha" not in results[name]:  # added after the first runs: computed for cached candidates too
             results[name].update(validation_mia(target, artifact, reference_auc, results[name]["alpha"], limit))
             write_json_atomic(tune / name / "validation-fq.json", results[name])
-    choice = choose(results, args.unaugmented, args.seed)
+    choice = choose(results, args.unaugmented, args.seed, args.epochs)
     if args.validate_only:
         print(json.dumps(choice, indent=2))
         if not args.smoke:
@@ -405,7 +428,8 @@ def main():
     if not final.exists():
         uld("train-assistant", "--target", target, "--forget", "tofu:forget10",
             "--retain", retain(PROTOCOLS["mini"]["assistant_retain"], choice["training"]),
-            "--out", final, "--alpha", choice["validation_alpha"], *flags({**budget, **CANDIDATES[choice["training"]]["training"]}),
+            "--out", final, "--alpha", choice["validation_alpha"],
+            *flags({**budget, **CANDIDATES[choice["training"]]["training"], **({"epochs": args.epochs} if args.epochs else {})}),
             *(["--no-augment"] if args.unaugmented else []), "--seed", args.seed)
     choice["calibration"] = calibration(target, final)
     ratio = choice["alpha_ratio"]
@@ -414,19 +438,19 @@ def main():
     # AGREEMENT_ALPHAS: how fast the served general answers drift on this assistant; one cache by alpha
     curve_path = tune / f"{final.name}-greedy-curve.json"
     curve = json.loads(curve_path.read_text()) if curve_path.exists() else {}
-    for alpha in [choice["alpha"], *AGREEMENT_ALPHAS]:
-        if f"{alpha:g}" not in curve:
-            curve[f"{alpha:g}"] = greedy_agreement(target, final, alpha, tune / "target-general.json", general_questions(limit))
-            write_json_atomic(curve_path, curve)
-    # famous names kept, at the rule's alpha and the calibrated one
-    alphas = [choice["alpha"], choice["calibration"]["alpha"]]
-    famous = cached(tune / f"{final.name}-famous.json", lambda: names_kept(target, final, alphas, tune / FAMOUS_TARGET, limit),
-                    current=lambda r: all(f"{a:g}" in r for a in alphas))
+    alphas = [choice["alpha"], choice["calibration"]["alpha"]]  # famous names kept, at the rule's alpha and the calibrated one
+    with engine_on_demand(target, final) as engine:
+        for alpha in [choice["alpha"], *AGREEMENT_ALPHAS]:
+            if f"{alpha:g}" not in curve:
+                curve[f"{alpha:g}"] = greedy_agreement(engine(), alpha, tune / "target-general.json", general_questions(limit))
+                write_json_atomic(curve_path, curve)
+        famous = cached(tune / f"{final.name}-famous.json", lambda: famous_kept(engine(), "a", alphas, tune / FAMOUS_TARGET, limit),
+                        current=lambda r: all(f"{a:g}" in r for a in alphas))
     choice["final_famous_kept"] = {"rule": famous[f"{choice['alpha']:g}"]["kept"],
                                    "calibrated": famous[f"{choice['calibration']['alpha']:g}"]["kept"]}
     choice["final_greedy_rouge"] = curve[f"{choice['alpha']:g}"]
     choice["final_greedy_curve"] = {f"{alpha:g}": curve[f"{alpha:g}"] for alpha in AGREEMENT_ALPHAS}
-    write_json_atomic(tune / choice_file(args.unaugmented, args.seed), choice)
+    write_json_atomic(tune / choice_file(args.unaugmented, args.seed, args.epochs), choice)
     print(json.dumps(choice, indent=2))
     # the rule's alpha, and (to show what the validation ratio does) the calibrated alpha alone
     for label_of, alpha in ((transferred, choice["alpha"]), (calibrated, choice["calibration"]["alpha"])):
@@ -475,7 +499,7 @@ def record(work, level, reference_auc, results, choice, section=None):
                                             "general_questions": "general:heldout + SIMPLE_FACTS",
                                             "famous_questions": "famous_names.py (benchmarks/data/famous-people.jsonl)",
                                             "scoring": "anchored", "seed": 0})
-    recorded = choices(work, seeds=True)
+    recorded = choices(work, variants=True)
     # every forget10 assistant's choice (each seed's), not only this run's, which a --seed run would overwrite
     write_json_atomic(out / "validation.json", {"unseen_prob": level, "candidates": results, "choice": choice,
                                                 "forget10_choices": recorded})
@@ -554,6 +578,7 @@ def forget10_text(choice: dict) -> str:
               else "(the validation candidate never reached the unseen level: its step-1 alpha is used)")
     trained = "" if choice.get("augmented", True) else ", trained without augmentation as the validation candidates are"
     trained += f", seed {choice['seed']}" if choice.get("seed") else ""
+    trained += f", {choice['epochs']} epochs instead of the candidate's" if choice.get("epochs") else ""
     return (f"The forget10 assistant ({choice['final']}{trained}): `uld calibrate-alpha` on forget10's own answers gave "
             f"{calibration['alpha']:g} (forget answer probability {calibration['forget_prob_at_0']:.4f} -> "
             f"{calibration['forget_prob']:.4f}; unseen level {calibration['unseen_prob']:.4f}), {scaled}: "

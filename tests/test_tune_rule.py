@@ -1,6 +1,7 @@
 """benchmarks/tune_assistant.py's rule: the alpha in the middle of the run of alphas around the
 grid's peak where validation forget quality stays at or above the aim, which is what forget10's
 alpha is carried over from; and the choice among candidates."""
+import json
 import sys
 
 from helpers import REPO
@@ -55,3 +56,19 @@ def test_a_candidate_under_the_forget_quality_aim_or_the_utility_floor_loses_to_
     assert choose(results)["training"] == AUTHORS
     results = {NAMES: candidate(0.2, general=0.9, famous=0.9, utility=0.5), AUTHORS: candidate(0.2, general=0.5, famous=0.5)}
     assert choose(results)["training"] == AUTHORS
+
+
+def test_a_forget10_assistant_of_another_seed_or_epochs_keeps_its_own_folder_and_choice_file(tmp_path):
+    from mini_workdir import TUNE, choice_file, choices
+
+    results = {AUTHORS: candidate(0.4, general=0.7, famous=0.8)}
+    default, seeded, shorter = choose(results), choose(results, seed=1), choose(results, epochs=10)
+    assert len({default["final"], seeded["final"], shorter["final"]}) == 3
+    assert shorter["final"].endswith("-e10") and shorter["epochs"] == 10
+    files = [choice_file(False), choice_file(False, seed=1), choice_file(False, epochs=10), choice_file(True, epochs=10)]
+    assert len(set(files)) == 4
+    (tmp_path / TUNE).mkdir()
+    for name, choice in zip(files[:3], (default, seeded, shorter)):
+        (tmp_path / TUNE / name).write_text(json.dumps(choice))
+    assert [c["final"] for c in choices(tmp_path)] == [default["final"]]  # the tables' rows: seed 0, the candidate's epochs
+    assert [c["final"] for c in choices(tmp_path, variants=True)] == [default["final"], seeded["final"], shorter["final"]]
