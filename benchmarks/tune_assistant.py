@@ -452,11 +452,12 @@ def main():
     choice["final_greedy_curve"] = {f"{alpha:g}": curve[f"{alpha:g}"] for alpha in AGREEMENT_ALPHAS}
     write_json_atomic(tune / choice_file(args.unaugmented, args.seed, args.epochs), choice)
     print(json.dumps(choice, indent=2))
-    # the rule's alpha, and (to show what the validation ratio does) the calibrated alpha alone
+    # the rule's alpha, and (to show what the validation ratio does) the calibrated alpha alone;
+    # recorded after each, so a run stopped during the second keeps the first's result
     for label_of, alpha in ((transferred, choice["alpha"]), (calibrated, choice["calibration"]["alpha"])):
         evaluate_forget10(work, tune if args.smoke else None, final, label_of(choice["label"]), alpha)
-    if not args.smoke:
-        record(work, level, reference_auc, results, choice, args.section)
+        if not args.smoke:
+            record(work, level, reference_auc, results, choice, args.section)
 
 
 def evaluate_forget10(work: Path, smoke_dir, artifact: Path, label: str, alpha: float):
