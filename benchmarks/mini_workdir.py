@@ -35,18 +35,27 @@ FORGET_SETS = {"paper settings": "forget10", "K=15, general retain data, 10 epoc
 # tune_assistant.py --unaugmented: each tuned forget10 assistant trained without ULD's augmentation,
 # as its validation candidates are
 UNAUGMENTED = ", unaugmented"
-FORGET_SETS.update({label + UNAUGMENTED: folder + "-unaugmented" for label, folder in list(FORGET_SETS.items())
+
+
+def variant_label(label: str, unaugmented: bool = False, seed: int = 0, epochs: int = None) -> str:
+    """The label of a tuned forget10 assistant (`label`) trained by tune_assistant.py --unaugmented,
+    --seed or --epochs (each explained where its folders are named below)."""
+    return (label + (UNAUGMENTED if unaugmented else "") + (f", seed {seed}" if seed else "")
+            + (f", forget10 at {epochs} epochs" if epochs else ""))
+
+
+FORGET_SETS.update({variant_label(label, unaugmented=True): folder + "-unaugmented" for label, folder in list(FORGET_SETS.items())
                     if label.startswith("tuned")})
 # tune_assistant.py --seed: each tuned forget10 assistant trained with another seed (the same
 # validation choice and alpha rule), to see how far one recipe's result moves with the seed alone
 SEEDS = (1, 2)
-FORGET_SETS.update({f"{label}, seed {seed}": f"{folder}-seed{seed}" for label, folder in list(FORGET_SETS.items())
+FORGET_SETS.update({variant_label(label, seed=seed): f"{folder}-seed{seed}" for label, folder in list(FORGET_SETS.items())
                     if label.startswith("tuned") for seed in SEEDS})
 # tune_assistant.py --epochs: each tuned forget10 assistant trained for another number of epochs
 # than its candidate's; ULD's augmentation doubles the steps of an epoch, so an augmented assistant
 # at half the epochs takes the unaugmented one's steps and sees each forget fact as often
 EPOCHS = (10,)
-FORGET_SETS.update({f"{label}, forget10 at {n} epochs": f"{folder}-e{n}" for label, folder in list(FORGET_SETS.items())
+FORGET_SETS.update({variant_label(label, epochs=n): f"{folder}-e{n}" for label, folder in list(FORGET_SETS.items())
                     if label.startswith("tuned") and ", seed" not in label for n in EPOCHS})
 
 # tune_assistant.py's folder, and in it its choice of forget10 assistant (the forget set and the

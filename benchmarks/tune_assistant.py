@@ -69,8 +69,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from compare_methods import UTILITY_FLOOR, VALIDATION, validation_pairs  # noqa: E402
 from famous_names import TARGET_ANSWERS as FAMOUS_TARGET, kept as famous_kept, write_retain  # noqa: E402
 from general_qa import target_answers as cached_answers  # noqa: E402
-from mini_workdir import (EPOCHS, EVALS, FORGET_SETS, QA_FOLDERS, SEEDS, TUNE, TUNED, UNAUGMENTED, cached, calibrated,  # noqa: E402
-                          choice_file, choices, default_workdir, eval_logs, forget10_summaries, transferred)
+from mini_workdir import (EPOCHS, EVALS, FORGET_SETS, QA_FOLDERS, SEEDS, TUNE, TUNED, cached, calibrated,  # noqa: E402
+                          choice_file, choices, default_workdir, eval_logs, forget10_summaries, transferred, variant_label)
 from tofu_e2e import FINETUNE, PROTOCOLS, flags, uld  # noqa: E402
 
 from uld_serve.core.atomic import write_json_atomic  # noqa: E402
@@ -344,8 +344,7 @@ def choose(results: dict, unaugmented: bool = False, seed: int = 0, epochs: int 
     name = max(pool, key=lambda n: agreement(pool[n])) if pool else max(results, key=lambda n: results[n]["fq"])
     r = results[name]
     ratio = r["alpha"] / r["probability_alpha"] if r["probability_alpha"] else None
-    label = (TUNED[name] + (UNAUGMENTED if unaugmented else "") + (f", seed {seed}" if seed else "")
-             + (f", forget10 at {epochs} epochs" if epochs else ""))
+    label = variant_label(TUNED[name], unaugmented, seed, epochs)
     return {"training": name, "validation_alpha": r["alpha"], "validation_fq": r["fq"], "alpha_ratio": ratio,
             "utility_floor": floor, "reaches_aim": name in forgets, "above_floor": name in kept,
             "label": label, "augmented": not unaugmented, "seed": seed, "epochs": epochs, "final": FORGET_SETS[label]}
